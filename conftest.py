@@ -1,0 +1,100 @@
+"""Shared test setup: offline pretrained weights in a writable TORCH_HOME, and the real photos.
+
+Runs before any test or lesson notebook (nbval kernels inherit this environment).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared"
+MOBILENET_FILE = "mobilenet_v2-7ebf99e0.pth"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _find_weights() -> Path | None:
+    candidates = []
+    if os.environ.get("TORCH_HOME"):
+        candidates.append(Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / MOBILENET_FILE)
+    candidates += [
+        SHARED / "torch_home" / "hub" / "checkpoints" / MOBILENET_FILE,
+        Path.home() / ".cache" / "torch" / "hub" / "checkpoints" / MOBILENET_FILE,
+    ]
+    return next((c.resolve() for c in candidates if c.is_file()), None)
+
+
+def _writable_torch_home() -> None:
+    """Point TORCH_HOME at a fresh writable folder whose checkpoints link the real weights.
+
+    ../shared is read-only, and a test must never download: TLCOURSE_OFFLINE makes a
+    missing file fail at once with the package's clear message.
+    """
+    home = Path(tempfile.mkdtemp(prefix="tlcourse-torch-home-"))
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    weights = _find_weights()
+    if weights is not None:
+        (checkpoints / MOBILENET_FILE).symlink_to(weights)
+    os.environ["TORCH_HOME"] = str(home)
+    os.environ["TLCOURSE_OFFLINE"] = "1"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+_writable_torch_home()
+
+
+def _data_dir() -> Path:
+    configured = os.environ.get("TLCOURSE_DATA")
+    if configured:
+        return Path(configured)
+    for candidate in (ROOT / "data", SHARED / "data" / "dogs-vs-hotdogs"):
+        if candidate.is_dir():
+            return candidate
+    return ROOT / "data"
+
+
+# Lessons and tests read the photos from the same place.
+os.environ.setdefault("TLCOURSE_DATA", str(_data_dir()))
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{what} is missing in CI", pytrace=False)
+        pytest.skip(f"{what} not available here")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real dogs-vs-hotdogs photos (fails in CI, skips elsewhere, when missing)."""
+    path = Path(os.environ["TLCOURSE_DATA"])
+    _require((path / "dog").is_dir() and (path / "hotdog").is_dir(), f"The photo folder {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_weights() -> Path:
+    """The real ImageNet MobileNetV2 weights in the test TORCH_HOME."""
+    path = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / MOBILENET_FILE
+    _require(path.exists(), f"Pretrained weights {path}")
+    return path
+
+
+@pytest.fixture
+def output_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh TLCOURSE_OUTPUT for one test."""
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("TLCOURSE_OUTPUT", str(out))
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_torch_home():
+    yield
+    shutil.rmtree(os.environ["TORCH_HOME"], ignore_errors=True)

@@ -1,0 +1,256 @@
+"""Training: a loop with correct loss handling, an evaluation pass, callbacks, device and seed helpers.
+
+Loss handling, the part the original got wrong:
+
+* The model outputs logits and the loss is ``F.cross_entropy(logits, y)``,
+  which applies log-softmax itself (numerically stable); a Softmax in the
+  model before it would apply softmax twice.
+* The epoch loss is the sum of per-example losses divided by the number of
+  examples, so a short last batch counts exactly as much as it should
+  (averaging per-batch means would over-weight it).
+* ``.item()`` is called on tensors only, once per batch.
+
+The loop knows nothing about displays: a dashboard or progress bar follows
+training through :class:`Callback` methods and can ask it to stop by setting
+``state.stop_requested = True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS generators
+
+
+def choose_device(preference: str = "auto") -> torch.device:
+    """Pick CUDA if available, else Apple's MPS, else the CPU (or the one asked for)."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------- history and state
+@dataclass
+class History:
+    """What a training run measured: one record per finished epoch and one per batch."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    batches: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per-epoch records as a table (epoch, train_loss, train_acc, val_loss, val_acc, seconds)."""
+        return pd.DataFrame(self.epochs)
+
+    def best(self) -> dict[str, float] | None:
+        """The record of the best epoch (highest validation accuracy), if any."""
+        if self.best_epoch is None:
+            return None
+        return next(r for r in self.epochs if r["epoch"] == self.best_epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "History":
+        return cls(**data)
+
+
+@dataclass
+class TrainState:
+    """What callbacks see: where training is, the last batch, and the history so far."""
+
+    epochs: int
+    batches: int
+    history: History
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss: float = math.nan
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    stop_requested: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Callback:
+    """Override any of these to follow training. Set ``state.stop_requested = True`` to stop
+    after the current batch."""
+
+    def on_train_begin(self, state: TrainState) -> None: ...
+    def on_epoch_begin(self, state: TrainState) -> None: ...
+    def on_batch_end(self, state: TrainState) -> None: ...
+    def on_epoch_end(self, state: TrainState) -> None: ...
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+class _Callbacks:
+    def __init__(self, callbacks: Iterable[Callback]):
+        self.callbacks = list(callbacks)
+
+    def __call__(self, event: str, state: TrainState) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(state)
+
+
+# --------------------------------------------------------------------------- evaluation pass
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy over a whole loader, in eval mode without gradients."""
+    device = device or _device_of(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate() got an empty loader")
+    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
+
+
+# --------------------------------------------------------------------------- the loop
+def fit(
+    model: nn.Module,
+    train_loader: Sequence | Iterable,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    val_loader: Iterable | None = None,
+    callbacks: Iterable[Callback] = (),
+    device: torch.device | None = None,
+    keep_best: bool = True,
+    history: History | None = None,
+    catch_interrupt: bool = True,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
+
+    After each epoch the model is evaluated on ``val_loader``. With
+    ``keep_best`` the weights of the epoch with the best validation accuracy
+    are kept and put back at the end (also when training is stopped or
+    interrupted). A Stop request from a callback, or the kernel's Interrupt
+    button (KeyboardInterrupt, caught when ``catch_interrupt``), ends training
+    after the current batch with the history complete up to that point. Pass
+    an earlier ``history`` to continue its epoch numbering (resuming).
+    """
+    device = device or _device_of(model)
+    history = history if history is not None else History()
+    first_epoch = len(history.epochs)
+    try:
+        batches = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        batches = 0
+    state = TrainState(epochs=first_epoch + epochs, batches=batches, history=history)
+    notify = _Callbacks(callbacks)
+    best_state, best_acc = None, -math.inf
+    if history.best_epoch is not None:
+        best_acc = history.best()["val_acc"]
+    started = time.perf_counter()
+    notify("on_train_begin", state)
+    try:
+        for epoch in range(first_epoch, first_epoch + epochs):
+            state.epoch, epoch_start = epoch, time.perf_counter()
+            notify("on_epoch_begin", state)
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for state.batch, (x, y) in enumerate(train_loader):
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                # Mean over the batch for the gradient; kept as a sum below for the epoch loss.
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(_non_finite_message(loss.item(), state, optimizer))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                batch_loss = loss.item()
+                loss_sum += batch_loss * len(y)
+                correct += (logits.detach().argmax(1) == y).sum().item()
+                seen += len(y)
+                state.step += 1
+                state.loss, state.x, state.y, state.logits = batch_loss, x, y, logits.detach()
+                history.batches.append({"epoch": epoch, "batch": state.batch, "loss": batch_loss})
+                notify("on_batch_end", state)
+                if state.stop_requested:
+                    break
+            if state.stop_requested:
+                history.stopped_early = True
+                break
+            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen}
+            if val_loader is not None:
+                val = evaluate(model, val_loader, device)
+                record.update(val_loss=val["loss"], val_acc=val["accuracy"])
+            record["seconds"] = time.perf_counter() - epoch_start
+            history.epochs.append(record)
+            score = record.get("val_acc", record["train_acc"])
+            if score > best_acc:
+                best_acc, history.best_epoch = score, epoch
+                if keep_best:
+                    best_state = copy.deepcopy(model.state_dict())
+            notify("on_epoch_end", state)
+            if state.stop_requested:
+                history.stopped_early = True
+                break
+    except KeyboardInterrupt:
+        if not catch_interrupt:
+            raise
+        history.interrupted = True
+        print(
+            f"Training interrupted in epoch {state.epoch + 1}, batch {state.batch + 1}; "
+            f"{len(history.epochs)} epoch(s) finished"
+            + (f", keeping the best weights (epoch {history.best_epoch + 1})." if best_state is not None else ".")
+        )
+    finally:
+        if keep_best and best_state is not None:
+            model.load_state_dict(best_state)
+        history.seconds += time.perf_counter() - started
+    notify("on_train_end", state)
+    return history
+
+
+def _non_finite_message(value: float, state: TrainState, optimizer: torch.optim.Optimizer) -> str:
+    lrs = ", ".join(f"{g['lr']:g}" for g in optimizer.param_groups)
+    return (
+        f"The training loss became {value} in epoch {state.epoch + 1}, batch {state.batch + 1}. "
+        f"The most likely cause is a learning rate that is too high (now: {lrs}); try 10x smaller. "
+        "Other causes: inputs with NaN/inf values, or a custom loss that takes log(0). "
+        "Training stopped so it does not go on with NaN weights."
+    )
