@@ -23,9 +23,9 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device | None = No
     model.eval()
     labels, probs = [], []
     try:
-        for x, y in loader:
-            probs.append(torch.softmax(model(x.to(device)), dim=1).cpu())
-            labels.append(torch.as_tensor(y))
+        for batch in loader:  # (x, y) or (x, y, index)
+            probs.append(torch.softmax(model(batch[0].to(device)), dim=1).cpu())
+            labels.append(torch.as_tensor(batch[1]))
     finally:
         model.train(was_training)
     prob = torch.cat(probs).numpy()

@@ -102,6 +102,7 @@ class TrainState:
     x: torch.Tensor | None = None
     y: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    index: torch.Tensor | None = None  # dataset rows of the batch, when the loader yields (x, y, index)
     stop_requested: bool = False
     started: float = field(default_factory=time.perf_counter)
 
@@ -135,8 +136,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     try:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
+        for batch in loader:
+            x, y = batch[0].to(device), batch[1].to(device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -162,6 +163,10 @@ def fit(
     catch_interrupt: bool = True,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
+
+    Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` (the dataset rows of
+    the batch) is passed on to callbacks as ``state.index``, so a dashboard can
+    show the photo behind a cached feature vector.
 
     After each epoch the model is evaluated on ``val_loader``. With
     ``keep_best`` the weights of the epoch with the best validation accuracy
@@ -191,8 +196,9 @@ def fit(
             notify("on_epoch_begin", state)
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
-            for state.batch, (x, y) in enumerate(train_loader):
-                x, y = x.to(device), y.to(device)
+            for state.batch, batch in enumerate(train_loader):
+                x, y = batch[0].to(device), batch[1].to(device)
+                state.index = batch[2] if len(batch) > 2 else None
                 logits = model(x)
                 # Mean over the batch for the gradient; kept as a sum below for the epoch loss.
                 loss = F.cross_entropy(logits, y)
