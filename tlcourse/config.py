@@ -25,6 +25,7 @@ SETTINGS = {
 }
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def course_root(start: Path | None = None) -> Path:
@@ -84,6 +85,10 @@ def get_config(env: dict[str, str] | None = None, root: Path | None = None) -> C
         seed = int(seed_text)
     except ValueError:
         raise ValueError(f"TLCOURSE_SEED must be an integer, got {seed_text!r}") from None
+    smoke_text = get("TLCOURSE_SMOKE").lower()
+    if smoke_text not in _TRUE | _FALSE:
+        # A typo such as TLCOURSE_SMOKE=ture must not silently start a full-length run.
+        raise ValueError(f"TLCOURSE_SMOKE must be 1 (or true/yes/on) or 0 (or false/no/off), got {smoke_text!r}")
     device = get("TLCOURSE_DEVICE").lower()
     if device not in {"auto", "cpu", "cuda", "mps"}:
         raise ValueError(f"TLCOURSE_DEVICE must be auto, cpu, cuda or mps, got {device!r}")
@@ -91,7 +96,7 @@ def get_config(env: dict[str, str] | None = None, root: Path | None = None) -> C
         data_dir=_resolve(get("TLCOURSE_DATA"), root),
         backbone=get("TLCOURSE_BACKBONE"),
         output_dir=_resolve(get("TLCOURSE_OUTPUT"), root),
-        smoke=get("TLCOURSE_SMOKE").lower() in _TRUE,
+        smoke=smoke_text in _TRUE,
         seed=seed,
         device=device,
     )
