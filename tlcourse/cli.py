@@ -1,0 +1,409 @@
+"""The ``tlcourse`` command: set up a machine for the course and run the reference solution from a terminal.
+
+Commands::
+
+    tlcourse download-data [--dest data] [--mirror URL_OR_DIR]
+    tlcourse prefetch-weights [BACKBONE ...] [--from DIR]
+    tlcourse doctor [--data DIR]
+    tlcourse train DATA_DIR [--backbone NAME] [--method freeze|discriminative] [--epochs N] [--out FILE]
+    tlcourse evaluate CHECKPOINT DATA_DIR [--json]
+    tlcourse predict CHECKPOINT IMAGE ...
+
+Also runs as ``python -m tlcourse``. Heavy imports (torch) happen inside the
+commands that need them, so ``--help`` and ``download-data`` start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import get_config
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _err(message: str) -> None:
+    print(f"tlcourse: error: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- download-data
+def cmd_download_data(args: argparse.Namespace) -> int:
+    from .download import DownloadError, download_data
+
+    where = args.mirror or "the published addresses (raw.githubusercontent.com, pinned by commit)"
+    print(f"Downloading the example set into {args.dest} from {where}", file=sys.stderr)
+    try:
+        report = download_data(args.dest, manifest=args.manifest, mirror=args.mirror, workers=args.workers,
+                               retries=args.retries, timeout=args.timeout, progress=not args.quiet)
+    except DownloadError as error:
+        _err(str(error))
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        _err(f"interrupted. Files completed so far are verified and kept in {args.dest}; "
+             "run the same command again to resume.")
+        return EXIT_INTERRUPTED
+    print(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+# --------------------------------------------------------------------------- prefetch-weights
+def cmd_prefetch_weights(args: argparse.Namespace) -> int:
+    import torch.hub
+
+    from .download import DownloadError, prefetch_weights
+
+    backbones = args.backbones or [get_config().backbone]
+    print(f"Torch cache: {Path(torch.hub.get_dir()) / 'checkpoints'}", file=sys.stderr)
+    try:
+        results = prefetch_weights(backbones, source_dir=args.source, timeout=args.timeout,
+                                   progress=not args.quiet)
+    except (DownloadError, ValueError) as error:
+        _err(str(error))
+        return EXIT_FAIL
+    for result in results:
+        print(f"{result.backbone}: {result.action}, verified (loads into {result.backbone}), "
+              f"sha256 {result.sha256[:16]}... -> {result.path}")
+        if result.warning:
+            print(f"  warning: {result.warning}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- doctor
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import MISSING, format_table, run_checks
+
+    checks = run_checks(get_config(), data_dir=args.data, verify_images=not args.quick)
+    print(format_table(checks))
+    return EXIT_FAIL if any(c.status == MISSING for c in checks) else EXIT_OK
+
+
+# --------------------------------------------------------------------------- train
+def _text_progress(callback_base: type, stream=None):
+    """A training callback that prints progress as text (built here so torch loads only for ``train``)."""
+
+    class TextProgress(callback_base):
+        """A batch counter on a terminal, one line per epoch always (readable in CI logs)."""
+
+        def __init__(self):
+            self.stream = stream or sys.stderr
+            self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+        def on_batch_end(self, state) -> None:
+            if self.tty:
+                total = state.batches or "?"
+                self.stream.write(f"\r  epoch {state.epoch + 1}/{state.epochs} batch {state.batch + 1}/{total} "
+                                  f"loss {state.loss:.4f}")
+                self.stream.flush()
+
+        def on_epoch_end(self, state) -> None:
+            record = state.history.epochs[-1]
+            line = (f"epoch {record['epoch'] + 1}/{state.epochs}: train loss {record['train_loss']:.4f} "
+                    f"acc {record['train_acc']:.3f}")
+            if "val_acc" in record:
+                line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.3f}"
+            line += f" ({record['seconds']:.1f} s)"
+            self.stream.write(("\r" if self.tty else "") + line + " " * 10 + "\n")
+            self.stream.flush()
+
+    return TextProgress()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .data import find_classes, load_course_data
+    from .models import build_model
+    from .recipes import train_discriminative, train_frozen
+    from .training import Callback, choose_device, evaluate, seed_everything
+
+    config = get_config()
+    backbone = args.backbone or config.backbone
+    seed = config.seed if args.seed is None else args.seed
+    epochs = args.epochs if args.epochs is not None else (5 if args.method == "freeze" else 2)
+    out = Path(args.out) if args.out else config.output_dir / f"{backbone}-{args.method}.pt"
+    device = choose_device(args.device or config.device)
+
+    seed_everything(seed)
+    # Build the model first: its weights define the input transform (sizes, normalisation).
+    classes = find_classes(args.data_dir)
+    model = build_model(len(classes), backbone=backbone, weights="DEFAULT").to(device)
+    data = load_course_data(args.data_dir, model.transform_settings, seed=seed, per_class=args.per_class)
+    sizes = data.split.sizes()
+    print(f"Training {backbone} ({'weight freezing' if args.method == 'freeze' else 'discriminative learning rates'}) "
+          f"on {device}: {len(data.table)} photos of {', '.join(data.classes)}; split train {sizes['train']}, "
+          f"val {sizes['val']}, test {sizes['test']} (seed {seed}); {epochs} epoch(s)", file=sys.stderr)
+    progress = _text_progress(Callback)
+    started = time.perf_counter()
+    if args.method == "freeze":
+        history = train_frozen(model, data, epochs=epochs, lr=args.lr or 1e-3, batch_size=args.batch_size,
+                               callbacks=[progress], seed=seed)
+    else:
+        history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-3,
+                                       batch_size=args.batch_size, callbacks=[progress], seed=seed)
+    seconds = time.perf_counter() - started
+    val = evaluate(model, data.loader("val", args.batch_size), device)
+    test = evaluate(model, data.loader("test", args.batch_size), device)
+    save_checkpoint(out, model, data.classes, history, extra={
+        "method": args.method, "epochs": epochs, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
+        "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+    })
+    if history.interrupted:
+        print("Training was interrupted; the checkpoint holds the best weights so far.", file=sys.stderr)
+    print(f"trained in {seconds:.1f} s")
+    print(f"validation accuracy: {val['accuracy']:.4f} ({val['n']} photos)")
+    print(f"test accuracy: {test['accuracy']:.4f} ({test['n']} photos)")
+    print(f"checkpoint: {out}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- evaluate
+def _folder_table(data_dir: Path, class_names: Sequence[str]):
+    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices."""
+    from .data import scan_folder
+
+    table = scan_folder(data_dir)
+    unknown = sorted(set(table["class_name"]) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"{data_dir} has class folder(s) {unknown} that the checkpoint does not know; it was trained on "
+            f"{list(class_names)}. Evaluate on a folder whose subfolders are named like those classes."
+        )
+    # The folder may hold only some of the classes (e.g. only hotdogs): labels follow the checkpoint.
+    table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)})
+    return table
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import CSVDataset, eval_transform, make_loader
+    from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
+    from .training import choose_device
+
+    device = choose_device(args.device or get_config().device)
+    model, info = load_checkpoint(args.checkpoint, device)
+    names = info["class_names"]
+    table = _folder_table(Path(args.data_dir), names)
+    loader = make_loader(CSVDataset(table, eval_transform(info["transform"])), batch_size=args.batch_size)
+    print(f"Evaluating {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device})", file=sys.stderr)
+    frame = predict(model, loader, device)
+    acc = accuracy(frame["label"], frame["pred"])
+    per_class = per_class_accuracy(frame["label"], frame["pred"], names)
+    confusion = confusion_frame(frame["label"], frame["pred"], names)
+    counts = table["class_name"].value_counts().to_dict()
+    if args.json:
+        print(json.dumps({
+            "checkpoint": str(args.checkpoint),
+            "data_dir": str(args.data_dir),
+            "n": int(len(frame)),
+            "correct": int((frame["label"] == frame["pred"]).sum()),
+            "accuracy": acc,
+            "class_names": list(names),
+            "counts": {name: int(counts.get(name, 0)) for name in names},
+            # null for a class with no photos in the folder (JSON has no NaN)
+            "per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
+            "confusion_matrix": confusion.to_numpy().tolist(),
+            "confusion_matrix_axes": "rows: true class, columns: predicted class, in class_names order",
+        }))
+        return EXIT_OK
+    print(f"accuracy: {acc:.4f} ({int((frame['label'] == frame['pred']).sum())} of {len(frame)} correct)")
+    print("per-class accuracy:")
+    for name, value in per_class.items():
+        shown = "no photos" if math.isnan(value) else f"{value:.4f}"
+        print(f"  {name}: {shown} ({counts.get(name, 0)} photos)")
+    print("confusion matrix (rows: true, columns: predicted):")
+    print(confusion.to_string())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .data import eval_transform, load_image
+    from .models import predict_proba
+    from .training import choose_device
+
+    device = choose_device(args.device or get_config().device)
+    model, info = load_checkpoint(args.checkpoint, device)
+    names = info["class_names"]
+    transform = eval_transform(info["transform"])
+    results, failures = [], 0
+    for image in args.images:
+        try:
+            x = transform(load_image(image)).unsqueeze(0)
+        except (OSError, ValueError) as error:  # missing file, not an image
+            _err(f"cannot read {image}: {error}. Give the path of a photo (jpg, png, ...).")
+            failures += 1
+            continue
+        probs = predict_proba(model, x)[0].cpu()
+        best = int(torch.argmax(probs))
+        results.append({"image": str(image), "class": names[best], "probability": float(probs[best]),
+                        "probabilities": {name: float(p) for name, p in zip(names, probs)}})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}")
+    return EXIT_FAIL if failures else EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all commands (also used to test every ``--help``)."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="tlcourse",
+        description="Transfer-learning course: set up a machine (data, weights, checks) and run the "
+                    "reference solution from a terminal.",
+        epilog="Typical setup: tlcourse download-data && tlcourse prefetch-weights && tlcourse doctor\n"
+               "Run `tlcourse COMMAND --help` for a command's options.",
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tlcourse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "download-data", formatter_class=formatter,
+        help="download the example photos (dog/hotdog), verified by sha256",
+        description="Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and "
+                    "DEST/hotdog. Each photo is fetched from where it is published (a GitHub repository "
+                    "pinned to a commit) or from a classroom mirror, and checked against the sha256 in "
+                    "the manifest shipped with tlcourse. Downloads run in parallel; transient failures are "
+                    "retried; an interrupted run resumes without fetching verified files again; a file "
+                    "with the wrong hash is rejected and never left under its final name.",
+        epilog="Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>\n"
+               "(a finished data/ folder). Serve it on the local network with\n"
+               "    cd data && python -m http.server 8000\n"
+               "and on each machine run\n"
+               "    tlcourse download-data --mirror http://TEACHER-IP:8000\n"
+               "or copy from a USB stick: tlcourse download-data --mirror /media/usb/data",
+    )
+    p.add_argument("--dest", default="data", help="folder to fill (default: data)")
+    p.add_argument("--mirror", metavar="URL_OR_DIR",
+                   help="take the files from an http(s) address or a local folder laid out as <mirror>/<class>/<file>")
+    p.add_argument("--manifest", metavar="TSV",
+                   help="another manifest in the same tab-separated format (default: the course's example set)")
+    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default: 8)")
+    p.add_argument("--retries", type=int, default=3, help="retries per file for transient failures (default: 3)")
+    p.add_argument("--timeout", type=float, default=15.0,
+                   help="seconds to wait for a connection or for data before giving up on a try (default: 15)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_download_data)
+
+    p = sub.add_parser(
+        "prefetch-weights", formatter_class=formatter,
+        help="put pretrained weights into the torch cache (TORCH_HOME) for offline use",
+        description="Download the ImageNet weights of each BACKBONE into the torch cache "
+                    "($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints), checked with "
+                    "torchvision's hash, so the lessons then work offline. With --from DIR, install them from "
+                    "a folder instead (a USB stick, or another machine's TORCH_HOME). Every file is verified "
+                    "by loading it into the model.",
+        epilog="Examples:\n"
+               "    tlcourse prefetch-weights                      # the configured backbone (TLCOURSE_BACKBONE)\n"
+               "    tlcourse prefetch-weights mobilenet_v2 resnet18 vgg11\n"
+               "    tlcourse prefetch-weights --from /media/usb/weights",
+    )
+    p.add_argument("backbones", nargs="*", metavar="BACKBONE",
+                   help="torchvision model names (default: TLCOURSE_BACKBONE, mobilenet_v2)")
+    p.add_argument("--from", dest="source", metavar="DIR",
+                   help="install from this folder (file names as torchvision's, e.g. mobilenet_v2-7ebf99e0.pth)")
+    p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds (default: 30)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prefetch_weights)
+
+    p = sub.add_parser(
+        "doctor", formatter_class=formatter,
+        help="check that this machine is ready for the lessons",
+        description="Print one table: Python, torch, torchvision, JupyterLab and ipywidgets versions, the "
+                    "widget front end, the device (CUDA, MPS or CPU), the data folder (classes, counts, "
+                    "unreadable files) and which backbones have cached weights. Exits with status 1 when "
+                    "something a lesson needs is missing, and prints the fix for each problem.",
+    )
+    p.add_argument("--data", metavar="DIR", help="photo folder to check (default: TLCOURSE_DATA, data)")
+    p.add_argument("--quick", action="store_true", help="do not open every image to look for unreadable files")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "train", formatter_class=formatter,
+        help="train the reference solution and save a checkpoint",
+        description="Train the course's reference solution on DATA_DIR (one subfolder per class): a "
+                    "pretrained backbone with a new head, by weight freezing (only the head learns) or "
+                    "discriminative learning rates (everything learns, the backbone 100x more slowly). "
+                    "Splits the photos 80/10/10 from the seed, prints progress, the final validation and "
+                    "test accuracy, and writes a checkpoint for `tlcourse evaluate` and `tlcourse predict`.",
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
+    p.add_argument("--backbone", help="torchvision backbone (default: TLCOURSE_BACKBONE, mobilenet_v2)")
+    p.add_argument("--method", choices=["freeze", "discriminative"], default="freeze",
+                   help="fine-tuning method (default: freeze)")
+    p.add_argument("--epochs", type=int, help="epochs (default: 5 for freeze, 2 for discriminative)")
+    p.add_argument("--out", metavar="FILE",
+                   help="checkpoint to write (default: TLCOURSE_OUTPUT/<backbone>-<method>.pt)")
+    p.add_argument("--lr", type=float, help="learning rate of the head (default: 1e-3; backbone 1e-5)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--per-class", type=int, metavar="N", help="use at most N photos per class (quick runs)")
+    p.add_argument("--seed", type=int, help="seed for the split and training (default: TLCOURSE_SEED, 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", formatter_class=formatter,
+        help="accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
+        description="Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's "
+                    "subfolders must be named like the checkpoint's classes (a folder with only some of "
+                    "them is fine). Prints accuracy, per-class accuracy and the confusion matrix.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (accuracy, n, per_class, confusion_matrix, ...) instead of text")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict", formatter_class=formatter,
+        help="class and probability for each image",
+        description="Print the predicted class and its probability for each IMAGE, one line each: "
+                    "IMAGE<TAB>CLASS<TAB>PROBABILITY.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to classify")
+    p.add_argument("--json", action="store_true", help="print a JSON list with every class's probability")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tlcourse`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
+        # The package's errors (CheckpointError is a ValueError, NonFiniteLossError a FloatingPointError)
+        # say what is wrong and how to fix it; a traceback would hide that.
+        _err(str(error))
+        return EXIT_FAIL
+    except RuntimeError as error:
+        from .download import DownloadError
+        from .models import WeightsUnavailableError
+
+        if not isinstance(error, (DownloadError, WeightsUnavailableError)):
+            raise  # a real bug: keep the traceback
+        _err(str(error))
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""``tlcourse doctor``: is this machine ready for the lessons? One table, and the fix for each problem.
+
+Each check gives a :class:`Check` with a status:
+
+* ``ok``: fine;
+* ``info``: worth knowing, not needed by a lesson (an optional backbone without cached weights, a CPU);
+* ``missing``: a lesson will fail; the check carries the command or step that fixes it.
+
+:func:`run_checks` collects them and :func:`format_table` prints them; the
+command exits non-zero when any check is ``missing``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import Config, get_config
+
+OK, INFO, MISSING = "ok", "info", "missing"
+
+#: The oldest versions the course supports (pyproject.toml's ranges).
+MINIMUM = {"python": (3, 10), "torch": (2, 1), "torchvision": (0, 16), "jupyterlab": (4, 0), "ipywidgets": (8, 0)}
+_INSTALL = 'pip install -e ".[lab]"  (or: make setup)'
+
+
+@dataclass
+class Check:
+    """One row of the doctor's table."""
+
+    name: str
+    found: str
+    status: str
+    fix: str = ""
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    numbers = []
+    for part in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit()) if part else ""
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if not part.isdigit():
+            break
+    return tuple(numbers)
+
+
+def _package(name: str, minimum: tuple[int, ...] | None, fix: str, label: str | None = None) -> Check:
+    label = label or name
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return Check(label, "not installed", MISSING, fix)
+    if minimum and _version_tuple(version) < minimum:
+        wanted = ".".join(map(str, minimum))
+        return Check(label, f"{version} (need >= {wanted})", MISSING, f"pip install --upgrade '{name}>={wanted}'")
+    return Check(label, version, OK)
+
+
+def check_python() -> Check:
+    """Python version (the course needs 3.10 or newer)."""
+    found = platform.python_version()
+    if sys.version_info[:2] < MINIMUM["python"]:
+        return Check("Python", f"{found} (need >= 3.10)", MISSING,
+                     "install Python 3.10 or newer and recreate .venv (make clean-venv && make setup)")
+    return Check("Python", f"{found} ({sys.executable})", OK)
+
+
+def check_widget_frontend() -> Check:
+    """Whether JupyterLab can show widgets: the ``jupyterlab_widgets`` package and its lab extension files."""
+    fix = 'pip install "jupyterlab_widgets>=3" (comes with ipywidgets 8), then restart JupyterLab'
+    try:
+        version = importlib.metadata.version("jupyterlab_widgets")
+    except importlib.metadata.PackageNotFoundError:
+        return Check("widget front end", "jupyterlab_widgets not installed", MISSING, fix)
+    try:
+        from jupyter_core.paths import jupyter_path
+
+        folders = [Path(p) / "@jupyter-widgets" / "jupyterlab-manager" for p in jupyter_path("labextensions")]
+    except ImportError:  # jupyter_core comes with JupyterLab; its absence is reported by that row
+        folders = [Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "@jupyter-widgets" / "jupyterlab-manager"]
+    installed = next((f for f in folders if (f / "package.json").is_file()), None)
+    if installed is None:
+        return Check("widget front end", f"jupyterlab_widgets {version}, but its lab extension is missing",
+                     MISSING, f"pip install --force-reinstall jupyterlab_widgets=={version}")
+    return Check("widget front end", f"jupyterlab_widgets {version}", OK)
+
+
+def check_device(config: Config) -> Check:
+    """The device lessons will train on (CUDA, then Apple MPS, then CPU)."""
+    try:
+        import torch
+
+        from .training import choose_device
+
+        device = choose_device(config.device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                return Check("device", "cuda asked for (TLCOURSE_DEVICE) but not available", MISSING,
+                             "set TLCOURSE_DEVICE=auto (or cpu)")
+            return Check("device", f"cuda ({torch.cuda.get_device_name(0)})", OK)
+        if device.type == "mps":
+            if not torch.backends.mps.is_available():
+                return Check("device", "mps asked for (TLCOURSE_DEVICE) but not available", MISSING,
+                             "set TLCOURSE_DEVICE=auto (or cpu)")
+            return Check("device", "mps (Apple GPU)", OK)
+        return Check("device", f"cpu ({os.cpu_count()} cores); every lesson runs on a CPU", OK)
+    except ImportError:
+        return Check("device", "unknown (torch is not installed)", MISSING, _INSTALL)
+
+
+def find_unreadable(files: list[Path]) -> list[tuple[Path, str]]:
+    """Images that Pillow cannot open and decode, with the reason.
+
+    Uses the data module's verifier when it has one (so the doctor and the
+    lessons agree on what is unreadable); otherwise fully decodes each file,
+    since ``Image.verify()`` alone misses truncated JPEGs.
+    """
+    from . import data
+
+    verifier: Callable | None = getattr(data, "find_unreadable", None) or getattr(data, "unreadable_images", None)
+    if verifier is not None:
+        return [(Path(p), str(reason)) for p, reason in _normalise(verifier(files))]
+    from PIL import Image
+
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.load()  # full decode: catches truncated files too
+        except Exception as error:  # Pillow raises many types for broken files
+            bad.append((path, f"{type(error).__name__}: {error}"))
+    return bad
+
+
+def _normalise(result) -> list[tuple[Path, str]]:
+    if isinstance(result, dict):
+        return list(result.items())
+    return [(item, "unreadable") if not isinstance(item, tuple) else item for item in result]
+
+
+def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
+    """The photo folder: classes, images per class, unreadable files."""
+    from .data import find_classes, list_images
+
+    fix = f"tlcourse download-data --dest {data_dir}  (or point TLCOURSE_DATA at your photo folder)"
+    if not data_dir.is_dir() or not any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
+        return [Check("data folder", f"{data_dir}: missing or empty", MISSING, fix)]
+    try:
+        classes = find_classes(data_dir)
+    except (ValueError, FileNotFoundError) as error:
+        return [Check("data folder", f"{data_dir}: no class subfolders", MISSING, f"{fix}. ({error})")]
+    files = {name: list_images(data_dir / name) for name in classes}
+    counts = ", ".join(f"{name} {len(found)}" for name, found in files.items())
+    rows = [Check("data folder", str(data_dir), OK)]
+    empty = [name for name, found in files.items() if not found]
+    if len(classes) < 2:
+        rows.append(Check("classes", counts, MISSING,
+                          f"a classifier needs at least 2 class subfolders in {data_dir}; {fix}"))
+    elif empty:
+        rows.append(Check("classes", counts, MISSING,
+                          f"put images into {', '.join(str(data_dir / n) for n in empty)} or remove the empty folder(s)"))
+    else:
+        rows.append(Check("classes", counts, OK))
+    if verify_images:
+        every = [path for found in files.values() for path in found]
+        bad = find_unreadable(every)
+        if bad:
+            listing = "; ".join(f"{p} ({why})" for p, why in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            rows.append(Check("unreadable files", f"{len(bad)} of {len(every)}", MISSING,
+                              f"replace or remove these files (or re-run tlcourse download-data): {listing}"))
+        else:
+            rows.append(Check("unreadable files", f"none of {len(every)}", OK))
+    return rows
+
+
+def check_weights(config: Config) -> list[Check]:
+    """Which supported backbones have pretrained weights in the torch cache; the configured one is required."""
+    try:
+        from .models import SUPPORTED_BACKBONES, weights_enum, weights_path
+    except ImportError:
+        return [Check("pretrained weights", "unknown (torch/torchvision not installed)", MISSING, _INSTALL)]
+    names = list(dict.fromkeys([config.backbone, *SUPPORTED_BACKBONES]))
+    rows = []
+    for name in names:
+        try:
+            path = weights_path(weights_enum(name))
+        except ValueError as error:
+            rows.append(Check(f"weights {name}", "unknown backbone", MISSING,
+                              f"set TLCOURSE_BACKBONE to one of {', '.join(SUPPORTED_BACKBONES)} ({error})"))
+            continue
+        needed = name == config.backbone
+        if path.is_file():
+            rows.append(Check(f"weights {name}", f"cached ({path})", OK))
+        else:
+            rows.append(Check(
+                f"weights {name}" + (" (lessons)" if needed else ""),
+                f"not cached ({path.parent})",
+                MISSING if needed else INFO,
+                f"tlcourse prefetch-weights {name}  (or: tlcourse prefetch-weights {name} --from DIR)"
+                if needed else f"optional: tlcourse prefetch-weights {name}",
+            ))
+    return rows
+
+
+def run_checks(config: Config | None = None, data_dir: str | Path | None = None,
+               verify_images: bool = True) -> list[Check]:
+    """Every check, in the order of the table."""
+    config = config or get_config()
+    data_dir = Path(data_dir) if data_dir is not None else config.data_dir
+    checks = [
+        check_python(),
+        _package("torch", MINIMUM["torch"], _INSTALL),
+        _package("torchvision", MINIMUM["torchvision"], _INSTALL),
+        _package("jupyterlab", MINIMUM["jupyterlab"], _INSTALL, "JupyterLab"),
+        _package("ipywidgets", MINIMUM["ipywidgets"], _INSTALL),
+        check_widget_frontend(),
+        check_device(config),
+        *check_data(data_dir, verify_images),
+        *check_weights(config),
+    ]
+    return checks
+
+
+def format_table(checks: list[Check]) -> str:
+    """The checks as an aligned text table, followed by the fixes for what is missing."""
+    marks = {OK: "ok", INFO: "--", MISSING: "MISSING"}
+    name_w = max(len(c.name) for c in checks)
+    mark_w = max(len(m) for m in marks.values())
+    lines = [f"{'check':<{name_w}}  {'status':<{mark_w}}  found", "-" * (name_w + mark_w + 40)]
+    lines += [f"{c.name:<{name_w}}  {marks[c.status]:<{mark_w}}  {c.found}" for c in checks]
+    problems = [c for c in checks if c.status == MISSING]
+    lines.append("")
+    if problems:
+        lines.append(f"Not ready: {len(problems)} problem(s). Fix:")
+        lines += [f"  - {c.name}: {c.fix}" for c in problems]
+    else:
+        lines.append("Ready: everything the lessons need is here.")
+    optional = [c for c in checks if c.status == INFO and c.fix]
+    if optional:
+        lines.append("Optional:")
+        lines += [f"  - {c.name}: {c.fix}" for c in optional]
+    return "\n".join(lines)
