@@ -13,6 +13,9 @@ The course's data lives in a folder with one subfolder per class::
 
 from __future__ import annotations
 
+import os
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,12 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
-
-#: File endings the course reads as images (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 #: ImageNet channel statistics; used only when no weights are given.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,8 +35,112 @@ LABEL_COLUMNS = ["file_path", "label", "class_name"]
 
 
 # --------------------------------------------------------------------------- scanning
+#
+# A learner's photo folder is never clean. What scanning does with each kind of file
+# (the README's "Preparing your own photos" has the same table):
+#
+# * used: .jpg/.jpeg/.png/.bmp/.gif/.webp/... in any letter case, in the class folder or in
+#   nested subfolders of it (they belong to the class), names with spaces or non-ASCII letters;
+#   grayscale, palette, RGBA, CMYK and 16-bit images (converted to RGB by load_image);
+# * skipped quietly (listed in the report, no warning): hidden files and folders (.DS_Store,
+#   .ipynb_checkpoints, ._photo.jpg) and system files (Thumbs.db, desktop.ini);
+# * skipped with a warning naming file and reason: other endings (.txt, .heic, ...), empty
+#   files, files that are not readable images, images smaller than MIN_IMAGE_SIDE, images over
+#   Pillow's decompression-bomb limit, and (check="decode") corrupt or truncated images;
+# * clear error: missing folder, no class folders, a single class, a class with no usable image.
+
+#: File endings the course reads as images (compared case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff") + (
+    (".avif",) if features.check("avif") else ()
+)
+
+#: Files that operating systems put into folders; skipped without a warning.
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
+
+#: Images whose shortest side is below this many pixels are skipped: a 1x1 or 8x8 "photo"
+#: is a tracking pixel or a broken thumbnail, and upscaled to 224 px it teaches the model nothing.
+MIN_IMAGE_SIDE = 16
+
+#: How thoroughly :func:`scan_folder` looks at each file, cheapest first (see its docstring).
+CHECKS = ("none", "header", "decode")
+
+# Endings a learner is likely to have, with a reason more useful than "not an image".
+_KNOWN_OTHER_ENDINGS = {
+    ".heic": "unsupported format: HEIC photo (iPhone), Pillow cannot read it; convert it to JPEG",
+    ".heif": "unsupported format: HEIF photo, Pillow cannot read it; convert it to JPEG",
+    ".svg": "unsupported format: vector drawing, not a photo; export it as PNG",
+    ".pdf": "not an image: a PDF document",
+    ".raw": "unsupported format: camera RAW file; export it as JPEG",
+    ".cr2": "unsupported format: camera RAW file; export it as JPEG",
+    ".nef": "unsupported format: camera RAW file; export it as JPEG",
+    ".dng": "unsupported format: camera RAW file; export it as JPEG",
+}
+
+
+class ImageLoadError(OSError):
+    """An image file cannot be used; the message names the file, the reason and the fix.
+
+    A subclass of ``OSError`` (as Pillow's own errors are), so existing handlers still
+    catch it. The constructor takes a single message so that a DataLoader worker can
+    re-raise it in the main process unchanged.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+
+class SkippedFilesWarning(UserWarning):
+    """:func:`scan_folder` left out files that look like they were meant as images."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file (or hidden folder) that scanning left out, and why.
+
+    ``reason`` reads ``"<kind>: <details and fix>"``; ``quiet`` marks hidden and
+    system files, which are skipped without a warning.
+    """
+
+    path: Path
+    reason: str
+    class_name: str | None = None
+    quiet: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The short category of the reason (``"corrupt or truncated"``, ``"hidden file"``, ...)."""
+        return self.reason.split(":", 1)[0]
+
+
+@dataclass
+class FolderScan:
+    """Everything :func:`inspect_folder` found; it never raises for a folder's content.
+
+    ``table`` has the :data:`LABEL_COLUMNS` plus ``width``, ``height``, ``mode`` and
+    ``format`` (empty with ``check="none"``); ``errors`` are the folder-level problems
+    that stop training (missing folder, fewer than two classes, a class without usable
+    images) as exceptions, first one first.
+    """
+
+    root: Path
+    classes: list[str]
+    table: pd.DataFrame
+    skipped: list[SkippedFile]
+    errors: list[Exception]
+    check: str
+
+
 def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
+
+
+def _missing_folder_error(root: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"Data folder not found: {root}. Create it with one subfolder per class "
+        f"(e.g. {root / 'dog'}, {root / 'hotdog'}), run `tlcourse download-data --dest {root}`, "
+        "or point TLCOURSE_DATA at your folder."
+    )
 
 
 def find_classes(root: str | Path) -> list[str]:
@@ -44,59 +148,241 @@ def find_classes(root: str | Path) -> list[str]:
 
     Sorting makes the class -> label mapping the same on every machine (the
     original used ``os.scandir`` order, which depends on the file system).
+    Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` when it
+    has no class subfolders, both naming the folder and the fix.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"Data folder not found: {root}. Create it with one subfolder per class "
-            f"(e.g. {root / 'dog'}, {root / 'hotdog'}), run `tlcourse download-data --dest {root}`, "
-            "or point TLCOURSE_DATA at your folder."
-        )
+        raise _missing_folder_error(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
     if not classes:
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        hint = (
+            f" It holds {len(loose)} image(s) directly: did you point at one class folder? "
+            f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead."
+            if loose else ""
+        )
         raise ValueError(
             f"No class subfolders in {root}. Put each class's images in its own subfolder, "
-            f"e.g. {root / 'dog'} and {root / 'hotdog'}."
+            f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}"
         )
     return classes
+
+
+def _walk(class_dir: Path, class_name: str | None) -> tuple[list[Path], list[SkippedFile]]:
+    """Candidate image files under ``class_dir`` (nested folders included) and what was left out.
+
+    Hidden folders are not entered (``.ipynb_checkpoints`` holds copies, not new
+    photos). Symbolic links are followed, with a guard against link loops.
+    """
+    files: list[Path] = []
+    skipped: list[SkippedFile] = []
+    seen: set[str] = set()
+    for folder, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree: do not walk it twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        here = Path(folder)
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                skipped.append(SkippedFile(here / name, "hidden folder: not searched", class_name, quiet=True))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = here / name
+            ending = path.suffix.lower()
+            if name.startswith("."):
+                skipped.append(SkippedFile(path, "hidden file", class_name, quiet=True))
+            elif name.lower() in SYSTEM_FILES:
+                skipped.append(SkippedFile(path, "system file", class_name, quiet=True))
+            elif ending not in IMAGE_EXTENSIONS:
+                reason = _KNOWN_OTHER_ENDINGS.get(ending, f"not an image: ending {ending or 'none'!r}")
+                skipped.append(SkippedFile(path, reason, class_name))
+            elif path.is_file():
+                files.append(path)
+    return sorted(files), skipped
 
 
 def list_images(class_dir: Path) -> list[Path]:
     """Image files under ``class_dir``, including nested subfolders, sorted.
 
-    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) and files
-    whose ending is not in :data:`IMAGE_EXTENSIONS` are left out.
+    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``), system files
+    (``Thumbs.db``) and files whose ending is not in :data:`IMAGE_EXTENSIONS` are
+    left out; the files' contents are not looked at (see :func:`inspect_image`).
     """
-    files = []
-    for path in class_dir.rglob("*"):
-        rel = path.relative_to(class_dir)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            files.append(path)
-    return sorted(files)
+    return _walk(Path(class_dir), None)[0]
 
 
-def scan_folder(root: str | Path) -> pd.DataFrame:
+def _too_large_reason(width: int, height: int) -> str | None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        return (
+            f"too large: {width}x{height} = {width * height:,} pixels is over Pillow's decompression-bomb "
+            f"limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); shrink it, e.g. to 2000 px on the long side"
+        )
+    return None
+
+
+def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, object] | None, str | None]:
+    """Look at one image file: ``(info, None)`` when it is usable, ``(None, reason)`` when not.
+
+    ``info`` has ``width``, ``height``, ``mode`` and ``format``. ``check`` says how much is read:
+
+    * ``"none"``: only that the file is not empty (no decoding; ``info`` values are ``None``);
+    * ``"header"``: the image header (format, size): catches empty files, files that are
+      not images, images smaller than :data:`MIN_IMAGE_SIDE` and images over Pillow's
+      decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``). About 0.2-0.5 ms a photo.
+    * ``"decode"``: also decodes the pixels the way :func:`load_image` does (JPEGs at 1/8
+      scale, which still reads every byte): catches corrupt and truncated files too. About
+      3 ms a photo.
+
+    Images over the decompression-bomb limit are skipped, not loaded: Pillow only warns
+    between the limit and twice the limit, but such a file costs hundreds of MB per load
+    and is almost always a mistake (or an attack) in a training folder.
+    """
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        return None, f"unreadable: {error.strerror or error}"
+    if size == 0:
+        return None, "empty file: 0 bytes; copy the photo again"
+    info: dict[str, object] = {"width": None, "height": None, "mode": None, "format": None}
+    if check == "none":
+        return info, None
+    try:
+        with warnings.catch_warnings():
+            # Between 1x and 2x the limit Pillow only warns; the size check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                info.update(width=width, height=height, mode=img.mode, format=img.format)
+                too_large = _too_large_reason(width, height)
+                if too_large:
+                    return None, too_large
+                if min(width, height) < MIN_IMAGE_SIDE:
+                    return None, (
+                        f"too small: {width}x{height} px, the course needs at least {MIN_IMAGE_SIDE} px "
+                        "on the short side; probably a placeholder or a broken thumbnail"
+                    )
+                if check == "decode":
+                    # draft() lets libjpeg decode at 1/8 scale: ~4x cheaper, and it still reads
+                    # every byte, so truncation and broken data streams are found all the same.
+                    img.draft(None, (max(1, width // 8), max(1, height // 8)))
+                    _to_rgb(img)
+    except Image.DecompressionBombError:
+        return None, _too_large_reason(*_header_size(path)) or "too large: over the decompression-bomb limit"
+    except UnidentifiedImageError:
+        return None, "not an image: unreadable content (corrupt, or not really a photo despite its ending); replace it"
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
+        # Pillow reports damaged data with several types: "image file is truncated",
+        # "broken data stream", SyntaxError from some plugins, struct.error on short headers.
+        return None, f"corrupt or truncated: {error}; replace it with a good copy"
+    return info, None
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """Width and height from the header, with the decompression-bomb check switched off."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # only for reading the size; restored at once
+        with Image.open(path) as img:
+            return img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
+    """Scan ``root`` like :func:`scan_folder`, but collect every problem instead of raising.
+
+    Used by :func:`scan_folder` and by :func:`tlcourse.verify.verify_folder`.
+    """
+    root = Path(root)
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    extra = ["width", "height", "mode", "format"]
+    empty_table = pd.DataFrame(columns=LABEL_COLUMNS + extra)
+    try:
+        classes = find_classes(root)
+    except (FileNotFoundError, ValueError) as error:
+        return FolderScan(root, [], empty_table, [], [error], check)
+    skipped: list[SkippedFile] = [
+        SkippedFile(p, "hidden folder: not a class", None, quiet=True)
+        for p in sorted(root.iterdir()) if p.is_dir() and _is_hidden(p)
+    ]
+    for path in sorted(p for p in root.iterdir() if p.is_file()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(path):
+            skipped.append(SkippedFile(path, "outside any class folder: move it into its class's folder"))
+        else:
+            skipped.append(SkippedFile(path, "not in a class folder: ignored", quiet=True))
+    rows = []
+    for label, name in enumerate(classes):
+        files, left_out = _walk(root / name, name)
+        skipped += left_out
+        for path in files:
+            info, reason = inspect_image(path, check)
+            if reason is not None:
+                skipped.append(SkippedFile(path, reason, name))
+            else:
+                rows.append({"file_path": str(path.resolve()), "label": label, "class_name": name, **info})
+    table = pd.DataFrame(rows, columns=LABEL_COLUMNS + extra)
+    errors: list[Exception] = []
+    if len(classes) == 1:
+        errors.append(ValueError(
+            f"Only one class folder ({classes[0]}) in {root}: a classifier needs at least two classes. "
+            f"Add a folder for each other class next to {root / classes[0]}, or point TLCOURSE_DATA at "
+            "the folder that holds all the class folders."
+        ))
+    used = set(table["class_name"])
+    for name in classes:
+        if name not in used:
+            left_out = [s for s in skipped if s.class_name == name and not s.quiet]
+            detail = (f" ({len(left_out)} file(s) skipped, e.g. {left_out[0].path.name}: {left_out[0].reason})"
+                      if left_out else "")
+            errors.append(ValueError(
+                f"Class folder without usable images in {root}: {name}{detail}. "
+                "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."
+            ))
+    return FolderScan(root, classes, table, skipped, errors, check)
+
+
+def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
     """Scan a folder of class subfolders into a table ``file_path, label, class_name``.
 
     Labels are the positions of the class names in sorted order. Images in
-    nested folders inside a class folder belong to that class.
+    nested folders inside a class folder belong to that class. ``file_path`` is absolute.
+
+    Files that cannot be used are left out and reported: appended to ``skipped``
+    (a list you pass, as :class:`SkippedFile` records) and, except for hidden and
+    system files, named in one :class:`SkippedFilesWarning`. ``check`` (see
+    :func:`inspect_image`) is ``"header"`` by default: quick, and it catches empty,
+    non-image, tiny and oversized files. Corrupt or truncated photos are only
+    found by decoding them: use ``check="decode"`` or
+    :func:`tlcourse.verify.verify_folder` before a long training run.
+
+    Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for a
+    folder without class subfolders, with a single class, or with a class that has
+    no usable image; each message names the folder and the fix.
     """
-    root = Path(root)
-    classes = find_classes(root)
-    rows = []
-    for label, name in enumerate(classes):
-        for path in list_images(root / name):
-            rows.append((str(path.resolve()), label, name))
-    table = pd.DataFrame(rows, columns=LABEL_COLUMNS)
-    empty = [name for name in classes if name not in set(table["class_name"])]
-    if empty:
-        raise ValueError(
-            f"Class folder(s) without images in {root}: {', '.join(empty)}. "
-            "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."
+    scan = inspect_folder(root, check)
+    if skipped is not None:
+        skipped.extend(scan.skipped)
+    if scan.errors:
+        raise scan.errors[0]
+    loud = [s for s in scan.skipped if not s.quiet]
+    if loud:
+        shown = "; ".join(f"{s.path.relative_to(scan.root)} ({s.reason})" for s in loud[:5])
+        more = f"; and {len(loud) - 5} more" if len(loud) > 5 else ""
+        warnings.warn(
+            f"Skipped {len(loud)} file(s) in {scan.root}: {shown}{more}. "
+            f"See them all with tlcourse.verify.verify_folder({str(scan.root)!r}).",
+            SkippedFilesWarning,
+            stacklevel=2,
         )
-    return table
+    return scan.table[LABEL_COLUMNS].reset_index(drop=True)
 
 
 def write_labels_csv(table: pd.DataFrame, out_csv: str | Path) -> Path:
@@ -147,19 +433,67 @@ def class_names(table: pd.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------- images
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, upright (EXIF orientation applied).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-    Transparent images are composited on white, so a transparent background
-    does not turn black.
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phones store portraits sideways plus a rotate tag)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block must not cost the learner the photo itself
+        return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow image to 8-bit RGB, upright, transparency composited on white."""
+    img = _upright(img)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        # Pillow's own convert() clips 16-bit values at 255, turning a 16-bit photo
+        # white; scale the 0..65535 range to 0..255 instead.
+        values = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
+        # Composite on white rather than dropping alpha: the hidden colour of transparent
+        # pixels is arbitrary (often black), which would frame the object in a colour
+        # the model could learn instead of the object.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as 8-bit RGB, upright, whatever its format and mode.
+
+    * EXIF orientation is applied, so phone photos come out upright.
+    * Grayscale, palette, CMYK and 16-bit images are converted to RGB (16-bit values
+      are scaled, not clipped).
+    * Transparent images (RGBA, LA, palette or RGB with a transparent colour) are
+      composited on white, so a transparent background does not turn black.
+    * Animated GIF/WebP: the first frame.
+
+    Raises :class:`ImageLoadError` naming the file, the reason and the fix when
+    the file is missing, empty, not an image, corrupt, truncated, or over twice
+    Pillow's decompression-bomb limit (between 1x and 2x Pillow only warns and
+    the image loads; :func:`scan_folder` skips those for training).
     """
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, img)
-        return img.convert("RGB")
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return _to_rgb(img)
+    except FileNotFoundError:
+        raise ImageLoadError(
+            f"Image not found: {path}. If it is listed in a labels CSV, the folder changed since the CSV "
+            "was made: recreate the CSV (tlcourse.data.create_csv).", path) from None
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(
+            f"Cannot load {path}: {error} Shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if you trust it.", path) from error
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
+        raise ImageLoadError(
+            f"Cannot load image {path}: {error}. The file is empty, corrupt, truncated or not an image. "
+            "Replace or remove it; check the whole folder first with "
+            "tlcourse.verify.verify_folder(<data folder>) (or `tlcourse doctor`).", path) from error
 
 
 class CSVDataset(Dataset):
@@ -167,6 +501,9 @@ class CSVDataset(Dataset):
 
     ``transform`` is applied to the image only: labels need no transforming
     (the original passed ``(image, label)`` tuples through every transform).
+    A file that cannot be loaded raises :class:`ImageLoadError` naming it (also
+    from inside DataLoader workers), rather than a bare Pillow error mid-epoch;
+    :func:`tlcourse.verify.verify_folder` finds such files before training.
     """
 
     def __init__(self, table: pd.DataFrame | str | Path, transform: Callable | None = None):
@@ -178,7 +515,7 @@ class CSVDataset(Dataset):
 
     def __getitem__(self, idx: int):
         row = self.table.iloc[idx]
-        img = load_image(row["file_path"])
+        img = load_image(row["file_path"])  # raises ImageLoadError naming the file
         if self.transform is not None:
             img = self.transform(img)
         return img, int(row["label"])
