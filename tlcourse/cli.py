@@ -164,19 +164,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def _folder_table(data_dir: Path, class_names: Sequence[str]):
-    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices."""
-    from .data import scan_folder
+    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices.
 
-    table = scan_folder(data_dir)
-    unknown = sorted(set(table["class_name"]) - set(class_names))
+    Unlike training, evaluation accepts a folder with only some of the classes
+    (e.g. only hotdogs). Files the course cannot read are skipped and listed.
+    """
+    from .data import find_classes, inspect_folder
+
+    find_classes(data_dir)  # a missing folder or one without class subfolders: clear error, with the fix
+    scan = inspect_folder(data_dir, check="header")
+    table = scan.table
+    if table.empty:
+        raise scan.errors[0] if scan.errors else ValueError(f"No images in the class folders of {data_dir}.")
+    unknown = sorted(set(scan.classes) - set(class_names))
     if unknown:
         raise ValueError(
             f"{data_dir} has class folder(s) {unknown} that the checkpoint does not know; it was trained on "
             f"{list(class_names)}. Evaluate on a folder whose subfolders are named like those classes."
         )
-    # The folder may hold only some of the classes (e.g. only hotdogs): labels follow the checkpoint.
-    table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)})
-    return table
+    for skipped in scan.skipped:
+        if not skipped.quiet:
+            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    table = table.copy()
+    table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)}).astype(int)
+    return table.reset_index(drop=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -236,10 +247,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     transform = eval_transform(info["transform"])
     results, failures = [], 0
     for image in args.images:
+        if not Path(image).is_file():
+            _err(f"image not found: {image}. Give the path of a photo file (jpg, png, ...).")
+            failures += 1
+            continue
         try:
             x = transform(load_image(image)).unsqueeze(0)
-        except (OSError, ValueError) as error:  # missing file, not an image
-            _err(f"cannot read {image}: {error}. Give the path of a photo (jpg, png, ...).")
+        except (OSError, ValueError) as error:  # not an image, truncated, unsupported format
+            _err(f"cannot read {image} as an image: {error}")
             failures += 1
             continue
         probs = predict_proba(model, x)[0].cpu()

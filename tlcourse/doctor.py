@@ -3,7 +3,8 @@
 Each check gives a :class:`Check` with a status:
 
 * ``ok``: fine;
-* ``info``: worth knowing, not needed by a lesson (an optional backbone without cached weights, a CPU);
+* ``info``: worth knowing, not needed by a lesson (an optional backbone without cached weights);
+* ``warn``: lessons work, but something should be fixed (photos the lessons have to skip);
 * ``missing``: a lesson will fail; the check carries the command or step that fixes it.
 
 :func:`run_checks` collects them and :func:`format_table` prints them; the
@@ -18,11 +19,10 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .config import Config, get_config
 
-OK, INFO, MISSING = "ok", "info", "missing"
+OK, INFO, WARN, MISSING = "ok", "info", "warn", "missing"
 
 #: The oldest versions the course supports (pyproject.toml's ranges).
 MINIMUM = {"python": (3, 10), "torch": (2, 1), "torchvision": (0, 16), "jupyterlab": (4, 0), "ipywidgets": (8, 0)}
@@ -116,17 +116,11 @@ def check_device(config: Config) -> Check:
 
 
 def find_unreadable(files: list[Path]) -> list[tuple[Path, str]]:
-    """Images that Pillow cannot open and decode, with the reason.
+    """Images that Pillow cannot open and fully decode, with the reason.
 
-    Uses the data module's verifier when it has one (so the doctor and the
-    lessons agree on what is unreadable); otherwise fully decodes each file,
-    since ``Image.verify()`` alone misses truncated JPEGs.
+    The fallback when :mod:`tlcourse.verify` is not available: ``Image.verify()``
+    alone misses truncated JPEGs, so each file is decoded.
     """
-    from . import data
-
-    verifier: Callable | None = getattr(data, "find_unreadable", None) or getattr(data, "unreadable_images", None)
-    if verifier is not None:
-        return [(Path(p), str(reason)) for p, reason in _normalise(verifier(files))]
     from PIL import Image
 
     bad = []
@@ -139,19 +133,48 @@ def find_unreadable(files: list[Path]) -> list[tuple[Path, str]]:
     return bad
 
 
-def _normalise(result) -> list[tuple[Path, str]]:
-    if isinstance(result, dict):
-        return list(result.items())
-    return [(item, "unreadable") if not isinstance(item, tuple) else item for item in result]
+def _listing(items: list[tuple[str, str]], limit: int = 5) -> str:
+    shown = "; ".join(f"{p} ({why})" for p, why in items[:limit])
+    return shown + (f"; ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
-    """The photo folder: classes, images per class, unreadable files."""
-    from .data import find_classes, list_images
+    """The photo folder: classes, images per class, unreadable files.
 
+    Uses :func:`tlcourse.verify.verify_folder` when the package has it, so the
+    doctor and the lessons agree on which files are usable; files it skips are
+    a warning (lessons leave them out), folder-level problems are missing.
+    """
     fix = f"tlcourse download-data --dest {data_dir}  (or point TLCOURSE_DATA at your photo folder)"
     if not data_dir.is_dir() or not any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
         return [Check("data folder", f"{data_dir}: missing or empty", MISSING, fix)]
+    try:
+        from .verify import verify_folder
+    except ImportError:
+        return _check_data_simple(data_dir, verify_images, fix)
+    report = verify_folder(data_dir, check="decode" if verify_images else "header")
+    counts = report.images["class_name"].value_counts()
+    found = ", ".join(f"{name} {int(counts.get(name, 0))}" for name in report.classes) or "no class subfolders"
+    rows = [Check("data folder", str(data_dir), OK)]
+    if report.errors:
+        rows.append(Check("classes", found, MISSING, " ".join(report.errors) + f" Or: {fix}"))
+    else:
+        rows.append(Check("classes", found, OK))
+    loud = report.problems[~report.problems["quiet"].astype(bool)]
+    checked = f"{'decoded' if verify_images else 'headers read'}"
+    if len(loud):
+        listing = _listing(list(zip(loud["file_path"], loud["reason"])))
+        rows.append(Check("unreadable files", f"{len(loud)} skipped ({checked})", WARN,
+                          f"the lessons leave these out; replace or remove them (or run tlcourse download-data "
+                          f"again for the example set): {listing}"))
+    else:
+        rows.append(Check("unreadable files", f"none of {len(report.images)} ({checked})", OK))
+    return rows
+
+
+def _check_data_simple(data_dir: Path, verify_images: bool, fix: str) -> list[Check]:
+    from .data import find_classes, list_images
+
     try:
         classes = find_classes(data_dir)
     except (ValueError, FileNotFoundError) as error:
@@ -172,9 +195,10 @@ def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
         every = [path for found in files.values() for path in found]
         bad = find_unreadable(every)
         if bad:
-            listing = "; ".join(f"{p} ({why})" for p, why in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            # Without the verify module, loading stops at an unreadable file: a lesson would fail.
             rows.append(Check("unreadable files", f"{len(bad)} of {len(every)}", MISSING,
-                              f"replace or remove these files (or re-run tlcourse download-data): {listing}"))
+                              f"replace or remove these files (or re-run tlcourse download-data): "
+                              f"{_listing([(str(p), why) for p, why in bad])}"))
         else:
             rows.append(Check("unreadable files", f"none of {len(every)}", OK))
     return rows
@@ -204,7 +228,7 @@ def check_weights(config: Config) -> list[Check]:
                 f"not cached ({path.parent})",
                 MISSING if needed else INFO,
                 f"tlcourse prefetch-weights {name}  (or: tlcourse prefetch-weights {name} --from DIR)"
-                if needed else f"optional: tlcourse prefetch-weights {name}",
+                if needed else f"tlcourse prefetch-weights {name}",
             ))
     return rows
 
@@ -230,7 +254,7 @@ def run_checks(config: Config | None = None, data_dir: str | Path | None = None,
 
 def format_table(checks: list[Check]) -> str:
     """The checks as an aligned text table, followed by the fixes for what is missing."""
-    marks = {OK: "ok", INFO: "--", MISSING: "MISSING"}
+    marks = {OK: "ok", INFO: "--", WARN: "warn", MISSING: "MISSING"}
     name_w = max(len(c.name) for c in checks)
     mark_w = max(len(m) for m in marks.values())
     lines = [f"{'check':<{name_w}}  {'status':<{mark_w}}  found", "-" * (name_w + mark_w + 40)]
@@ -242,6 +266,10 @@ def format_table(checks: list[Check]) -> str:
         lines += [f"  - {c.name}: {c.fix}" for c in problems]
     else:
         lines.append("Ready: everything the lessons need is here.")
+    worth = [c for c in checks if c.status == WARN]
+    if worth:
+        lines.append("Worth fixing:")
+        lines += [f"  - {c.name}: {c.fix}" for c in worth]
     optional = [c for c in checks if c.status == INFO and c.fix]
     if optional:
         lines.append("Optional:")
