@@ -33,14 +33,21 @@ class WeightsUnavailableError(RuntimeError):
 
 def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
     """Return the torchvision weights enum member for ``backbone`` (``None`` for no weights)."""
-    if weights is None:
-        return None
-    try:
-        return torchvision.models.get_model_weights(backbone)[weights]
-    except ValueError:
+    # Checked also for weights=None, so a typo in TLCOURSE_BACKBONE gets the same clear message.
+    if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(
             f"Unknown backbone {backbone!r}. Use a torchvision classification model name, "
             f"for example one of {', '.join(SUPPORTED_BACKBONES)}."
+        )
+    if weights is None:
+        return None
+    enum = torchvision.models.get_model_weights(backbone)
+    try:
+        return enum[weights]
+    except KeyError:
+        raise ValueError(
+            f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
+            f"{', '.join(member.name for member in enum)}, or None for random weights."
         ) from None
 
 
