@@ -372,10 +372,10 @@ def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFi
         skipped.extend(scan.skipped)
     if scan.errors:
         raise scan.errors[0]
-    loud = [s for s in scan.skipped if not s.quiet]
+    loud = sorted((s for s in scan.skipped if not s.quiet), key=lambda s: s.path)
     if loud:
-        shown = "; ".join(f"{s.path.relative_to(scan.root)} ({s.reason})" for s in loud[:5])
-        more = f"; and {len(loud) - 5} more" if len(loud) > 5 else ""
+        shown = "; ".join(f"{s.path.relative_to(scan.root)} ({s.reason})" for s in loud[:10])
+        more = f"; and {len(loud) - 10} more" if len(loud) > 10 else ""
         warnings.warn(
             f"Skipped {len(loud)} file(s) in {scan.root}: {shown}{more}. "
             f"See them all with tlcourse.verify.verify_folder({str(scan.root)!r}).",
