@@ -44,9 +44,23 @@ def seed_everything(seed: int) -> None:
 
 
 def choose_device(preference: str = "auto") -> torch.device:
-    """Pick CUDA if available, else Apple's MPS, else the CPU (or the one asked for)."""
+    """Pick CUDA if available, else Apple's MPS, else the CPU (or the one asked for).
+
+    Asking for a device this machine does not have raises at once, with the fix,
+    instead of failing later inside ``.to(device)`` with a less helpful message.
+    """
     if preference != "auto":
-        return torch.device(preference)
+        device = torch.device(preference)
+        available = {
+            "cuda": torch.cuda.is_available(),
+            "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        }
+        if not available.get(device.type, True):
+            raise RuntimeError(
+                f"{device.type.upper()} was asked for (TLCOURSE_DEVICE={preference}) but is not available "
+                "on this machine. Set TLCOURSE_DEVICE=auto (or cpu) to use what is there."
+            )
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
