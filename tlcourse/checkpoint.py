@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .data import TransformSettings
+from .data import IMAGE_EXTENSIONS, TransformSettings
 from .models import TransferClassifier, build_model
 from .training import History
 
@@ -43,9 +43,22 @@ def save_checkpoint(
     class_names: Sequence[str],
     history: History | None = None,
     extra: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
-    """Save ``model`` and what is needed to use it to ``path`` (atomically)."""
+    """Save ``model`` and what is needed to use it to ``path`` (atomically).
+
+    Stored: the weights, backbone name, class names, head shape, transform
+    settings, the training ``history``, ``extra`` (plain Python values) and, when
+    given, the ``optimizer``'s state, so training can resume exactly where it
+    stopped (Adam's running averages included). The file is written next to
+    ``path`` under a temporary name and renamed over it only when complete: an
+    interruption or a full disk leaves the previous checkpoint intact and no
+    temporary file behind.
+    """
     path = Path(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:  # a typo must not overwrite a learner's photo
+        raise ValueError(f"Refusing to save a checkpoint as {path}: that is an image file name. "
+                         "Save it under the output folder (TLCOURSE_OUTPUT), e.g. outputs/model.pt.")
     if len(class_names) != model.n_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {model.n_classes} outputs")
     payload = {
@@ -59,11 +72,15 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "history": history.to_dict() if history is not None else None,
         "extra": extra or {},
+        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A unique hidden name beside the target (same file system, so the rename is atomic);
+    # opened with "xb" rather than tempfile.mkstemp, whose 0600 permissions the
+    # checkpoint would keep after the rename.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -92,7 +109,13 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     """Rebuild the model saved at ``path``. Returns ``(model, info)``.
 
     ``info`` has ``class_names``, ``history`` (a :class:`History` or ``None``),
-    ``transform`` (:class:`TransformSettings`) and ``extra``. The model is in eval mode.
+    ``transform`` (:class:`TransformSettings`), ``backbone``, ``extra`` and ``optimizer``
+    (the optimizer's state dict, or ``None``). The model is in eval mode.
+
+    To resume training, build the same optimizer over the loaded model, call
+    ``optimizer.load_state_dict(info["optimizer"])`` and pass
+    ``history=info["history"]`` to :func:`tlcourse.training.fit`, which continues
+    the epoch numbering.
     """
     payload = read_checkpoint(path)
     model = build_model(
@@ -108,14 +131,21 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     load_weights_into(model, payload, source=path)
     model.to(device).eval()
     history = History.from_dict(payload["history"]) if payload["history"] else None
-    info = {"class_names": payload["class_names"], "history": history,
-            "transform": model.transform_settings, "extra": payload["extra"]}
+    info = {"class_names": payload["class_names"], "history": history, "backbone": payload["backbone"],
+            "transform": model.transform_settings, "extra": payload["extra"],
+            "optimizer": payload.get("optimizer")}
     return model, info
 
 
 def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | str | Path,
-                      source: str | Path | None = None) -> TransferClassifier:
-    """Put a checkpoint's weights into an existing model, checking that it is the same setup."""
+                      source: str | Path | None = None,
+                      class_names: Sequence[str] | None = None) -> TransferClassifier:
+    """Put a checkpoint's weights into an existing model, checking that it is the same setup.
+
+    Raises :class:`CheckpointError`, naming both setups and the fix, when the
+    backbone, the number of classes, the class names (when ``class_names`` is
+    given) or the head's layers differ.
+    """
     if not isinstance(checkpoint, dict):
         source, checkpoint = checkpoint, read_checkpoint(checkpoint)
     where = source or "checkpoint"
@@ -131,8 +161,30 @@ def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | st
             f"{where} has {n} classes ({', '.join(checkpoint['class_names'])}), but this model has "
             f"{model.n_classes} outputs. Build the model with n_classes={n} or use load_checkpoint()."
         )
+    if class_names is not None and list(class_names) != list(checkpoint["class_names"]):
+        raise CheckpointError(
+            f"{where} was trained on classes {checkpoint['class_names']}, but this model is for "
+            f"{list(class_names)}: its outputs would mean other classes. Use the checkpoint's class names "
+            "(load_checkpoint() returns them) or train a model for these classes."
+        )
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
-        raise CheckpointError(f"{where} does not fit this model's layers: {error}") from error
+        mine = _head_shape(model)
+        raise CheckpointError(
+            f"{where} does not fit this model's layers (checkpoint head: {checkpoint['head']}, this model: "
+            f"{mine}). Build the model with the checkpoint's settings or use load_checkpoint(). "
+            f"Details: {error}"
+        ) from error
     return model
+
+
+def _to_cpu(value: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor on the CPU, so any machine can load it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
