@@ -32,8 +32,11 @@ data: setup ## download the example photos into data/ unless TLCOURSE_DATA point
 		$(BIN)/tlcourse download-data --dest "$(DATA)"; \
 	fi
 
+# Jupyter refuses to run as root (containers, some CI machines) unless told it is on purpose.
+LAB_FLAGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+
 lab: data ## set everything up and open the course in JupyterLab
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/
 
 test: data ## set everything up and run the whole test suite, lessons included
 	$(BIN)/python -m pytest
