@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,15 +33,40 @@ from torch import nn
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or infinite."""
+    """Raised when the training loss becomes NaN or infinite.
+
+    The message names the likely cause and the fix; ``history`` holds the
+    :class:`History` up to the last finished step, so nothing measured is lost.
+    """
+
+    history: "History | None" = None
 
 
 # --------------------------------------------------------------------------- helpers
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) so a run can be repeated."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so a run can be repeated.
+
+    On a CPU this is enough: the same seed, data and thread count give the same
+    weights and metrics, bit for bit. On a GPU it is not: cuDNN picks
+    convolution algorithms by timing them and some of them (and the backward of
+    several layers) add floating-point numbers in a varying order, so two runs
+    differ in the last digits and drift apart over epochs. ``deterministic=True``
+    asks PyTorch for deterministic algorithms (``torch.use_deterministic_algorithms``,
+    cuDNN without benchmarking, ``CUBLAS_WORKSPACE_CONFIG``): repeatable on the
+    same GPU and software, a little slower. Different GPUs, drivers or PyTorch
+    versions still give (slightly) different numbers, and so do CPU and GPU.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
+    if deterministic:
+        # cuBLAS needs a fixed workspace for deterministic matrix products; it is read when
+        # CUDA starts, so set it before the first CUDA call (harmless on a CPU).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        # warn_only: an operation without a deterministic version warns instead of failing a lesson.
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def choose_device(preference: str = "auto") -> torch.device:
@@ -189,9 +215,22 @@ def fit(
     button (KeyboardInterrupt, caught when ``catch_interrupt``), ends training
     after the current batch with the history complete up to that point. Pass
     an earlier ``history`` to continue its epoch numbering (resuming).
+
+    Interrupting leaves valid weights: the best epoch's when one finished (with
+    ``keep_best``), otherwise those after the last finished step; ``history.batches``
+    ends at the last finished step and ``history.epochs`` at the last finished
+    epoch, and ``history.interrupted`` is set. When resuming with ``keep_best``,
+    the starting weights count as those of ``history``'s best epoch (what a
+    checkpoint saved after ``fit`` holds), so they are put back at the end unless
+    a new epoch beats that epoch's score.
+
+    A NaN or infinite loss stops training with :class:`NonFiniteLossError`, whose
+    message names the likely cause (a too-high learning rate, or bad inputs); the
+    best weights so far are put back first.
     """
     device = device or _device_of(model)
     history = history if history is not None else History()
+    history.interrupted = history.stopped_early = False  # these describe the latest run
     first_epoch = len(history.epochs)
     try:
         batches = len(train_loader)  # type: ignore[arg-type]
@@ -200,8 +239,11 @@ def fit(
     state = TrainState(epochs=first_epoch + epochs, batches=batches, history=history)
     notify = _Callbacks(callbacks)
     best_state, best_acc = None, -math.inf
-    if history.best_epoch is not None:
-        best_acc = history.best()["val_acc"]
+    if history.best_epoch is not None:  # resuming: new epochs must beat the best one so far
+        best = history.best()
+        best_acc = best.get("val_acc", best["train_acc"])
+        if keep_best:
+            best_state = copy.deepcopy(model.state_dict())
     started = time.perf_counter()
     notify("on_train_begin", state)
     try:
@@ -217,7 +259,10 @@ def fit(
                 # Mean over the batch for the gradient; kept as a sum below for the epoch loss.
                 loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(_non_finite_message(loss.item(), state, optimizer))
+                    error = NonFiniteLossError(
+                        _non_finite_message(loss.item(), state, optimizer, x, model, best_state, history))
+                    error.history = history
+                    raise error
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -242,9 +287,9 @@ def fit(
             history.epochs.append(record)
             score = record.get("val_acc", record["train_acc"])
             if score > best_acc:
-                best_acc, history.best_epoch = score, epoch
-                if keep_best:
+                if keep_best:  # copy first: an interrupt here must not leave best_epoch ahead of best_state
                     best_state = copy.deepcopy(model.state_dict())
+                best_acc, history.best_epoch = score, epoch
             notify("on_epoch_end", state)
             if state.stop_requested:
                 history.stopped_early = True
@@ -266,11 +311,24 @@ def fit(
     return history
 
 
-def _non_finite_message(value: float, state: TrainState, optimizer: torch.optim.Optimizer) -> str:
+def _non_finite_message(value: float, state: TrainState, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                        model: nn.Module, best_state: dict | None, history: History) -> str:
+    """Name the likely cause of a NaN/inf loss, and say what state the model is left in."""
     lrs = ", ".join(f"{g['lr']:g}" for g in optimizer.param_groups)
-    return (
-        f"The training loss became {value} in epoch {state.epoch + 1}, batch {state.batch + 1}. "
-        f"The most likely cause is a learning rate that is too high (now: {lrs}); try 10x smaller. "
-        "Other causes: inputs with NaN/inf values, or a custom loss that takes log(0). "
-        "Training stopped so it does not go on with NaN weights."
-    )
+    where = f"The training loss became {value} in epoch {state.epoch + 1}, batch {state.batch + 1}."
+    if not torch.isfinite(x).all():
+        cause = ("The input batch itself contains NaN or infinite values: check the data and the "
+                 "transforms (e.g. a division by a zero std in Normalize).")
+    elif state.step == 0:
+        cause = ("It happened before this run updated any weight, so the learning rate is not the cause: "
+                 "check the model's starting weights, the inputs and the loss.")
+    else:
+        cause = (f"The most likely cause is a learning rate that is too high (now: {lrs}): try one 10x "
+                 "smaller. Other causes: inputs with extreme values, or a custom loss that takes log(0).")
+    if best_state is not None:
+        after = "Training stopped; the best weights so far were put back."
+    elif all(torch.isfinite(p).all() for p in model.parameters()):
+        after = "Training stopped before the weights became NaN."
+    else:
+        after = "Training stopped; the weights are no longer usable: rebuild the model (or load a checkpoint)."
+    return f"{where} {cause} {after}"
