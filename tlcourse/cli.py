@@ -33,6 +33,16 @@ def _err(message: str) -> None:
     print(f"tlcourse: error: {message}", file=sys.stderr)
 
 
+def _device(preference: str):
+    """The torch device to use; a device this machine lacks is a user error (exit 1 with the fix), not a crash."""
+    from .training import choose_device
+
+    try:
+        return choose_device(preference)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from None
+
+
 # --------------------------------------------------------------------------- download-data
 def cmd_download_data(args: argparse.Namespace) -> int:
     from .download import DownloadError, download_data
@@ -120,14 +130,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import find_classes, load_course_data
     from .models import build_model
     from .recipes import train_discriminative, train_frozen
-    from .training import Callback, choose_device, evaluate, seed_everything
+    from .training import Callback, evaluate, seed_everything
 
     config = get_config()
     backbone = args.backbone or config.backbone
     seed = config.seed if args.seed is None else args.seed
     epochs = args.epochs if args.epochs is not None else (5 if args.method == "freeze" else 2)
     out = Path(args.out) if args.out else config.output_dir / f"{backbone}-{args.method}.pt"
-    device = choose_device(args.device or config.device)
+    device = _device(args.device or config.device)
 
     seed_everything(seed)
     # Build the model first: its weights define the input transform (sizes, normalisation).
@@ -194,9 +204,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
-    from .training import choose_device
 
-    device = choose_device(args.device or get_config().device)
+    device = _device(args.device or get_config().device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     table = _folder_table(Path(args.data_dir), names)
@@ -239,9 +248,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import eval_transform, load_image
     from .models import predict_proba
-    from .training import choose_device
 
-    device = choose_device(args.device or get_config().device)
+    device = _device(args.device or get_config().device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     transform = eval_transform(info["transform"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +41,9 @@ class Check:
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
-    numbers = []
-    for part in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in part if ch.isdigit()) if part else ""
-        if not digits:
-            break
-        numbers.append(int(digits))
-        if not part.isdigit():
-            break
-    return tuple(numbers)
+    """The release numbers of a version string: ``"2.14.1+cpu"`` -> ``(2, 14, 1)``, ``"4.0.0rc1"`` -> ``(4, 0, 0)``."""
+    match = re.match(r"\d+(?:\.\d+)*", text.strip())
+    return tuple(int(n) for n in match.group(0).split(".")) if match else ()
 
 
 def _package(name: str, minimum: tuple[int, ...] | None, fix: str, label: str | None = None) -> Check:
@@ -99,7 +94,11 @@ def check_device(config: Config) -> Check:
 
         from .training import choose_device
 
-        device = choose_device(config.device)
+        try:
+            device = choose_device(config.device)
+        except RuntimeError as error:  # a device asked for that this machine does not have
+            return Check("device", f"{config.device} asked for (TLCOURSE_DEVICE) but not available", MISSING,
+                         str(error))
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 return Check("device", "cuda asked for (TLCOURSE_DEVICE) but not available", MISSING,
