@@ -177,7 +177,7 @@ def verify_folder(
             "accuracy then mostly reflects the big class; add images to the small one(s).")
     problems = pd.DataFrame(
         [{"file_path": str(s.path), "class_name": s.class_name, "kind": s.kind, "reason": s.reason,
-          "quiet": s.quiet} for s in scan.skipped],
+          "quiet": s.quiet} for s in sorted(scan.skipped, key=lambda s: s.path)],
         columns=PROBLEM_COLUMNS,
     )
     return FolderReport(
