@@ -331,6 +331,11 @@ class TrainingDashboard(Callback):
             "val_acc": [r.get("val_acc", nan) for r in epochs],
         }
 
+    @property
+    def stop_button(self) -> Any:
+        """The Stop button widget (widgets mode, once training has begun), else None."""
+        return self._stop_button if self.widget is not None else None
+
     # ----------------------------------------------------------------- callbacks
     def on_train_begin(self, state: TrainState) -> None:
         self._reset_run()

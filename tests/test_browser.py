@@ -1,0 +1,273 @@
+"""The training dashboard in a real JupyterLab, driven by headless Chromium.
+
+Starts JupyterLab on loopback in a temporary root with a small notebook, runs
+it (as "Run All": the training cell, then a cell that evaluates and prints),
+checks that the dashboard rendered (progress bars, the curves, the sample
+photo, the Stop button), saves screenshots to ``test-artifacts/``, clicks Stop
+and checks that training ended early and the next cell ran.
+
+Needs Chromium (Debian's ``chromium``; ``CHROMIUM_PATH`` overrides
+``/usr/bin/chromium``) and Python Playwright. Skipped where they are missing,
+except in CI, where that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+EPOCHS = 40  # far more than the test waits for: it must still be training when Stop is clicked
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{what} is missing in CI", pytrace=False)
+        pytest.skip(f"{what} not available here")
+
+
+def _chromium() -> str:
+    path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+    _require(Path(path).is_file(), f"Chromium ({path}; install Debian's chromium or set CHROMIUM_PATH)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _notebook(per_class: int, batch_size: int) -> nbformat.NotebookNode:
+    """The notebook the browser runs; kernelspec metadata so JupyterLab asks no questions."""
+    cells = [
+        nbformat.v4.new_code_cell(
+            "import os\n"
+            "from tlcourse.dashboard import TrainingDashboard\n"
+            "from tlcourse.data import load_course_data\n"
+            "from tlcourse.models import build_model\n"
+            "from tlcourse.recipes import train_frozen\n"
+            "from tlcourse.training import evaluate\n"
+            "model = build_model(2)  # MobileNetV2 with its ImageNet weights\n"
+            f"data = load_course_data(os.environ['TLCOURSE_DATA'], model.transform_settings, per_class={per_class})\n"
+            "print('ready', data.split.sizes())"
+        ),
+        nbformat.v4.new_code_cell(
+            "dash = TrainingDashboard(data.classes, settings=model.transform_settings,\n"
+            "                         title='Weight freezing: training the new head')\n"
+            f"history = train_frozen(model, data, epochs={EPOCHS}, lr=1e-3, batch_size={batch_size}, "
+            "callbacks=[dash])"
+        ),
+        nbformat.v4.new_code_cell(
+            f"val = evaluate(model, data.loader('val', {batch_size}))\n"
+            "print(f\"stopped_early={history.stopped_early} epochs_run={len(history.epochs)} \"\n"
+            "      f\"best_epoch={history.best_epoch} val_acc={val['accuracy']:.3f}\")"
+        ),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                       "language": "python"}
+    notebook.metadata["language_info"] = {"name": "python"}
+    return notebook
+
+
+class JupyterLab:
+    """A JupyterLab server on loopback in its own temporary root and config folders."""
+
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.root = root
+        self.port = _free_port()
+        self.token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root.parent / "jupyterlab.log"
+        config = root.parent / "jupyter-config"
+        (config / "labconfig").mkdir(parents=True)
+        # No "get Jupyter news?" toast over the page.
+        (config / "labconfig" / "page_config.json").write_text(
+            json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+        )
+        self.env = {**env, "JUPYTER_CONFIG_DIR": str(config),
+                    "JUPYTER_DATA_DIR": str(root.parent / "jupyter-data"),
+                    "JUPYTER_RUNTIME_DIR": str(root.parent / "jupyter-runtime"),
+                    "IPYTHONDIR": str(root.parent / "ipython")}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        command = [
+            sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+            f"--port={self.port}", "--port-retries=0", f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}", "--LabApp.expose_app_in_browser=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly", "--allow-root",  # CI runs as root, offline
+        ]
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"JupyterLab exited with code {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.api("status")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        pytest.fail(f"JupyterLab did not answer on {self.url} within {timeout} s:\n{self.log_tail()}")
+
+    def api(self, path: str, method: str = "GET") -> object:
+        request = urllib.request.Request(f"{self.url}/api/{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:  # shut kernels down through the API so none is left behind
+            for kernel in self.api("kernels"):  # type: ignore[union-attr]
+                self.api(f"kernels/{kernel['id']}", method="DELETE")
+        except Exception:
+            pass
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def lab(tmp_path, data_dir, real_weights):
+    root = tmp_path / "root"
+    root.mkdir()
+    nbformat.write(_notebook(per_class=24, batch_size=8), root / "dashboard_check.ipynb")
+    env = {**os.environ, "TLCOURSE_DASHBOARD": "widgets", "TLCOURSE_DATA": str(data_dir),
+           "TLCOURSE_OUTPUT": str(tmp_path / "outputs"), "PYTHONUNBUFFERED": "1"}
+    server = JupyterLab(root, env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def _epoch_shown(page) -> int:
+    text = page.locator(".tlcourse-epochs-progress").inner_text()
+    match = re.search(r"epoch (\d+)/", text)
+    return int(match.group(1)) if match else 0
+
+
+def test_dashboard_in_jupyterlab(lab):
+    try:
+        from playwright import sync_api as playwright_api
+    except ImportError:
+        playwright_api = None
+    _require(playwright_api is not None, "Python Playwright (pip install playwright)")
+    chromium = _chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    console: list[str] = []
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+
+            def fail(message: str) -> None:
+                page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+                pytest.fail(f"{message}\n--- browser console (last 20) ---\n" + "\n".join(console[-20:])
+                            + f"\n--- JupyterLab log ---\n{lab.log_tail()}", pytrace=False)
+
+            page.goto(f"{lab.url}/lab/tree/dashboard_check.ipynb?reset&token={lab.token}")
+            try:  # the notebook is open and its kernel has started
+                page.wait_for_function(
+                    "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                    " const k = w && w.sessionContext && w.sessionContext.session"
+                    " && w.sessionContext.session.kernel; return !!k && k.status === 'idle'; }",
+                    timeout=180_000, polling=500,
+                )
+            except Exception:
+                fail("The notebook did not open with an idle kernel within 3 minutes.")
+
+            # What a learner does: Run > Run All Cells. The last cell's request then waits
+            # in the kernel's queue behind the training cell.
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+            dashboard = page.locator(".tlcourse-dashboard")
+            try:
+                dashboard.wait_for(state="visible", timeout=300_000)
+            except Exception:
+                fail("The dashboard did not appear within 5 minutes of running the notebook.")
+
+            # Let it train into the third epoch, so both curves have points.
+            deadline = time.monotonic() + 600
+            while _epoch_shown(page) < 3:
+                if time.monotonic() > deadline:
+                    fail("Training did not reach epoch 3 within 10 minutes.")
+                if "Done" in dashboard.inner_text():
+                    fail(f"Training finished all {EPOCHS} epochs before the test could click Stop.")
+                page.wait_for_timeout(500)
+            page.wait_for_timeout(1500)  # let the next redraw of curves and photo land
+
+            # Rendered: two progress bars, the curves, the sample photo with labels, the Stop button.
+            assert page.locator(".tlcourse-epochs-progress .progress-bar").count() == 1
+            assert page.locator(".tlcourse-batches-progress .progress-bar").count() == 1
+            for name in ("curves", "sample"):
+                width = page.locator(f"img.tlcourse-{name}").evaluate("img => img.naturalWidth")
+                assert width > 0, f"the {name} image is empty"
+            assert re.search(r"true: \w+\s+predicted: \w+", dashboard.inner_text()), dashboard.inner_text()
+            stop = page.locator("button.tlcourse-stop")
+            assert stop.is_enabled() and "Stop" in stop.inner_text()
+            assert re.search(r"\d+/\d+ · [\d.]+ batch/s · ~.* left", dashboard.inner_text()), dashboard.inner_text()
+            dashboard.screenshot(path=str(ARTIFACTS / "dashboard-mid-training.png"))
+            page.screenshot(path=str(ARTIFACTS / "dashboard-mid-training-page.png"))
+
+            stop.click()
+            result = page.get_by_text(re.compile(r"stopped_early=\w+ epochs_run=\d+"))
+            try:
+                result.wait_for(timeout=300_000)
+            except Exception:
+                fail("After Stop, the next cell printed nothing within 5 minutes.")
+            line = result.inner_text()
+            match = re.search(r"stopped_early=(\w+) epochs_run=(\d+)", line)
+            assert match.group(1) == "True", line
+            assert 2 <= int(match.group(2)) < EPOCHS, line
+            summary = page.locator(".tlcourse-summary").inner_text()
+            assert "stopped early" in summary and "best epoch" in summary, summary
+            assert "Stopped" in dashboard.inner_text()
+            dashboard.scroll_into_view_if_needed()
+            dashboard.screenshot(path=str(ARTIFACTS / "dashboard-stopped.png"))
+        finally:
+            browser.close()

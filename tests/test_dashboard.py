@@ -1,0 +1,394 @@
+"""The training dashboard, driven through the training callbacks without a browser.
+
+A tiny model on synthetic data; widgets are real ipywidgets objects (without a
+front end they simply have no view). The last tests start a real Jupyter
+kernel and click the Stop button the way JupyterLab does, over the kernel's
+shell channel, while the training cell is busy.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.transforms.v2 import functional as TF
+
+from tlcourse import dashboard as dashboard_module
+from tlcourse.dashboard import KernelEventPump, TrainingDashboard, dashboard_mode, format_duration
+from tlcourse.data import TransformSettings
+from tlcourse.training import Callback, fit
+
+CLASSES = ["dog", "hotdog"]
+SETTINGS = TransformSettings()
+
+
+def _images(n: int = 48, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised, smooth (photo-like, so JPEG keeps them) images whose label is their brightness."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g)
+    pixels = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
+    y = (pixels.mean((1, 2, 3)) > 0.5).long()
+    return TF.normalize(pixels, list(SETTINGS.mean), list(SETTINGS.std)), y
+
+
+def _setup(batch_size: int = 8, n: int = 48):
+    torch.manual_seed(0)
+    x, y = _images(n)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    return model, loader, optimizer
+
+
+class Record(Callback):
+    """Records what the dashboard should have seen, for reference values."""
+
+    def __init__(self):
+        self.running_acc: list[float] = []
+        self.first: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        self._correct = self._seen = 0
+
+    def on_epoch_begin(self, state):
+        self._correct = self._seen = 0
+
+    def on_batch_end(self, state):
+        self._correct += int((state.logits.argmax(1) == state.y).sum())
+        self._seen += len(state.y)
+        self.running_acc.append(self._correct / self._seen)
+        self.first.append((state.x[0].clone(), int(state.y[0]), state.logits[0].clone()))
+
+
+class StopAt(Callback):
+    """Calls ``action`` at one (epoch, batch) position, from inside the training loop."""
+
+    def __init__(self, epoch: int, batch: int | None, action):
+        self.epoch, self.batch, self.action = epoch, batch, action
+
+    def on_batch_end(self, state):
+        if self.batch is not None and (state.epoch, state.batch) == (self.epoch, self.batch):
+            self.action()
+
+    def on_epoch_end(self, state):
+        if self.batch is None and state.epoch == self.epoch:
+            self.action()
+
+
+# --------------------------------------------------------------------------- choosing a front end
+def test_mode_from_argument_env_and_auto(monkeypatch):
+    monkeypatch.delenv("TLCOURSE_DASHBOARD", raising=False)
+    assert dashboard_mode() == "text"  # auto, outside a Jupyter kernel
+    assert dashboard_mode("widgets") == "widgets"
+    monkeypatch.setenv("TLCOURSE_DASHBOARD", "Widgets ")
+    assert dashboard_mode() == "widgets"
+    assert dashboard_mode("text") == "text"  # the argument wins over the environment
+    monkeypatch.setenv("TLCOURSE_DASHBOARD", "fancy")
+    with pytest.raises(ValueError, match="TLCOURSE_DASHBOARD='fancy'.*auto, widgets, text"):
+        dashboard_mode()
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0.4, 8, 59.6, 125, 3725)] == ["0 s", "8 s", "1 min 00 s",
+                                                                       "2 min 05 s", "1 h 02 min"]
+    assert format_duration(math.nan) == "?"
+
+
+# --------------------------------------------------------------------------- text mode
+def test_text_mode_prints_one_line_per_epoch(capsys):
+    model, loader, optimizer = _setup(batch_size=4)  # 12 batches per epoch
+    dash = TrainingDashboard(CLASSES, title="tiny", mode="text")
+    history = fit(model, loader, optimizer, 3, val_loader=loader, callbacks=[dash])
+    lines = capsys.readouterr().out.splitlines()
+    # Header, one line per epoch, summary: however many batches there are.
+    assert len(lines) == 2 + 3, lines
+    assert lines[0] == "Training tiny: 3 epoch(s) x 12 batches"
+    for line, record in zip(lines[1:4], history.epochs):
+        assert line.startswith(f"epoch {record['epoch'] + 1}/3  train loss {record['train_loss']:.3f} "
+                               f"acc {record['train_acc']:.1%}  |  val loss {record['val_loss']:.3f} "
+                               f"acc {record['val_acc']:.1%}")
+    best = history.best()
+    assert lines[4] == dash.summary
+    assert dash.summary.startswith("Finished: 3 epoch(s) in ")
+    assert f"best epoch {history.best_epoch + 1}: val accuracy {best['val_acc']:.1%}" in dash.summary
+    assert dash.widget is None
+
+
+# --------------------------------------------------------------------------- widgets mode, no front end
+def test_widgets_progress_and_curve_data_match_history():
+    model, loader, optimizer = _setup(batch_size=8)  # 6 batches per epoch
+    record = Record()
+    dash = TrainingDashboard(CLASSES, settings=SETTINGS, title="tiny", mode="widgets")
+    history = fit(model, loader, optimizer, 3, val_loader=loader, callbacks=[record, dash])
+
+    assert dash._epoch_bar.value == dash._epoch_bar.max == 3
+    assert dash._batch_bar.value == dash._batch_bar.max == 6
+    assert dash._epoch_bar.bar_style == dash._batch_bar.bar_style == "success"
+    assert "epoch 3/3" in dash._epoch_text.value
+    assert dash._batch_text.value.startswith("6/6 &middot; ")
+    assert "batch/s" in dash._batch_text.value and f"loss {history.batches[-1]['loss']:.3f}" in dash._batch_text.value
+
+    data = dash.curve_data()
+    assert data["batch_loss"] == [b["loss"] for b in history.batches]
+    assert data["batch_x"] == pytest.approx([b["epoch"] + (b["batch"] + 1) / 6 for b in history.batches])
+    assert data["batch_acc"] == pytest.approx(record.running_acc)
+    assert data["epoch_x"] == [1.0, 2.0, 3.0]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert data[key] == [r[key] for r in history.epochs]
+    # The epoch's last running accuracy is the epoch's train accuracy, computed independently by fit.
+    assert [data["batch_acc"][5], data["batch_acc"][11], data["batch_acc"][17]] == pytest.approx(data["train_acc"])
+
+    curves = Image.open(io.BytesIO(dash._curves.value))
+    assert curves.format == "PNG" and curves.size == (640, 240)
+    assert dash.draws >= 2  # at the start and at the end, at least
+    assert "Done" in dash._status.value
+    assert dash.stop_button.disabled
+    assert "best epoch" in dash._summary.value and dash.summary in dash._summary.value.replace("&#x27;", "'")
+
+
+def test_sample_photo_is_denormalised_with_true_and_predicted_label():
+    # Reference: torchvision's normalize applied to known pixels; the dashboard must give them back.
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (3, 40, 56), generator=g, dtype=torch.uint8)
+    normalised = TF.normalize(pixels.float() / 255, list(SETTINGS.mean), list(SETTINGS.std))
+    array = dashboard_module._to_uint8_image(normalised, SETTINGS)
+    assert array.shape == (40, 56, 3) and array.dtype == np.uint8
+    assert np.abs(array.astype(int) - pixels.permute(1, 2, 0).numpy().astype(int)).max() <= 1
+
+    model, loader, optimizer = _setup(batch_size=8)
+    record = Record()
+    dash = TrainingDashboard(CLASSES, settings=SETTINGS, mode="widgets")
+    fit(model, loader, optimizer, 1, callbacks=[record, dash])
+    x0, y0, logits0 = record.first[-1]  # the final draw shows the last batch's first example
+    shown = np.asarray(Image.open(io.BytesIO(dash._sample.value)).convert("RGB")).astype(int)
+    expected = (x0 * torch.tensor(SETTINGS.std).view(3, 1, 1)  # undo the normalisation by hand
+                + torch.tensor(SETTINGS.mean).view(3, 1, 1)).clamp(0, 1).permute(1, 2, 0).numpy() * 255
+    assert shown.shape == expected.shape
+    assert np.abs(shown - expected).mean() < 8  # JPEG is lossy; another image differs by ~40+
+    pred = int(logits0.argmax())
+    caption = dash._caption.value
+    assert f"true: <b>{CLASSES[y0]}</b>" in caption
+    assert f">{CLASSES[pred]}</b> ({float(torch.softmax(logits0, 0)[pred]):.0%})" in caption
+    assert ("#2ca02c" in caption) == (pred == y0)  # green when right, red when wrong
+
+
+class PhotoRows(Dataset):
+    """Stands in for a CSVDataset with the eval transform: row i -> (normalised image, label)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+        self.reads: list[int] = []
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        return self.images[i], int(self.labels[i])
+
+
+def test_cached_features_show_the_photo_of_the_row():
+    images, y = _images(24, size=20)
+    features = torch.randn(24, 5)
+    rows = torch.arange(24).flip(0)  # feature row k belongs to photo 23 - k
+    loader = DataLoader(TensorDataset(features, y.flip(0), rows), batch_size=6)
+    photos = PhotoRows(images, y)
+    model = nn.Linear(5, 2)
+    dash = TrainingDashboard(CLASSES, settings=SETTINGS, dataset=photos, mode="widgets")
+    fit(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 1, callbacks=[dash])
+    assert photos.reads[-1] == 23 - 18  # the last batch starts at feature row 18
+    shown = np.asarray(Image.open(io.BytesIO(dash._sample.value)).convert("RGB")).astype(int)
+    expected = dashboard_module._to_uint8_image(images[23 - 18], SETTINGS).astype(int)
+    assert np.abs(shown - expected).mean() < 8
+
+    # Without dataset= there is no photo, and the caption says how to get one.
+    dash = TrainingDashboard(CLASSES, mode="widgets")
+    fit(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 1, callbacks=[dash])
+    assert dash._sample.value == b"" and "pass dataset=" in dash._caption.value
+
+
+# --------------------------------------------------------------------------- stopping
+@pytest.mark.parametrize("mode", ["widgets", "text"])
+def test_stop_ends_training_after_the_current_batch(mode, capsys):
+    model, loader, optimizer = _setup(batch_size=8)  # 6 batches per epoch
+    dash = TrainingDashboard(CLASSES, mode=mode)
+    snapshots = {}
+
+    class Snapshot(Callback):
+        def on_epoch_end(self, state):
+            snapshots[state.epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    stopper = StopAt(1, 2, dash.stop)  # during epoch 2, after its third batch
+    history = fit(model, loader, optimizer, 5, val_loader=loader, callbacks=[Snapshot(), dash, stopper])
+    assert history.stopped_early and not history.interrupted
+    assert len(history.batches) == 6 + 3  # nothing ran after the batch that asked to stop
+    assert [(b["epoch"], b["batch"]) for b in history.batches][-1] == (1, 2)
+    assert [r["epoch"] for r in history.epochs] == [0]  # the unfinished epoch is not recorded
+    assert history.best_epoch == 0
+    for key, value in model.state_dict().items():  # the best (only finished) epoch's weights
+        assert torch.equal(value, snapshots[0][key]), key
+    assert "(stopped early): 1 epoch(s)" in dash.summary and "best epoch 1" in dash.summary
+    if mode == "widgets":
+        assert "Stopped" in dash._status.value and dash._epoch_bar.bar_style == "warning"
+        assert dash._batch_bar.value == 3
+
+
+def test_stop_button_click_and_stop_during_validation():
+    model, loader, optimizer = _setup(batch_size=8)
+    dash = TrainingDashboard(CLASSES, mode="widgets")
+    # The button's click handler, as ipywidgets calls it when the front end reports a click.
+    history = fit(model, loader, optimizer, 5, val_loader=loader,
+                  callbacks=[dash, StopAt(0, 4, lambda: dash.stop_button.click())])
+    assert history.stopped_early and len(history.batches) == 5 and history.epochs == []
+    assert dash.stop_reason == "Stop button" and dash.stop_button.disabled
+
+    # Asked between the last batch and the end of the epoch: that epoch still counts.
+    model, loader, optimizer = _setup(batch_size=8)
+    dash = TrainingDashboard(CLASSES, mode="widgets")
+    history = fit(model, loader, optimizer, 5, val_loader=loader, callbacks=[StopAt(1, None, dash.stop), dash])
+    assert history.stopped_early and [r["epoch"] for r in history.epochs] == [0, 1]
+    assert len(history.batches) == 12
+
+    # A fresh run with the same dashboard starts without the old stop request.
+    history = fit(model, loader, optimizer, 2, val_loader=loader, callbacks=[dash])
+    assert not history.stopped_early and len(history.epochs) == 2 and "Done" in dash._status.value
+
+
+# --------------------------------------------------------------------------- throttling
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_redraws_are_throttled_to_the_budget(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(dashboard_module.time, "perf_counter", clock)
+    draw_cost = 0.12  # pretend each redraw of the plot takes 0.12 s
+    real_render = TrainingDashboard._render_curves
+
+    def slow_render(self):
+        clock.now += draw_cost
+        return real_render(self)
+
+    monkeypatch.setattr(TrainingDashboard, "_render_curves", slow_render)
+    updates = []
+
+    class Tick(Callback):  # each batch "takes" 0.05 s
+        def on_batch_end(self, state):
+            clock.now += 0.05
+
+    model, loader, optimizer = _setup(batch_size=1, n=400)  # 400 batches, 20 s of fake time
+    dash = TrainingDashboard(CLASSES, mode="widgets")
+    dash._batch_text.observe(lambda change: updates.append(change), "value") if dash.widget else None
+    start = clock.now
+    fit(model, loader, optimizer, 1, callbacks=[Tick(), dash])
+    elapsed = clock.now - start
+    # First draw (set-up) and final draw aside, drawing stays within the budget of the elapsed time.
+    steady = dash.draw_seconds - 2 * draw_cost
+    assert steady <= dash.draw_budget * elapsed + draw_cost
+    # and is not starved either: one draw per cost / budget = 4 s.
+    assert dash.draws >= 2 + int(elapsed / (draw_cost / dash.draw_budget)) - 2
+
+    # Text and bars: at most one update per text_interval (plus forced ones at epoch edges).
+    texts = []
+    dash2 = TrainingDashboard(CLASSES, mode="widgets")
+    real_update = TrainingDashboard._update_text
+
+    def counting_update(self, state, force=False):
+        before = self._last_text
+        real_update(self, state, force)
+        if self._last_text != before:
+            texts.append(clock.now)
+
+    monkeypatch.setattr(TrainingDashboard, "_update_text", counting_update)
+    start = clock.now
+    fit(model, loader, optimizer, 1, callbacks=[Tick(), dash2])
+    elapsed = clock.now - start
+    assert len(texts) <= elapsed / dash2.text_interval + 5
+
+
+# --------------------------------------------------------------------------- a real kernel
+def test_event_pump_is_inert_outside_a_kernel():
+    pump = KernelEventPump()
+    assert not pump.available and pump.poll() == 0
+
+
+KERNEL_CELL = """
+import time, torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tlcourse.dashboard import TrainingDashboard
+from tlcourse.training import Callback, fit
+
+class Slow(Callback):
+    def on_batch_end(self, state):
+        time.sleep(0.02)
+
+torch.manual_seed(0)
+x = torch.randn(64, 3, 8, 8); y = (x.mean((1, 2, 3)) > 0).long()
+loader = DataLoader(TensorDataset(x, y), batch_size=8)
+model = nn.Sequential(nn.Flatten(), nn.Linear(192, 2))
+dash = TrainingDashboard(["neg", "pos"], title="kernel check")
+history = fit(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 500, val_loader=loader,
+              callbacks=[dash, Slow()])
+print("trained", history.stopped_early, len(history.epochs), dash._pump.handled, dash._pump.deferred)
+"""
+
+
+@pytest.fixture
+def kernel():
+    jupyter_client = pytest.importorskip("jupyter_client.manager")
+    env = {**os.environ, "TLCOURSE_DASHBOARD": "auto", "PYTHONUNBUFFERED": "1"}
+    km, kc = jupyter_client.start_new_kernel(kernel_name="python3", env=env, startup_timeout=120)
+    try:
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_stop_click_reaches_a_busy_kernel_and_queued_cells_still_run(kernel):
+    """JupyterLab's click is a comm_msg on the shell channel, sent while the cell is busy."""
+    kc = kernel
+    train_id = kc.execute(KERNEL_CELL)
+    button, deadline = None, time.monotonic() + 180
+    while button is None:  # the dashboard opens its widgets: find the Stop button's comm
+        assert time.monotonic() < deadline, "the dashboard never opened its Stop button"
+        msg = kc.get_iopub_msg(timeout=180)
+        if msg["msg_type"] == "error":
+            pytest.fail("\n".join(msg["content"]["traceback"]))
+        if msg["msg_type"] == "comm_open":
+            state = msg["content"]["data"]["state"]
+            if state.get("_model_name") == "ButtonModel" and state.get("description") == "Stop":
+                button = msg["content"]["comm_id"]
+    time.sleep(1.5)
+    # "Run All": the next cell's request is already queued when Stop is clicked.
+    next_id = kc.execute("print('next cell', history.stopped_early)")
+    time.sleep(0.5)
+    kc.shell_channel.send(kc.session.msg(
+        "comm_msg", {"comm_id": button, "data": {"method": "custom", "content": {"event": "click"}}}))
+
+    printed: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while next_id not in printed or train_id not in printed:
+        assert time.monotonic() < deadline, f"cells did not finish after Stop; printed: {printed}"
+        msg = kc.get_iopub_msg(timeout=120)
+        parent = msg["parent_header"].get("msg_id")
+        if msg["msg_type"] == "error":
+            pytest.fail("\n".join(msg["content"]["traceback"]))
+        if msg["msg_type"] == "stream":
+            printed[parent] = printed.get(parent, "") + msg["content"]["text"]
+    trained = printed[train_id].split()
+    assert trained[:2] == ["trained", "True"], printed
+    assert int(trained[2]) < 500  # stopped long before the 500 epochs
+    assert int(trained[3]) >= 1 and int(trained[4]) >= 1  # the click handled, the next cell deferred
+    assert printed[next_id].strip() == "next cell True"
