@@ -61,6 +61,9 @@ def _data_dir() -> Path:
 
 # Lessons and tests read the photos from the same place.
 os.environ.setdefault("TLCOURSE_DATA", str(_data_dir()))
+# Lessons executed by nbval have no browser watching: the training dashboard prints one
+# line per epoch instead of drawing widgets nobody sees (tests/test_browser.py asks for widgets).
+os.environ.setdefault("TLCOURSE_DASHBOARD", "text")
 
 
 def _require(condition: bool, what: str) -> None:
