@@ -6,6 +6,7 @@ What a GPU does differently is stated in ``tlcourse.training.seed_everything``'s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,20 @@ def test_two_runs_on_the_real_photos_with_real_weights_are_identical(data_dir, r
     assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
     assert without_time(history_a.epochs) == without_time(history_b.epochs)
     assert test_a == test_b
+
+
+def test_deterministic_mode_sets_the_switches_and_still_trains(folder, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    try:
+        seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        weights, _, _ = run(folder, 0, "frozen")  # nothing on the CPU path refuses deterministic mode
+        reference, _, _ = run(folder, 0, "frozen")
+        assert all(torch.equal(weights[k], reference[k]) for k in weights)
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]

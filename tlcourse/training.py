@@ -46,22 +46,31 @@ class NonFiniteLossError(FloatingPointError):
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) so a run can be repeated.
 
-    On a CPU this is enough: the same seed, data and thread count give the same
-    weights and metrics, bit for bit. On a GPU it is not: cuDNN picks
-    convolution algorithms by timing them and some of them (and the backward of
-    several layers) add floating-point numbers in a varying order, so two runs
-    differ in the last digits and drift apart over epochs. ``deterministic=True``
-    asks PyTorch for deterministic algorithms (``torch.use_deterministic_algorithms``,
-    cuDNN without benchmarking, ``CUBLAS_WORKSPACE_CONFIG``): repeatable on the
-    same GPU and software, a little slower. Different GPUs, drivers or PyTorch
-    versions still give (slightly) different numbers, and so do CPU and GPU.
+    What the same seed repeats:
+
+    * everywhere: the split (NumPy, from the seed alone), the head's initial
+      weights, the shuffling order and the augmentation draws;
+    * on a CPU, with the same software and thread count: the trained weights and
+      every metric, bit for bit (tests/test_reproducibility.py checks it);
+    * on a GPU, by default: not exactly. cuDNN may choose convolution algorithms
+      whose backward pass adds numbers in a varying order (floating-point sums
+      then differ in the last digits) and the differences grow over the epochs:
+      metrics usually agree closely, weights do not match.
+
+    ``deterministic=True`` asks PyTorch for deterministic algorithms
+    (``torch.use_deterministic_algorithms``, cuDNN without benchmarking, a fixed
+    cuBLAS workspace): on the same GPU and software, training with a frozen
+    backbone (method 1) then repeats exactly, somewhat more slowly. Fine-tuning
+    the backbone (method 2) also back-propagates through adaptive average
+    pooling, which has no deterministic CUDA version: PyTorch warns and small
+    differences remain. CPU and GPU, or two GPU models, never give identical numbers.
     """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
     if deterministic:
-        # cuBLAS needs a fixed workspace for deterministic matrix products; it is read when
-        # CUDA starts, so set it before the first CUDA call (harmless on a CPU).
+        # Older CUDA/PyTorch versions need a fixed cuBLAS workspace for deterministic matrix
+        # products; it is read when CUDA starts, so it only helps before the first CUDA call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
