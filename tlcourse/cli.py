@@ -55,6 +55,9 @@ def cmd_download_data(args: argparse.Namespace) -> int:
     except DownloadError as error:
         _err(str(error))
         return EXIT_FAIL
+    except OSError as error:  # the destination cannot be created or written (permissions, full disk)
+        _err(f"cannot write the photos into {args.dest}: {error}")
+        return EXIT_FAIL
     except KeyboardInterrupt:
         _err(f"interrupted. Files completed so far are verified and kept in {args.dest}; "
              "run the same command again to resume.")

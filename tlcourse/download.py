@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,14 +406,14 @@ def download_data(
         # The first file goes alone: if the server is unreachable, we learn it from one file's
         # retries (seconds) instead of from every file in the set.
         pending = {executor.submit(job, todo[0]): todo[0]}
-        queued = list(todo[1:])
+        queued = deque(todo[1:])
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     record(pending.pop(future), future)
                 while queued and len(pending) < max(1, workers) * 2:
-                    item = queued.pop(0)
+                    item = queued.popleft()
                     pending[executor.submit(job, item)] = item
         except BaseException:
             # Ctrl-C or a fatal error: in-flight downloads see the flag and delete their temporaries.
