@@ -107,6 +107,7 @@ SKIPPED = {  # name -> kind of the reason
     "zero_bytes.jpg": "empty file",
     "notes.txt": "not an image",
     "IMG_0001.HEIC": "unsupported format",
+    "moved away.jpg": "unreadable",
 }
 QUIET = {  # hidden and system files: in the report, no warning
     ".DS_Store": "hidden file",
@@ -160,6 +161,7 @@ def build_learner_folder(base: Path) -> Path:
     (dog / "zero_bytes.jpg").write_bytes(b"")
     (dog / "notes.txt").write_text("where I took these photos\n")
     (dog / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(100))
+    (dog / "moved away.jpg").symlink_to(base / "no longer here.jpg")  # a broken link
     # Skipped quietly.
     (dog / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(60))
     (dog / "._good photo 01.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
@@ -192,9 +194,9 @@ def snapshot(folder: Path) -> dict[str, tuple]:
             state[str(path.relative_to(folder)) + "/"] = (path.stat().st_mtime_ns,)
         for name in filenames:
             path = Path(dirpath, name)
-            stat = path.stat()
-            state[str(path.relative_to(folder))] = (
-                hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_size, stat.st_mtime_ns)
+            stat = path.lstat()
+            content = os.readlink(path) if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+            state[str(path.relative_to(folder))] = (content, stat.st_size, stat.st_mtime_ns)
     return state
 
 

@@ -178,7 +178,12 @@ def _walk(class_dir: Path, class_name: str | None) -> tuple[list[Path], list[Ski
     files: list[Path] = []
     skipped: list[SkippedFile] = []
     seen: set[str] = set()
-    for folder, dirnames, filenames in os.walk(class_dir, followlinks=True):
+
+    def unreadable(error: OSError) -> None:  # os.walk would otherwise skip such a folder silently
+        skipped.append(SkippedFile(Path(error.filename or class_dir),
+                                   f"unreadable: {error.strerror or error}; check its permissions", class_name))
+
+    for folder, dirnames, filenames in os.walk(class_dir, followlinks=True, onerror=unreadable):
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree: do not walk it twice
             dirnames[:] = []
@@ -201,6 +206,8 @@ def _walk(class_dir: Path, class_name: str | None) -> tuple[list[Path], list[Ski
                 skipped.append(SkippedFile(path, reason, class_name))
             elif path.is_file():
                 files.append(path)
+            else:
+                skipped.append(SkippedFile(path, "unreadable: a broken link or not a regular file", class_name))
     return sorted(files), skipped
 
 
