@@ -16,6 +16,7 @@ from PIL import Image
 from tlcourse.data import (
     LABEL_COLUMNS,
     CSVDataset,
+    SkippedFilesWarning,
     Split,
     TransformSettings,
     class_names,
@@ -28,6 +29,10 @@ from tlcourse.data import (
     subset_per_class,
     write_labels_csv,
 )
+
+
+# The photos fixture holds a notes.txt on purpose; the scan test checks its warning, the others ignore it.
+pytestmark = pytest.mark.filterwarnings("ignore::tlcourse.data.SkippedFilesWarning")
 
 
 def make_image(path: Path, size=(40, 30), color=(200, 30, 30), mode="RGB") -> Path:
@@ -58,7 +63,10 @@ def photos(tmp_path: Path) -> Path:
 
 
 def test_scan_folder_builds_the_labels_table(photos):
-    table = scan_folder(photos)
+    with pytest.warns(SkippedFilesWarning, match="notes.txt") as caught:
+        table = scan_folder(photos)
+    message = " ".join(str(w.message) for w in caught)
+    assert "hidden" not in message and "d1-checkpoint" not in message  # hidden files are skipped quietly
     assert list(table.columns) == LABEL_COLUMNS
     # Classes sorted by name; labels are the positions in that order.
     assert class_names(table) == ["cat", "dog", "hotdog"]
