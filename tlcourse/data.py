@@ -280,8 +280,9 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
                     # every byte, so truncation and broken data streams are found all the same.
                     img.draft(None, (max(1, width // 8), max(1, height // 8)))
                     _to_rgb(img)
-    except Image.DecompressionBombError:
-        return None, _too_large_reason(*_header_size(path)) or "too large: over the decompression-bomb limit"
+    except Image.DecompressionBombError as error:  # over twice the limit: Pillow refuses to open it
+        return None, (f"too large: {str(error).rstrip('.')} (PIL.Image.MAX_IMAGE_PIXELS); shrink it, "
+                      "e.g. to 2000 px on the long side")
     except UnidentifiedImageError:
         return None, "not an image: unreadable content (corrupt, or not really a photo despite its ending); replace it"
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
@@ -289,17 +290,6 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
         # "broken data stream", SyntaxError from some plugins, struct.error on short headers.
         return None, f"corrupt or truncated: {error}; replace it with a good copy"
     return info, None
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    """Width and height from the header, with the decompression-bomb check switched off."""
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # only for reading the size; restored at once
-        with Image.open(path) as img:
-            return img.size
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
 
 
 def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
