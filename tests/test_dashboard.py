@@ -210,7 +210,8 @@ def test_cached_features_show_the_photo_of_the_row():
     # Without dataset= there is no photo, and the caption says how to get one.
     dash = TrainingDashboard(CLASSES, mode="widgets")
     fit(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 1, callbacks=[dash])
-    assert dash._sample.value == b"" and "pass dataset=" in dash._caption.value
+    assert dash._sample.value == b"" and "Pass <code>dataset=</code>" in dash._caption.value
+    assert dash._sample.layout.display == "none"
 
 
 # --------------------------------------------------------------------------- stopping

@@ -41,6 +41,7 @@ under :attr:`TrainingDashboard.draw_budget` of the time elapsed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import inspect
 import io
@@ -542,8 +543,9 @@ class TrainingDashboard(Callback):
             layout=w.Layout(border="1px solid #ddd", padding="8px 12px", width="860px", grid_gap="4px"),
         )
         self.widget.add_class("tlcourse-dashboard")
+        self._curves.value = _empty_curves(self._first_epoch)
+        self._last_draw = time.perf_counter()  # the first real drawing after draw_interval
         self._update_text(state, force=True)
-        self._draw(state)
         display(self.widget)
 
     def _stop_clicked(self) -> None:
@@ -587,6 +589,9 @@ class TrainingDashboard(Callback):
         sample = self._render_sample(state)
         if sample is not None:
             self._sample.value, self._caption.value = sample
+            # No photo (cached features without dataset=): hide the empty <img> rather than
+            # show a broken-image icon.
+            self._sample.layout.display = None if sample[0] else "none"
         self._last_draw = time.perf_counter()
         took = self._last_draw - started
         if self.draws:
@@ -595,54 +600,9 @@ class TrainingDashboard(Callback):
         self.draw_seconds += took
 
     def _render_curves(self) -> bytes:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        data = self.curve_data()
         if self._figure is None:
-            # One figure for the whole run, redrawn with new data: no pyplot (so nothing is
-            # displayed behind our back), no layout engine (fixed margins are much cheaper).
-            fig = Figure(figsize=(8.0, 3.0), dpi=80)
-            FigureCanvasAgg(fig)
-            fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.16, wspace=0.22)
-            loss_ax, acc_ax = fig.subplots(1, 2)
-            lines = {
-                "batch_loss": loss_ax.plot([], [], color="#9ecae1", lw=1, label="train (batches)")[0],
-                "train_loss": loss_ax.plot([], [], "o-", color="#1f77b4", lw=2, ms=4, label="train")[0],
-                "val_loss": loss_ax.plot([], [], "s-", color="#ff7f0e", lw=2, ms=4, label="validation")[0],
-                "batch_acc": acc_ax.plot([], [], color="#9ecae1", lw=1, label="train (running)")[0],
-                "train_acc": acc_ax.plot([], [], "o-", color="#1f77b4", lw=2, ms=4, label="train")[0],
-                "val_acc": acc_ax.plot([], [], "s-", color="#ff7f0e", lw=2, ms=4, label="validation")[0],
-            }
-            for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-                ax.set_title(name, fontsize=11)
-                ax.set_xlabel("epoch", fontsize=9)
-                ax.tick_params(labelsize=8)
-                ax.grid(alpha=0.3)
-            # One legend for both plots (same colours), fixed in place: "best" placement and a
-            # second legend would each cost a good share of the drawing time.
-            loss_ax.legend(fontsize=8, loc="upper right", frameon=False)
-            acc_ax.yaxis.set_major_formatter(_percent_formatter())
-            self._figure, self._axes, self._lines = fig, (loss_ax, acc_ax), lines
-        for key, line in self._lines.items():
-            x = data["batch_x"] if key.startswith("batch") else data["epoch_x"]
-            line.set_data(x, data[key])
-        last_x = max(data["batch_x"][-1] if data["batch_x"] else 0.0, data["epoch_x"][-1] if data["epoch_x"] else 0.0)
-        start = float(self._first_epoch)
-        for ax in self._axes:
-            ax.relim()
-            ax.autoscale_view()
-            ax.set_xlim(start, max(math.ceil(last_x), start + 1))
-        loss_ax, acc_ax = self._axes
-        values = [v for v in data["batch_acc"] + data["train_acc"] + data["val_acc"] if math.isfinite(v)]
-        low = min(values) if values else 0.5
-        acc_ax.set_ylim(max(0.0, min(low, 0.9) - 0.05), 1.01)
-        losses = [v for v in data["batch_loss"] + data["train_loss"] + data["val_loss"] if math.isfinite(v)]
-        if losses:
-            loss_ax.set_ylim(0.0, max(losses) * 1.08 + 1e-6)
-        buffer = io.BytesIO()
-        self._figure.savefig(buffer, format="png")
-        return buffer.getvalue()
+            self._figure = CurvesFigure()
+        return self._figure.render(self.curve_data(), self._first_epoch)
 
     def _sample_image(self, state: TrainState) -> Any:
         """The first example of the batch as something displayable, or None."""
@@ -664,8 +624,8 @@ class TrainingDashboard(Callback):
                    f"predicted: <b style='color:{color}'>{html.escape(self._name(pred))}</b> "
                    f"({float(probs[pred]):.0%})</div>")
         if image is None:
-            caption += ("<div style='color:#888;font-size:0.85em'>no photo: training on cached features; "
-                        "pass dataset= to see it</div>")
+            caption += ("<div style='color:#888;font-size:0.85em;line-height:1.3;margin-top:4px'>"
+                        "No photo: training on cached features. Pass <code>dataset=</code> to see it.</div>")
             return b"", caption
         return _encode(_to_uint8_image(image, self.settings)), caption
 
@@ -689,7 +649,66 @@ class TrainingDashboard(Callback):
         self._summary.value = f"<b>{html.escape(self.summary)}</b>"
 
 
-def _percent_formatter() -> Any:
-    from matplotlib.ticker import PercentFormatter
+class CurvesFigure:
+    """The dashboard's loss and accuracy plots as a PNG, redrawn from new data.
 
-    return PercentFormatter(xmax=1.0, decimals=0)
+    One matplotlib figure per run, updated in place: no pyplot (so nothing is
+    displayed behind the dashboard's back) and no layout engine (fixed margins
+    cost nothing, a layout engine a good share of each redraw).
+    """
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import PercentFormatter
+
+        fig = Figure(figsize=(8.0, 3.0), dpi=80)
+        FigureCanvasAgg(fig)
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.16, wspace=0.22)
+        loss_ax, acc_ax = fig.subplots(1, 2)
+        light, train, val = "#9ecae1", "#1f77b4", "#ff7f0e"
+        self.lines = {
+            "batch_loss": loss_ax.plot([], [], color=light, lw=1, label="train (batches)")[0],
+            "train_loss": loss_ax.plot([], [], "o-", color=train, lw=2, ms=4, label="train")[0],
+            "val_loss": loss_ax.plot([], [], "s-", color=val, lw=2, ms=4, label="validation")[0],
+            "batch_acc": acc_ax.plot([], [], color=light, lw=1)[0],
+            "train_acc": acc_ax.plot([], [], "o-", color=train, lw=2, ms=4)[0],
+            "val_acc": acc_ax.plot([], [], "s-", color=val, lw=2, ms=4)[0],
+        }
+        for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            ax.set_title(name, fontsize=11)
+            ax.set_xlabel("epoch", fontsize=9)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.3)
+        # One legend for both plots (same colours), fixed in place: "best" placement and a
+        # second legend would each cost a good share of the drawing time.
+        loss_ax.legend(fontsize=8, loc="upper right", frameon=False)
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        self.figure, self.loss_ax, self.acc_ax = fig, loss_ax, acc_ax
+
+    def render(self, data: dict[str, list[float]], first_epoch: int = 0) -> bytes:
+        """PNG bytes of the plots for :meth:`TrainingDashboard.curve_data`-style ``data``."""
+        for key, line in self.lines.items():
+            line.set_data(data["batch_x"] if key.startswith("batch") else data["epoch_x"], data[key])
+        last_x = max(data["batch_x"][-1] if data["batch_x"] else 0.0,
+                     data["epoch_x"][-1] if data["epoch_x"] else 0.0)
+        start = float(first_epoch)
+        for ax in (self.loss_ax, self.acc_ax):
+            ax.set_xlim(start, max(math.ceil(last_x), start + 1))
+        accuracies = [v for v in data["batch_acc"] + data["train_acc"] + data["val_acc"] if math.isfinite(v)]
+        low = min(accuracies) if accuracies else 0.5
+        self.acc_ax.set_ylim(max(0.0, min(low, 0.9) - 0.05), 1.01)
+        losses = [v for v in data["batch_loss"] + data["train_loss"] + data["val_loss"] if math.isfinite(v)]
+        self.loss_ax.set_ylim(0.0, max(losses) * 1.08 + 1e-6 if losses else 1.0)
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png")
+        return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=8)
+def _empty_curves(first_epoch: int) -> bytes:
+    """The plots before any data, drawn once per session: the panel is complete from the start
+    and a run pays for its first real drawing only once it has something to show."""
+    empty: dict[str, list[float]] = {key: [] for key in (
+        "batch_x", "batch_loss", "batch_acc", "epoch_x", "train_loss", "train_acc", "val_loss", "val_acc")}
+    return CurvesFigure().render(empty, first_epoch)
