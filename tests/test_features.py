@@ -333,6 +333,8 @@ def test_cached_and_uncached_frozen_training_agree(real_weights, data_dir, tmp_p
 
     h_cached = train_frozen(cached, data, epochs=2, batch_size=8, seed=1, cache_dir=tmp_path, verbose=False)
     h_plain = train_frozen(uncached, data, epochs=2, batch_size=8, seed=1, cache=False)
+    # Both leave the model in train mode with the frozen backbone in eval mode.
+    assert cached.training and uncached.training and not cached.backbone.training
 
     assert len(h_cached.epochs) == len(h_plain.epochs) == 2 and h_cached.best_epoch == h_plain.best_epoch
     for a, b in zip(h_cached.epochs, h_plain.epochs):
@@ -354,4 +356,3 @@ def test_cached_and_uncached_frozen_training_agree(real_weights, data_dir, tmp_p
         assert torch.equal(p_cached.argmax(1), p_plain.argmax(1))
         # The trained model used on images predicts as its head on the cached vectors.
         torch.testing.assert_close(torch.softmax(cached.head(cached_features), 1), p_cached, rtol=1e-4, atol=1e-5)
-    assert cached.training and not cached.backbone.training  # left as the uncached loop leaves it
