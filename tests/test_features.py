@@ -128,6 +128,10 @@ def test_fast_forward_matches_plain_features_with_real_weights(real_weights, dat
     # And from files, through decoding threads:
     torch.testing.assert_close(extract_features(model, [str(p) for p in paths], batch_size=4), expected,
                                rtol=1e-4, atol=1e-4)
+    # The thread setting used while extracting is put back afterwards.
+    threads = torch.get_num_threads()
+    extract_features(model, [str(paths[0])], torch_threads=1)
+    assert torch.get_num_threads() == threads
     # The model itself is untouched: still contiguous weights, still not fused.
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
     conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
