@@ -44,8 +44,8 @@ test: data ## set everything up and run the whole test suite, lessons included
 smoke: data ## quick run: tests and lessons on a small subset
 	TLCOURSE_SMOKE=1 $(BIN)/python -m pytest -m "not slow"
 
-bench: data ## print the speed benchmark table
-	$(BIN)/python benchmarks/run.py
+bench: data ## print the speed benchmark table (~15 min; `make bench BENCH_ARGS=--quick`: ~3 min check)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 figures: setup ## redraw the lessons' figures in images/
 	$(BIN)/python images/make_figures.py
