@@ -16,6 +16,7 @@ commands that need them, so ``--help`` and ``download-data`` start quickly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -153,12 +154,15 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"val {sizes['val']}, test {sizes['test']} (seed {seed}); {epochs} epoch(s)", file=sys.stderr)
     progress = _text_progress(Callback)
     started = time.perf_counter()
-    if args.method == "freeze":
-        history = train_frozen(model, data, epochs=epochs, lr=args.lr or 1e-3, batch_size=args.batch_size,
-                               callbacks=[progress], seed=seed)
-    else:
-        history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-3,
-                                       batch_size=args.batch_size, callbacks=[progress], seed=seed)
+    # Progress (ours and the recipes' own messages) goes to stderr; stdout keeps only the results.
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.method == "freeze":
+            # Cached features (the recipe's default): each photo goes through the backbone once.
+            history = train_frozen(model, data, epochs=epochs, lr=args.lr or 1e-3, batch_size=args.batch_size,
+                                   callbacks=[progress], seed=seed)
+        else:
+            history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-3,
+                                           batch_size=args.batch_size, callbacks=[progress], seed=seed)
     seconds = time.perf_counter() - started
     val = evaluate(model, data.loader("val", args.batch_size), device)
     test = evaluate(model, data.loader("test", args.batch_size), device)
