@@ -105,9 +105,13 @@ class KernelEventPump:
     """Let widget events (a button click) through while the kernel is busy running a cell.
 
     Call :meth:`poll` from inside a long computation. It drains the kernel's
-    main shell socket without blocking: ``comm_open``/``comm_msg``/``comm_close``
-    messages (widget traffic) are handled at once, as ipykernel itself does for
-    comms that arrive while an async cell awaits; every other message is passed
+    main shell socket without blocking. Widget traffic is handled at once:
+    ``comm_open``/``comm_msg``/``comm_close`` (as ipykernel itself does for comms
+    that arrive while an async cell awaits), and the two read-only questions a
+    front end asks before it can show widgets, ``comm_info_request`` and
+    ``kernel_info_request`` (JupyterLab's widget manager waits for the former
+    when it connects, so without an answer a busy kernel's widgets would show
+    only "Loading widget..." until the cell ends). Every other message is passed
     to the kernel's own receive callback, which queues it behind the running cell
     exactly as if the kernel had read it itself, so "Run All" keeps its order.
 
@@ -116,14 +120,15 @@ class KernelEventPump:
     unknown kernel) :attr:`available` is False and :meth:`poll` does nothing.
     """
 
-    COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
+    NOW_TYPES = frozenset({"comm_open", "comm_msg", "comm_close", "comm_info_request", "kernel_info_request"})
 
     def __init__(self) -> None:
         self.available = False
-        self.handled = 0  # widget messages handled while busy
+        self.handled = 0  # messages handled while busy
         self.deferred = 0  # other messages handed back to the kernel
         self._kernel: Any = None
         self._stream: Any = None
+        self._reply: Any = None
         try:
             self._attach()
         except Exception:  # an unknown kernel layout: no pump, training still works
@@ -135,22 +140,23 @@ class KernelEventPump:
         from IPython import get_ipython
 
         kernel = get_ipython().kernel
-        stream = None
-        try:  # ipykernel >= 7: the helper its own GUI event loops use
-            from ipykernel.eventloops import get_shell_stream
-
-            stream = get_shell_stream(kernel)
-        except ImportError:
-            stream = getattr(kernel, "shell_stream", None)
-        needed = (getattr(stream, "socket", None), getattr(stream, "_recv_callback", None),
+        if getattr(kernel, "_supports_kernel_subshells", False):
+            # ipykernel >= 7: the shell channel thread forwards the main shell's messages over a
+            # socket pair; replies go back over another one (what Kernel.dispatch_shell uses).
+            manager = kernel.shell_channel_thread.manager
+            stream = manager.get_shell_channel_to_subshell_pair(None).to_stream
+            reply = manager.get_subshell_to_shell_channel_socket(None)
+        else:  # ipykernel 6, or 7 without subshells: the shell socket itself
+            stream = reply = getattr(kernel, "shell_stream", None)
+        needed = (getattr(stream, "socket", None), getattr(stream, "_recv_callback", None), reply,
                   getattr(kernel, "session", None), getattr(kernel, "shell_handlers", None))
         if any(part is None for part in needed):
             return
-        self._kernel, self._stream = kernel, stream
+        self._kernel, self._stream, self._reply = kernel, stream, reply
         self.available = True
 
     def poll(self, limit: int = 100) -> int:
-        """Handle up to ``limit`` pending messages; return how many widget messages were handled."""
+        """Handle up to ``limit`` pending messages; return how many were handled at once."""
         if not self.available:
             return 0
         import zmq
@@ -164,26 +170,25 @@ class KernelEventPump:
             except zmq.ZMQError:  # socket closed (kernel shutting down)
                 self.available = False
                 break
-            if self._is_comm(frames):
-                self._handle_comm(frames)
+            if self._msg_type(frames) in self.NOW_TYPES and self._handle_now(frames):
                 handled += 1
             else:
                 self._defer(frames)
         self.handled += handled
         return handled
 
-    def _is_comm(self, frames: list) -> bool:
+    def _msg_type(self, frames: list) -> str | None:
         session = self._kernel.session
         try:
             _, parts = session.feed_identities(frames, copy=False)
             # content=False: a header-only read does not record the signature, so the
             # kernel can still read (and verify) a deferred message later.
-            header = session.deserialize(parts, content=False, copy=False)["header"]
+            return session.deserialize(parts, content=False, copy=False)["header"].get("msg_type")
         except Exception:
-            return False
-        return header.get("msg_type") in self.COMM_TYPES
+            return None
 
-    def _handle_comm(self, frames: list) -> None:
+    def _handle_now(self, frames: list) -> bool:
+        """Run the kernel's handler for this message now; False if it must wait after all."""
         kernel = self._kernel
         # Outputs of the cell must keep going to the cell: remember its parent message.
         parent = kernel.get_parent("shell")
@@ -192,13 +197,25 @@ class KernelEventPump:
             idents, parts = kernel.session.feed_identities(frames, copy=False)
             msg = kernel.session.deserialize(parts, content=True, copy=False)
             handler = kernel.shell_handlers.get(msg["header"]["msg_type"])
-            if handler is not None:
-                kernel.set_parent(idents, msg, channel="shell")
-                result = handler(self._stream, idents, msg)
-                if inspect.isawaitable(result):  # not for comms today; finish it when the cell ends
-                    asyncio.ensure_future(result)
+            if handler is None:
+                return True
+            kernel.set_parent(idents, msg, channel="shell")
+            result = handler(self._reply, idents, msg)
+            if inspect.iscoroutine(result):
+                # ipykernel 7's handlers are coroutines that never actually wait for
+                # anything: run it to its end right here.
+                try:
+                    result.send(None)
+                except StopIteration:
+                    pass
+                else:  # it did wait: cannot finish it here, so leave it to the kernel
+                    result.close()
+                    kernel.log.warning("tlcourse dashboard: handler of %s waited; not handled early",
+                                       msg["header"]["msg_type"])
+            return True
         except Exception as error:  # a faulty widget handler must not end training
-            kernel.log.error("tlcourse dashboard: widget message failed: %s", error)
+            kernel.log.error("tlcourse dashboard: message handling failed: %s", error)
+            return True
         finally:
             kernel.set_parent(parent_ident, parent, channel="shell")
 
