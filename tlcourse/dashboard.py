@@ -290,7 +290,7 @@ class TrainingDashboard(Callback):
 
     #: Seconds between updates of progress bars and text (widgets), and of a terminal's live line.
     text_interval: float = 0.5
-    #: Fraction of elapsed time the plot and photo may take to draw.
+    #: Fraction of the training time the plot and photo may take to draw.
     draw_budget: float = 0.03
     #: Never redraw the plot more often than this (seconds).
     draw_interval: float = 1.0
@@ -592,13 +592,20 @@ class TrainingDashboard(Callback):
             self._status.value = self._status_html("Stopping after this batch…", "#b26a00")
 
     def _maybe_draw(self, state: TrainState, epoch_end: bool = False) -> None:
-        # Rate-based budget: after a draw that took c seconds, wait c / draw_budget seconds
-        # (at least draw_interval) before the next, so drawing stays within the budget.
-        # The cost is a running mean of recent draws; the first draw (imports, figure
-        # set-up) is not counted.
+        # Three rules keep drawing within draw_budget of the training time:
+        # * after a draw that took c seconds, wait c / draw_budget (and at least draw_interval);
+        # * the total drawing time, with the next draw, stays within the budget of the time
+        #   elapsed (so a short run is not charged a draw it cannot pay for);
+        # * no drawing in the last seconds of a run: the final drawing comes right after.
+        # c is a running mean of the draws so far, 50 ms until measured.
         now = time.perf_counter()
-        if now - self._last_draw >= max(self.draw_interval, self._draw_cost / self.draw_budget):
-            self._draw(state)
+        if now - self._last_draw < max(self.draw_interval, self._draw_cost / self.draw_budget):
+            return
+        if self.draw_seconds + self._draw_cost > self.draw_budget * (now - self._started):
+            return
+        if state.batches and self._rates(state)[2] < 3 * self.draw_interval:
+            return
+        self._draw(state)
 
     def _draw(self, state: TrainState) -> None:
         started = time.perf_counter()
@@ -611,8 +618,7 @@ class TrainingDashboard(Callback):
             self._sample.layout.display = None if sample[0] else "none"
         self._last_draw = time.perf_counter()
         took = self._last_draw - started
-        if self.draws:
-            self._draw_cost = took if self.draws == 1 else 0.7 * self._draw_cost + 0.3 * took
+        self._draw_cost = took if not self.draws else 0.7 * self._draw_cost + 0.3 * took
         self.draws += 1
         self.draw_seconds += took
 
