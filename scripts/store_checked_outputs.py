@@ -36,17 +36,22 @@ def clean(nb) -> None:
     """Apply the output policy in place: outputs only in checked cells, no execution counts or timings."""
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     nb.metadata["language_info"] = {"name": "python"}
+    code_number = 0
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
-        if not is_checked(cell):
+        code_number += 1
+        if is_checked(cell):
+            # nbval treats a cell with outputs but no execution count as "unrun" and fails it, so
+            # checked cells get a stable count: their position among the code cells.
+            cell.execution_count = code_number
+        else:
+            cell.execution_count = None
             cell.outputs = []
         for output in cell.outputs:
             if "execution_count" in output:
-                output["execution_count"] = None
-            output.pop("metadata", None) if output.get("output_type") == "stream" else None
+                output["execution_count"] = cell.execution_count
 
 
 def execute(path: Path, timeout: int = 1200, executed_copy: Path | None = None) -> None:

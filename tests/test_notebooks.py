@@ -92,7 +92,10 @@ def test_outputs_only_in_checked_cells(path):
             problems.append(f"code cell {index} has outputs but no {CHECK_MARK} line")
         if checked and not cell.outputs:
             problems.append(f"code cell {index} is marked {CHECK_MARK} but stores no output to compare")
-        if cell.execution_count is not None:
+        # nbval fails a checked cell without an execution count ("unrun reference cell has outputs").
+        if checked and cell.execution_count is None:
+            problems.append(f"code cell {index} is checked but has no execution count")
+        if not checked and cell.execution_count is not None:
             problems.append(f"code cell {index} has an execution count")
         if any(o.get("output_type") == "error" for o in cell.outputs):
             problems.append(f"code cell {index} stores an error")
