@@ -35,20 +35,27 @@ from torch import nn
 
 # --------------------------------------------------------------------------- the tutorial's loop
 def tutorial_train_model(model: nn.Module, dataloaders: dict, dataset_sizes: dict, criterion, optimizer,
-                         num_epochs: int = 25) -> tuple[nn.Module, list[dict]]:
+                         num_epochs: int = 25, time_budget: float | None = None) -> tuple[nn.Module, list[dict]]:
     """The tutorial's ``train_model``, minus its printing and its LR scheduler.
 
     Differences, all to make it comparable with the course's recipe: the
     optimizer is passed in (the benchmark gives both the same AdamW), there is
     no ``StepLR`` (the course has none), and the per-epoch numbers are
-    returned instead of printed. The model is the course's frozen model, whose
+    returned instead of printed. With ``time_budget`` (seconds) it stops after
+    the epoch past which another one would not fit (for a busy machine; the
+    benchmark then says how many epochs ran). The model is the course's frozen model, whose
     ``train()`` keeps the frozen backbone's BatchNorm in eval mode (in the
     tutorial's own model, ``model.train()`` would put it in batch-statistics mode).
     """
     best_model_wts = copy.deepcopy(model.state_dict())
     best_acc = 0.0
     records = []
+    since = time.perf_counter()
     for epoch in range(num_epochs):
+        if time_budget is not None and records:
+            per_epoch = (time.perf_counter() - since) / len(records)
+            if time.perf_counter() - since + per_epoch > time_budget:
+                break
         record = {"epoch": epoch}
         epoch_start = time.perf_counter()
         for phase in ["train", "val"]:

@@ -76,20 +76,51 @@ def mem(r: dict) -> str:
 
 
 def report(res: dict, cfg: dict, meta: dict) -> str:
-    out = [f"Benchmark ({'quick' if cfg['quick'] else 'full'}): {meta['photos']} photos, "
+    """The results as Markdown; sections whose stages did not run are left out."""
+    photos = res["recipe"]["photos"] if "recipe" in res else ("all" if not cfg["quick"] else 2 * cfg["per_class"])
+    out = [f"Benchmark ({'quick' if cfg['quick'] else 'full'}): {photos} photos, "
            f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, seed {cfg['seed']}, {meta['backbone']} "
            f"with pretrained weights; {meta['machine']}; load average {meta['load_before']} before, "
            f"{meta['load_after']} after."]
 
+    if "recipe" in res and "reference" in res:
+        out += _time_to_accuracy(res, cfg)
+    if "forward_plain" in res and "forward_course" in res:
+        out += _forward(res)
+    if "forward_options" in res:
+        out += _forward_options(res)
+    if "pipeline_original" in res and "pipeline_course" in res:
+        out += _pipeline(res)
+    if "decode" in res and "loading" in res:
+        out += _loading(res)
+    out += ["", "Memory: peak resident set size of the measuring process (`getrusage` maxrss: Python objects, "
+            "weights, tensors, decoded photos, figures); `+work` is the part above the resident size after "
+            "imports and model loading."]
+    return "\n".join(out)
+
+
+def _time_to_accuracy(res: dict, cfg: dict) -> list[str]:
     course, ref = res["recipe"], res["reference"]
     ratio = ref["seconds"] / course["seconds"]
+    out = []
+    if ref["epochs"] < cfg["epochs"]:
+        # The reference was cut short by --reference-budget: compare at the epochs it ran, and project.
+        k = ref["epochs"]
+        per_epoch = sum(ref["epoch_seconds"]) / k
+        projected = ref["seconds"] + per_epoch * (cfg["epochs"] - k)
+        course_k = course["test_acc_by_epochs"][str(k)]
+        out += ["", f"**The reference ran {k} of {cfg['epochs']} epochs** (time budget; the machine was busy). "
+                f"At {k} epochs: course {pct(course_k)}, reference {pct(ref['test_acc'])} test accuracy "
+                f"(difference {100 * abs(course_k - ref['test_acc']):.1f} pp). Projected {cfg['epochs']}-epoch "
+                f"reference time from its measured epochs: {projected:.0f} s, "
+                f"{projected / course['seconds']:.1f}x the course's {cfg['epochs']}-epoch time."]
     out += ["", "### 1. Time to accuracy (from the folder of JPEGs to a trained head)", "", table(
         ["", "wall time", "test accuracy", "best val accuracy", "peak memory (RSS, +work)"],
-        [["course: frozen recipe, features computed once (cold cache)",
+        [[f"course: frozen recipe, features computed once (cold cache), {course['epochs']} epochs",
           f"{course['seconds']:.1f} s (features {course['feature_seconds']:.1f} s at "
           f"{course['photos_per_s']:.0f} photos/s, head {course['head_seconds']:.1f} s)",
           pct(course["test_acc"]), pct(course["val_acc"]), mem(course)],
-         ["reference: tutorial loop, backbone recomputed every epoch",
+         [f"reference: tutorial loop, backbone recomputed every epoch, {ref['epochs']} epochs",
           f"{ref['seconds']:.1f} s ({sum(ref['epoch_seconds']) / len(ref['epoch_seconds']):.1f} s/epoch)",
           pct(ref["test_acc"]), pct(ref["val_acc"]), mem(ref)],
          ["ratio (reference / course)", f"**{ratio:.1f}x faster**",
@@ -99,38 +130,44 @@ def report(res: dict, cfg: dict, meta: dict) -> str:
         out += ["", f"Course recipe: {pct(course['test_acc'])} test accuracy ({course['n_test']} test photos) in "
                 f"{course['seconds']:.1f} s -> target (>= 98% in <= 60 s) {'met' if ok else 'NOT met'}; "
                 f"speed-up {ratio:.1f}x (target >= 10x: {'met' if ratio >= 10 else 'NOT met'})."]
+    return out
 
+
+def _forward(res: dict) -> list[str]:
     plain, fast = res["forward_plain"], res["forward_course"]
-    out += ["", f"### 2. Backbone forward, images/s ({fast['images']} real photos, batch 32)", "", table(
+    return ["", f"### 2. Backbone forward, images/s ({fast['images']} real photos, batch 32)", "", table(
                 ["forward", "images/s", "peak memory (RSS, +work)"],
                 [[f"plain `model(x)`, default settings ({plain['torch_threads']} threads)",
                   f"{plain['images_per_s']:.1f}", mem(plain)],
                  [f"course: `FastBackbone` (inference_mode, channels_last, BatchNorm folded), "
                   f"{fast['torch_threads']} thread(s)",
                   f"{fast['images_per_s']:.1f} ({fast['images_per_s'] / plain['images_per_s']:.1f}x)", mem(fast)]])]
+
+
+def _forward_options(res: dict) -> list[str]:
     opts = res["forward_options"]["images_per_s"]
     first = next(iter(opts.values()))
-    out += ["", "What each option is worth (interleaved in one process, best of repeats):", "", table(
+    return ["", "What each option is worth (interleaved in one process, best of repeats):", "", table(
         ["variant", "images/s", "vs default"], [[k, f"{v:.1f}", f"{v / first:.2f}x"] for k, v in opts.items()])]
 
+
+def _pipeline(res: dict) -> list[str]:
     orig, ours = res["pipeline_original"], res["pipeline_course"]
-    out += ["", f"### 3. Pipeline: one training pass over {orig['photos']} photos, images/s", "", table(
+    return ["", f"### 3. Pipeline: one training pass over {orig['photos']} photos, images/s", "", table(
         ["pipeline", "images/s", "peak memory (RSS, +work)"],
         [["original notebook: PIL -> numpy/255 -> torch.Tensor, batch 16, figure redrawn every batch",
           f"{orig['images_per_s']:.1f}", mem(orig)],
          ["course: decoding thread + fast forward into the feature cache, then a head epoch",
           f"{ours['images_per_s']:.1f} ({ours['images_per_s'] / orig['images_per_s']:.1f}x)", mem(ours)]])]
 
+
+def _loading(res: dict) -> list[str]:
     decode, loading = res["decode"]["ms_per_photo"], res["loading"]["images_per_s"]
-    out += ["", f"### 4. Loading a photo (median ms per photo over {res['decode']['photos']} photos)", "", table(
+    return ["", f"### 4. Loading a photo (median ms per photo over {res['decode']['photos']} photos)", "", table(
         ["step", "ms/photo"], [[k, f"{v:.2f}"] for k, v in decode.items()]),
         "", f"Feature extraction from files (decode + forward), images/s; the course uses "
         f"{res['loading']['course_setting']}:", "", table(
             ["threads", "images/s"], [[k, f"{v:.1f}"] for k, v in loading.items()])]
-    out += ["", "Memory: peak resident set size of the measuring process (`getrusage` maxrss: Python objects, "
-            "weights, tensors, decoded photos, figures); `+work` is the part above the resident size after "
-            "imports and model loading."]
-    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- main
@@ -141,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs for both recipes (default 10, quick 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the raw results here (default: <TLCOURSE_OUTPUT>/benchmarks/)")
+    parser.add_argument("--reference-budget", type=float,
+                        help="seconds the reference loop may take; it stops after the last epoch that fits "
+                             "and is compared with the course at the same epochs (default: no limit)")
+    parser.add_argument("--finish-by", help="local time HH:MM by which the run must end: the reference loop, run "
+                                             "last, gets the time left as its budget (see --reference-budget)")
+    parser.add_argument("--stages", help="comma-separated subset, e.g. recipe,reference (default: all)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -160,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs or (2 if args.quick else 10), "per_class": 60 if args.quick else None,
         "backbone": "mobilenet_v2", "forward_images": 32 if args.quick else 96, "repeats": 2 if args.quick else 3,
         "decode_images": 30 if args.quick else 100, "pipeline_images": 64 if args.quick else 256,
-        "loading_images": 32 if args.quick else 96,
+        "loading_images": 32 if args.quick else 96, "reference_budget": args.reference_budget,
     }
     import torch
 
@@ -172,24 +215,38 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"Running the benchmark ({'quick' if args.quick else 'full'}); each line is one measurement:",
           file=sys.stderr)
-    res = {
-        "decode": run_stage("decode", cfg),
-        "loading": run_stage("loading", cfg),
-        "forward_plain": run_stage("forward", {**cfg, "variant": "plain"}),
-        "forward_course": run_stage("forward", {**cfg, "variant": "course"}),
-        "forward_options": run_stage("forward_options", cfg),
-        "pipeline_original": run_stage("pipeline", {**cfg, "variant": "original"}),
-        "pipeline_course": run_stage("pipeline", {**cfg, "variant": "course"}),
-        "recipe": run_stage("recipe", cfg),
-        "reference": run_stage("reference", cfg),
-    }
-    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    meta["photos"] = res["recipe"]["photos"]
-    text = report(res, cfg, meta)
-    print(text)
     out = Path(args.json) if args.json else config.output_dir / "benchmarks" / (
         f"bench-{'quick' if args.quick else 'full'}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The side-by-side comparison first: it matters most and takes longest.
+    # The course's recipe first; the reference loop, by far the longest, last (so --finish-by can cut it short).
+    plan = {
+        "recipe": ("recipe", {}),
+        "forward_plain": ("forward", {"variant": "plain"}), "forward_course": ("forward", {"variant": "course"}),
+        "pipeline_original": ("pipeline", {"variant": "original"}),
+        "pipeline_course": ("pipeline", {"variant": "course"}),
+        "decode": ("decode", {}), "loading": ("loading", {}), "forward_options": ("forward_options", {}),
+        "reference": ("reference", {}),
+    }
+    wanted = args.stages.split(",") if args.stages else list(plan)
+    unknown = sorted(set(wanted) - set(plan))
+    if unknown:
+        raise SystemExit(f"Unknown stage(s) {unknown}; choose from {', '.join(plan)}.")
+    res: dict = {}
+    for key in wanted:
+        stage, extra = plan[key]
+        if key == "reference" and args.finish_by:
+            hour, minute = map(int, args.finish_by.split(":"))
+            end = dt.datetime.now().replace(hour=hour, minute=minute, second=0, microsecond=0)
+            left = (end - dt.datetime.now()).total_seconds() - 120  # start-up and the test pass
+            budget = left if cfg["reference_budget"] is None else min(left, cfg["reference_budget"])
+            extra = {**extra, "reference_budget": max(budget, 1.0)}
+        res[key] = run_stage(stage, {**cfg, **extra})
+        # Saved after every stage: an interrupted run keeps what it measured.
+        out.write_text(json.dumps({"config": cfg, "meta": meta, "results": res}, indent=2))
+    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    text = report(res, cfg, meta)
+    print(text)
     out.write_text(json.dumps({"config": cfg, "meta": meta, "results": res, "report": text}, indent=2))
     print(f"\nRaw results: {out}", file=sys.stderr)
     return 0

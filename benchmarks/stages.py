@@ -102,17 +102,29 @@ def stage_recipe(cfg: dict) -> dict:
     history = train_frozen(model, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
                            cache_dir=cache_dir, verbose=False)
     trained = time.perf_counter()
-    model.eval()
-    with torch.no_grad():
-        test_acc = float((model.head(sets["test"].features).argmax(1) == sets["test"].labels).float().mean())
+    test_acc = _head_accuracy(model, sets["test"])
     finished = time.perf_counter()
+    # Not timed: the same recipe for 1..epochs epochs (features from memory, a second or two), so that a
+    # reference run cut short by a time budget can be compared at the same number of epochs.
+    by_epochs = {}
+    for k in range(1, cfg["epochs"] + 1):
+        again = _model(cfg)
+        train_frozen(again, data, epochs=k, batch_size=cfg["batch_size"], seed=cfg["seed"], cache_dir=cache_dir,
+                     verbose=False)
+        by_epochs[k] = _head_accuracy(again, sets["test"])
     n = sum(len(s) for s in sets.values())
     return _memory({
         "seconds": finished - started, "load_seconds": loaded - started, "feature_seconds": featured - loaded,
         "head_seconds": trained - featured, "photos": n, "photos_per_s": n / (featured - loaded),
         "test_acc": test_acc, "val_acc": history.best()["val_acc"], "epochs": cfg["epochs"],
-        "n_test": len(sets["test"]), "torch_threads": torch.get_num_threads(),
+        "n_test": len(sets["test"]), "torch_threads": torch.get_num_threads(), "test_acc_by_epochs": by_epochs,
     }, base)
+
+
+def _head_accuracy(model, features) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model.head(features.features).argmax(1) == features.labels).float().mean())
 
 
 def stage_reference(cfg: dict) -> dict:
@@ -132,12 +144,12 @@ def stage_reference(cfg: dict) -> dict:
     sizes = {k: len(v.dataset) for k, v in loaders.items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model, records = tutorial_train_model(model, loaders, sizes, torch.nn.CrossEntropyLoss(), optimizer,
-                                          num_epochs=cfg["epochs"])
+                                          num_epochs=cfg["epochs"], time_budget=cfg.get("reference_budget"))
     test_acc = tutorial_accuracy(model, data.loader("test", cfg["batch_size"]))
     finished = time.perf_counter()
     return _memory({
         "seconds": finished - started, "test_acc": test_acc, "val_acc": max(r["val_acc"] for r in records),
-        "epoch_seconds": [round(r["seconds"], 1) for r in records], "epochs": cfg["epochs"],
+        "epoch_seconds": [round(r["seconds"], 1) for r in records], "epochs": len(records),
         "n_test": len(data.split.test),
     }, base)
 
@@ -196,7 +208,6 @@ def stage_forward_options(cfg: dict) -> dict:
     t = threads
     variants: dict[str, Callable[[], tuple[Callable, int, int]]] = {
         f"model(x), autograd on (default), {t} threads": lambda: (lambda b: model(b), 32, t),
-        f"torch.no_grad, {t} threads": lambda: (_no_grad(model.features), 32, t),
         f"torch.inference_mode, {t} threads": lambda: (_inference(model.features), 32, t),
         f"inference_mode + channels_last, {t} threads": lambda: (FastBackbone(model, fuse=False), 32, t),
         f"inference_mode + BatchNorm folded, {t} threads": lambda: (FastBackbone(model, channels_last=False), 32, t),
@@ -208,7 +219,7 @@ def stage_forward_options(cfg: dict) -> dict:
     }
     built = {name: make() for name, make in variants.items()}
     rates: dict[str, list[float]] = {name: [] for name in built}
-    for _ in range(cfg["repeats"]):  # interleaved, so a busy moment hits every variant alike
+    for _ in range(2):  # interleaved, so a busy moment hits every variant alike
         for name, (run, batch_size, n_threads) in built.items():
             torch.set_num_threads(n_threads)
             rates[name].append(_images_per_s(run, x, batch_size, 1))
@@ -216,13 +227,6 @@ def stage_forward_options(cfg: dict) -> dict:
     return {"images_per_s": {name: max(r) for name, r in rates.items()},
             "median_images_per_s": {name: statistics.median(r) for name, r in rates.items()},
             "images": len(x), "torch_threads": threads}
-
-
-def _no_grad(fn):
-    def run(b):
-        with torch.no_grad():
-            return fn(b)
-    return run
 
 
 def _inference(fn):
@@ -234,9 +238,14 @@ def _inference(fn):
 
 # --------------------------------------------------------------------------- 3. data loading
 def stage_decode(cfg: dict) -> dict:
-    """Milliseconds per photo for each step of loading, on real photos (median of photos)."""
+    """Milliseconds per photo for each step of loading, on real photos (median of photos), 1 torch thread.
+
+    One torch thread, as while the course extracts features: with two, OpenMP's second thread keeps
+    spinning after each tensor op and slows the Pillow steps measured next.
+    """
     from PIL import Image
 
+    torch.set_num_threads(1)
     data = _data({**cfg, "per_class": None})
     paths = list(data.table["file_path"][:: max(1, len(data.table) // cfg["decode_images"])])
     settings = _weights_settings(cfg)
