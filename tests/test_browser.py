@@ -241,7 +241,8 @@ def test_dashboard_in_jupyterlab(lab):
 
             # What a learner does: Run > Run All Cells. The last cell's request then waits
             # in the kernel's queue behind the training cell.
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            # (Not awaited: the command's promise settles only when every cell has run.)
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
             dashboard = page.locator(".tlcourse-dashboard")
             try:

@@ -130,7 +130,7 @@ def test_widgets_progress_and_curve_data_match_history():
     assert dash._epoch_bar.value == dash._epoch_bar.max == 3
     assert dash._batch_bar.value == dash._batch_bar.max == 6
     assert dash._epoch_bar.bar_style == dash._batch_bar.bar_style == "success"
-    assert "epoch 3/3" in dash._epoch_text.value
+    assert dash._epoch_text.value.startswith("3 of 3 epoch(s) &middot; ")
     assert dash._batch_text.value.startswith("6/6 &middot; ")
     assert "batch/s" in dash._batch_text.value and f"loss {history.batches[-1]['loss']:.3f}" in dash._batch_text.value
 

@@ -667,8 +667,13 @@ class TrainingDashboard(Callback):
             style, status, color = "success", "Done", "#2ca02c"
         self._epoch_bar.bar_style = self._batch_bar.bar_style = style
         self._status.value = self._status_html(status, color)
+        ran = len(history.epochs) - self._first_epoch
+        self._epoch_text.value = (f"{ran} of {state.epochs - self._first_epoch} epoch(s) &middot; "
+                                  f"{format_duration(time.perf_counter() - self._started)}")
+        # The button has done its job: the row now holds the summary.
         self._stop_button.disabled = True
         self._stop_button.description = "Stopped" if history.stopped_early else "Stop"
+        self._stop_button.layout.display = "none"
         self._summary.value = f"<b>{html.escape(self.summary)}</b>"
 
 
