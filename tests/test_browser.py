@@ -253,9 +253,10 @@ def test_dashboard_in_jupyterlab(lab):
             # Let it train into the third epoch, so both curves have points.
             started = time.monotonic()
             last_report = started
-            while _epoch_shown(page) < 3:
+            speed = re.compile(r"\d+/\d+ · [\d.]+ batch/s · ~.* left")
+            while _epoch_shown(page) < 3 or not speed.search(_text(page, ".tlcourse-batches-progress")):
                 if time.monotonic() - started > 600:
-                    fail("Training did not reach epoch 3 within 10 minutes.")
+                    fail("Training did not get into epoch 3 within 10 minutes.")
                 if "Done" in _text(page, ".tlcourse-dashboard"):
                     fail(f"Training finished all {EPOCHS} epochs before the test could click Stop.")
                 if time.monotonic() - last_report > 20:  # progress in the log, for slow machines
@@ -279,7 +280,7 @@ def test_dashboard_in_jupyterlab(lab):
             text = _text(page, ".tlcourse-dashboard")
             if not re.search(r"true: \w+\s*predicted: \w+ \(\d+%\)", text):
                 fail(f"The sample photo's labels are missing; the dashboard says:\n{text}")
-            if not re.search(r"\d+/\d+ · [\d.]+ batch/s · ~.* left", text):
+            if not speed.search(text):
                 fail(f"The batch progress shows no speed and time left; the dashboard says:\n{text}")
             stop = page.locator("button.tlcourse-stop")
             if not (stop.is_enabled() and "Stop" in (stop.text_content() or "")):

@@ -578,8 +578,8 @@ class TrainingDashboard(Callback):
         self._epoch_bar.value = min(done_epochs, self._epoch_bar.max)
         elapsed = format_duration(now - self._started)
         if not self._epoch_batches:  # a new epoch, no batch yet: no speed to show
-            self._epoch_text.value = f"epoch {state.epoch + 1}/{state.epochs} &middot; {elapsed}"
-            self._batch_text.value = ""
+            self._epoch_text.value = f"epoch {state.epoch + 1}/{state.epochs} &middot; {elapsed} elapsed"
+            self._batch_text.value = f"0/{state.batches} &middot; starting…" if state.batches else "starting…"
             return
         rate, epoch_left, run_left = self._rates(state)
         self._batch_bar.value = min(state.batch + 1, self._batch_bar.max)
