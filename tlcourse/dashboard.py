@@ -670,6 +670,9 @@ class TrainingDashboard(Callback):
         ran = len(history.epochs) - self._first_epoch
         self._epoch_text.value = (f"{ran} of {state.epochs - self._first_epoch} epoch(s) &middot; "
                                   f"{format_duration(time.perf_counter() - self._started)}")
+        if history.stopped_early or history.interrupted:  # no time left to count down
+            self._batch_text.value = (f"stopped after batch {state.batch + 1}/{state.batches} &middot; "
+                                      f"loss {state.loss:.3f}")
         # The button has done its job: the row now holds the summary.
         self._stop_button.disabled = True
         self._stop_button.description = "Stopped" if history.stopped_early else "Stop"
