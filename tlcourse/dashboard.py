@@ -411,7 +411,7 @@ class TrainingDashboard(Callback):
             if not self._stop_wanted:
                 self._status.value = self._status_html("Training…", "#555")
             self._update_text(state, force=True)
-            self._maybe_draw(state, epoch_end=True)
+            self._maybe_draw(state)
         else:
             if self._live_line:
                 sys.stdout.write("\r" + " " * self._live_line + "\r")
@@ -591,7 +591,7 @@ class TrainingDashboard(Callback):
         if state.stop_requested:
             self._status.value = self._status_html("Stopping after this batch…", "#b26a00")
 
-    def _maybe_draw(self, state: TrainState, epoch_end: bool = False) -> None:
+    def _maybe_draw(self, state: TrainState) -> None:
         # Three rules keep drawing within draw_budget of the training time:
         # * after a draw that took c seconds, wait c / draw_budget (and at least draw_interval);
         # * the total drawing time, with the next draw, stays within the budget of the time
