@@ -281,6 +281,7 @@ def test_redraws_are_throttled_to_the_budget(monkeypatch):
         return real_render(self)
 
     monkeypatch.setattr(TrainingDashboard, "_render_curves", slow_render)
+    monkeypatch.setattr(dashboard_module, "DRAW_COST_ESTIMATE", draw_cost)
 
     class Tick(Callback):  # each batch "takes" 0.05 s
         def on_batch_end(self, state):

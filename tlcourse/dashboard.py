@@ -561,6 +561,7 @@ class TrainingDashboard(Callback):
         )
         self.widget.add_class("tlcourse-dashboard")
         self._curves.value = _empty_curves(self._first_epoch)
+        self._draw_cost = DRAW_COST_ESTIMATE
         self._last_draw = time.perf_counter()  # the first real drawing after draw_interval
         self._update_text(state, force=True)
         display(self.widget)
@@ -597,7 +598,7 @@ class TrainingDashboard(Callback):
         # * the total drawing time, with the next draw, stays within the budget of the time
         #   elapsed (so a short run is not charged a draw it cannot pay for);
         # * no drawing in the last seconds of a run: the final drawing comes right after.
-        # c is a running mean of the draws so far, 50 ms until measured.
+        # c is a running mean of the draws so far, first estimated from the empty plot.
         now = time.perf_counter()
         if now - self._last_draw < max(self.draw_interval, self._draw_cost / self.draw_budget):
             return
@@ -736,10 +737,19 @@ class CurvesFigure:
         return buffer.getvalue()
 
 
+#: Seconds one drawing of the plots takes on this machine: measured by the first empty plot,
+#: it is the drawing budget's starting estimate (a busy laptop draws several times slower).
+DRAW_COST_ESTIMATE = 0.05
+
+
 @functools.lru_cache(maxsize=8)
 def _empty_curves(first_epoch: int) -> bytes:
     """The plots before any data, drawn once per session: the panel is complete from the start
     and a run pays for its first real drawing only once it has something to show."""
+    global DRAW_COST_ESTIMATE
     empty: dict[str, list[float]] = {key: [] for key in (
         "batch_x", "batch_loss", "batch_acc", "epoch_x", "train_loss", "train_acc", "val_loss", "val_acc")}
-    return CurvesFigure().render(empty, first_epoch)
+    started = time.perf_counter()
+    png = CurvesFigure().render(empty, first_epoch)
+    DRAW_COST_ESTIMATE = max(0.01, time.perf_counter() - started)
+    return png
