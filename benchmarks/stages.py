@@ -19,12 +19,11 @@ from typing import Any, Callable
 
 import torch
 
-from tlcourse.data import load_course_data, load_image
+from tlcourse.data import eval_transform, load_course_data, load_image
 from tlcourse.features import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DECODE_THREADS,
     FastBackbone,
-    _split_eval_transform,
     batches_of_inputs,
     clear_memory_cache,
     compute_features,
@@ -249,8 +248,9 @@ def stage_decode(cfg: dict) -> dict:
     data = _data({**cfg, "per_class": None})
     paths = list(data.table["file_path"][:: max(1, len(data.table) // cfg["decode_images"])])
     settings = _weights_settings(cfg)
-    per_photo, per_batch = _split_eval_transform(settings)
-    resize_crop = [step for step in per_photo.transforms][:-1]
+    steps_of = eval_transform(settings).transforms  # Resize, CenterCrop, ToImage, ToDtype, Normalize
+    resize_crop, to_image = steps_of[:2], steps_of[2]
+    per_batch = __import__("torchvision").transforms.v2.Compose(steps_of[3:])
     steps: dict[str, list[float]] = {k: [] for k in (
         "read file", "decode JPEG (Pillow, full size)", "decode JPEG, draft 1/2 size (not used)",
         "load_image (decode + EXIF + RGB)", "resize + centre crop (Pillow)", "to uint8 tensor",
@@ -272,7 +272,7 @@ def stage_decode(cfg: dict) -> dict:
         for step in resize_crop:
             img = step(img)
         t5 = time.perf_counter()
-        u8 = torch.as_tensor(per_photo.transforms[-1](img))
+        u8 = torch.as_tensor(to_image(img))
         t6 = time.perf_counter()
         per_batch(u8)
         t7 = time.perf_counter()
