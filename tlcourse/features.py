@@ -69,14 +69,16 @@ from .data import CourseData, TransformSettings, eval_transform, load_image
 #: Bump when the stored layout or the way features are computed changes: old stores are then ignored.
 FORMAT_VERSION = 1
 
-#: Default images per backbone batch. Measured on the 2-core machine (channels_last + fused BatchNorm,
-#: inference mode): batch 16 -> 32 gained ~10%, 32 -> 64 nothing measurable while doubling the memory
-#: of the activations; 32 is also small enough for a laptop with 4 GB free.
+#: Default images per backbone batch. Measured on the 2-core machine (FastBackbone, 1 thread): batch 16:
+#: 16.2 photos/s, 32: 20.3, 64: 15.1 (64 also doubles the activations' memory).
 DEFAULT_BATCH_SIZE = 32
 
-#: Threads that decode and resize photos while the backbone runs. Pillow releases the GIL while it
-#: decodes and resizes, so one thread overlaps all image work (~6 ms/photo) with the forward pass
-#: (~25 ms/photo) of the main thread. More threads only compete with the backbone's own threads.
+#: Threads that decode and transform photos while the backbone runs. Pillow and torch release the GIL,
+#: so one thread overlaps the per-photo work (decode ~2 ms, EXIF/RGB ~2 ms, resize + crop ~3-6 ms,
+#: normalise ~1 ms, measured) with the forward pass (~50 ms/photo on one busy core). On the busy 2-core
+#: machine, with no core to spare, it made no measurable difference (17.7 vs 18.7 photos/s, noise);
+#: where a core is free it takes that work off the backbone's thread. Threads rather than DataLoader
+#: worker processes: workers misbehave in notebooks on Windows and macOS (they re-import the notebook).
 DEFAULT_DECODE_THREADS = 1
 
 
@@ -159,16 +161,18 @@ def default_cache_dir() -> Path:
 class FastBackbone:
     """A copy of a model's backbone prepared for fast inference; the model itself is not changed.
 
-    Three things, each measured on the 2-core machine against ``model.features(x)``
-    in default settings (autograd on, contiguous memory), batch 32:
+    Three things, measured on the course's 2-core machine (busy: load average ~8) against a plain
+    ``model(x)`` (autograd on, contiguous tensors, 2 threads: 3.2 photos/s), batch 32, interleaved
+    (``benchmarks/run.py --quick``, "What each option is worth"):
 
+    * ``torch.inference_mode``: no autograd bookkeeping; 1.10x.
+    * ``channels_last`` memory format: oneDNN's depthwise and 1x1 convolutions
+      (most of MobileNetV2) are faster in NHWC; 2.6x.
     * BatchNorm folded into the preceding convolution (``torch.fx`` ``fuse``):
       one op instead of two per layer, same maths (eval-mode BatchNorm is an
-      affine map); ~1.1x on its own.
-    * ``channels_last`` memory format: oneDNN's depthwise and 1x1 convolutions
-      (most of MobileNetV2) are much faster in NHWC; ~1.8x on its own, ~2.5x
-      together with fusing.
-    * ``torch.inference_mode``: no autograd bookkeeping; a few percent.
+      affine map); 1.8x.
+    * all three: 3.25x with 2 threads, 6.3x with 1 thread (see
+      :func:`extraction_threads`); batch 16 or 64 instead of 32: 5.0x, 4.7x.
 
     The outputs differ from the plain forward only by float rounding (max
     abs. difference ~2e-5 on MobileNetV2 features of magnitude ~5); the tests
