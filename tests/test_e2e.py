@@ -29,6 +29,9 @@ SEED = 0
 FROZEN_EPOCHS = 3
 #: Training photos per class for the short fine-tuning epoch (the test split stays complete).
 FINE_TUNE_PER_CLASS = 64
+#: Fine-tuning an already trained head: 10x gentler than a new head's 1e-3 (as lesson 4 does); the
+#: backbone 10x slower still. With head_lr=1e-3 this epoch measured 1.000 -> 0.965 test accuracy here.
+HEAD_LR, BACKBONE_LR = 1e-4, 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,8 @@ def test_one_short_discriminative_epoch_does_not_make_it_worse(frozen_run):
 
     backbone_before = copy.deepcopy(model.backbone.state_dict())
     started = time.perf_counter()
-    history = train_discriminative(model, short, epochs=1, seed=SEED)
+    history = train_discriminative(model, short, epochs=1, head_lr=HEAD_LR, backbone_lr=BACKBONE_LR,
+                                   seed=SEED)
     print(f"\ntrain_discriminative: 1 epoch on {len(keep)} photos in {time.perf_counter() - started:.1f} s")
     after = evaluate(model, data.loader("test", batch_size=64))
     print(f"test accuracy before {before:.4f}, after {after['accuracy']:.4f} (loss {after['loss']:.4f})")
