@@ -219,6 +219,24 @@ def test_unfreeze_in_eval_mode_keeps_eval():
     assert not model.backbone.training and not model.training
 
 
+def test_unfreeze_without_batchnorm_updates_keeps_statistics_but_learns():
+    # Fine-tuning with small batches: weights (BatchNorm's scale and shift too) learn, the
+    # pretrained running statistics stay; without the option they change (test above).
+    torch.manual_seed(0)
+    model = build_model(N_CLASSES, "mobilenet_v2", weights=None).freeze().unfreeze(update_batchnorm=False)
+    model.train()
+    assert model.backbone.training and all(not bn.training for bn in batchnorm_layers(model.backbone))
+    before = snapshot(model.backbone)
+    train_steps(model, steps=2, size=32)
+    after = snapshot(model.backbone)
+    stats = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    bn_weights = [k for k in before if k.endswith("weight") and k.replace("weight", "running_mean") in before]
+    assert bn_weights and any(not torch.equal(before[k], after[k]) for k in bn_weights)
+    model.unfreeze()  # back to ordinary train-mode BatchNorm
+    assert all(bn.training for bn in batchnorm_layers(model.backbone))
+
+
 # --------------------------------------------------------------------------- parameter groups
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_param_groups_cover_every_trainable_parameter_once(backbone):

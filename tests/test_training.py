@@ -186,6 +186,20 @@ def test_keep_best_puts_back_the_best_weights():
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
 
+def test_best_epoch_breaks_accuracy_ties_by_validation_loss():
+    # A tiny, separable validation set: every epoch scores 100%, but the loss keeps falling,
+    # so the last epoch is the best one (the first would be kept if ties went to the earliest).
+    data = tiny_data(40)
+    model = tiny_model()
+    history = fit(model, DataLoader(data, batch_size=8), torch.optim.SGD(model.parameters(), lr=0.5),
+                  epochs=4, val_loader=DataLoader(data, batch_size=8))
+    accs = [r["val_acc"] for r in history.epochs]
+    losses = [r["val_loss"] for r in history.epochs]
+    assert max(accs) == accs[-1] and accs.count(max(accs)) > 1, accs  # a tie really happens
+    best = max(range(4), key=lambda e: (accs[e], -losses[e]))
+    assert history.best_epoch == best != accs.index(max(accs))
+
+
 def test_callbacks_are_called_in_order_with_correct_counts():
     data, model = tiny_data(), tiny_model()
     recorder = Recorder()

@@ -142,13 +142,21 @@ class TransferClassifier(nn.Module):
         self.backbone.eval()
         return self
 
-    def unfreeze(self) -> "TransferClassifier":
-        """Let the backbone learn again (all parameters trainable, BatchNorm follows train/eval mode)."""
+    def unfreeze(self, update_batchnorm: bool = True) -> "TransferClassifier":
+        """Let the backbone learn again: all its parameters get gradients.
+
+        ``update_batchnorm=False`` keeps the backbone's BatchNorm layers in eval
+        mode: their scale and shift still learn, but their running mean and
+        variance stay the pretrained ones. That is the usual choice when
+        fine-tuning on a small dataset with small batches: statistics from 32
+        photos are noisy, and in train mode every batch would be normalised with
+        them instead of with the statistics the later layers were trained on.
+        """
         for param in self.backbone.parameters():
             param.requires_grad = True
         self.frozen = False
-        self.backbone.train(self.training)
-        return self
+        self.update_batchnorm = update_batchnorm
+        return self.train(self.training)
 
     def train(self, mode: bool = True) -> "TransferClassifier":
         # requires_grad=False stops weight updates, but BatchNorm in train mode would
@@ -156,6 +164,10 @@ class TransferClassifier(nn.Module):
         super().train(mode)
         if self.frozen:
             self.backbone.eval()
+        elif not getattr(self, "update_batchnorm", True):
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
 

@@ -82,19 +82,25 @@ def train_discriminative(
     model: TransferClassifier,
     data: CourseData,
     epochs: int = 1,
-    head_lr: float = 1e-3,
+    head_lr: float = 1e-4,
     backbone_lr: float = 1e-5,
     batch_size: int = 32,
     callbacks: Iterable[Callback] = (),
     seed: int = 0,
+    update_batchnorm: bool = False,
 ) -> History:
     """Method 2, discriminative learning rates: the whole network learns, the backbone more slowly.
 
-    Uses training augmentation (random crop and flip), since the backbone now
+    Meant to run after the head has been trained with :func:`train_frozen`
+    (a random head would send large, random gradients into the pretrained
+    layers): the head goes on at ``head_lr``, the backbone at the 10x smaller
+    ``backbone_lr``. BatchNorm keeps its pretrained running statistics unless
+    ``update_batchnorm`` (see :meth:`TransferClassifier.unfreeze`). Uses
+    training augmentation (random crop and flip), since the backbone now
     changes and benefits from varied inputs.
     """
     seed_everything(seed)
-    model.unfreeze()
+    model.unfreeze(update_batchnorm=update_batchnorm)
     optimizer = torch.optim.AdamW(param_groups(model, head_lr, backbone_lr))
     return fit(model, data.loader("train", batch_size, augment=True, seed=seed), optimizer, epochs,
                val_loader=data.loader("val", batch_size), callbacks=callbacks)

@@ -124,7 +124,7 @@ class History:
         return pd.DataFrame(self.epochs)
 
     def best(self) -> dict[str, float] | None:
-        """The record of the best epoch (highest validation accuracy), if any."""
+        """The record of the best epoch (highest validation accuracy, then lowest validation loss), if any."""
         if self.best_epoch is None:
             return None
         return next(r for r in self.epochs if r["epoch"] == self.best_epoch)
@@ -218,8 +218,8 @@ def fit(
     show the photo behind a cached feature vector.
 
     After each epoch the model is evaluated on ``val_loader``. With
-    ``keep_best`` the weights of the epoch with the best validation accuracy
-    are kept and put back at the end (also when training is stopped or
+    ``keep_best`` the weights of the best epoch (validation accuracy, ties broken by
+    the lower validation loss) are kept and put back at the end (also when training is stopped or
     interrupted). A Stop request from a callback, or the kernel's Interrupt
     button (KeyboardInterrupt, caught when ``catch_interrupt``), ends training
     after the current batch with the history complete up to that point. Pass
@@ -247,10 +247,9 @@ def fit(
         batches = 0
     state = TrainState(epochs=first_epoch + epochs, batches=batches, history=history)
     notify = _Callbacks(callbacks)
-    best_state, best_acc = None, -math.inf
+    best_state, best_score = None, (-math.inf, -math.inf)
     if history.best_epoch is not None:  # resuming: new epochs must beat the best one so far
-        best = history.best()
-        best_acc = best.get("val_acc", best["train_acc"])
+        best_score = _score(history.best())
         if keep_best:
             best_state = copy.deepcopy(model.state_dict())
     started = time.perf_counter()
@@ -294,11 +293,10 @@ def fit(
                 record.update(val_loss=val["loss"], val_acc=val["accuracy"])
             record["seconds"] = time.perf_counter() - epoch_start
             history.epochs.append(record)
-            score = record.get("val_acc", record["train_acc"])
-            if score > best_acc:
+            if _score(record) > best_score:
                 if keep_best:  # copy first: an interrupt here must not leave best_epoch ahead of best_state
                     best_state = copy.deepcopy(model.state_dict())
-                best_acc, history.best_epoch = score, epoch
+                best_score, history.best_epoch = _score(record), epoch
             notify("on_epoch_end", state)
             if state.stop_requested:
                 history.stopped_early = True
@@ -318,6 +316,17 @@ def fit(
         history.seconds += time.perf_counter() - started
     notify("on_train_end", state)
     return history
+
+
+def _score(record: dict[str, float]) -> tuple[float, float]:
+    """How good an epoch is: validation accuracy, then (on a tie) lower validation loss.
+
+    With a small validation set many epochs tie on accuracy; the loss still
+    tells which one is more confident in its right answers.
+    """
+    if "val_acc" in record:
+        return record["val_acc"], -record["val_loss"]
+    return record["train_acc"], -record["train_loss"]
 
 
 def _non_finite_message(value: float, state: TrainState, optimizer: torch.optim.Optimizer, x: torch.Tensor,
