@@ -284,6 +284,7 @@ def draw_two_methods(path: Path) -> Path:
     frozen_lr = inspect.signature(train_frozen).parameters["lr"].default
     disc = inspect.signature(train_discriminative).parameters
     head_lr, backbone_lr = disc["head_lr"].default, disc["backbone_lr"].default
+    bn_note = "BatchNorm statistics updated" if disc["update_batchnorm"].default else "BatchNorm statistics kept"
     model = build_model(2, "mobilenet_v2", weights=None)
     n_backbone, n_head = count_parameters(model.backbone), count_parameters(model.head)
     fig, axes = plt.subplots(1, 2, figsize=(13, 2.7))
@@ -291,8 +292,8 @@ def draw_two_methods(path: Path) -> Path:
         ("Method 1: weight freezing", "frozen: requires_grad = False\nBatchNorm kept in eval mode\n"
          "no gradients, no updates", COLORS["dropped"], COLORS["text"], f"learns, lr = {frozen_lr:g}"),
         ("Method 2: discriminative learning rates",
-         f"learns slowly: lr = {backbone_lr:g}\n({head_lr / backbone_lr:g}\u00d7 smaller than the head's)",
-         "#8FB3DE", COLORS["text"], f"learns, lr = {head_lr:g}"),
+         f"learns slowly: lr = {backbone_lr:g}\n({head_lr / backbone_lr:g}\u00d7 smaller than the head's)\n{bn_note}",
+         "#8FB3DE", COLORS["text"], f"learns, lr = {head_lr:g}\n(after method 1)"),
     ]
     for ax, (title, backbone_text, backbone_color, text_color, head_text) in zip(axes, panels):
         ax.set_xlim(0, 6.4)
