@@ -97,6 +97,18 @@ def output_dir(tmp_path, monkeypatch) -> Path:
     return out
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a test: on a busy shared 2-core machine, two threads spin-wait on each
+    other (measured up to 10x slower); tests that train small models use it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup_torch_home():
     yield

@@ -22,13 +22,7 @@ from tlcourse.training import History, seed_everything
 CLASSES = ["dog", "hotdog"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: on a busy shared machine, two threads spin-wait on each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_looking_model(seed: int = 0, hidden: int | None = 16):

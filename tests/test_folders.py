@@ -200,13 +200,7 @@ def snapshot(folder: Path) -> dict[str, tuple]:
     return state
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: on a busy shared machine, two threads spin-wait on each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -22,13 +22,7 @@ CLASSES = ["dog", "hotdog"]
 N, BATCH = 48, 8  # 6 batches an epoch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: on a busy shared machine, two threads spin-wait on each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tensors(seed: int = 0, n: int = N):

@@ -27,7 +27,6 @@ from tlcourse.models import (
     WeightsUnavailableError,
     build_model,
     count_parameters,
-    load_state_dict,
     param_groups,
     predict_proba,
     weights_enum,

@@ -22,13 +22,8 @@ from tlcourse.training import evaluate, seed_everything
 SMALL = TransformSettings(resize=36, crop=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: quicker on a busy machine, and the thread count is part of a CPU run's setup."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread: quicker on a busy machine, and the thread count is part of a CPU run's setup.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -114,24 +114,6 @@ def check_device(config: Config) -> Check:
         return Check("device", "unknown (torch is not installed)", MISSING, _INSTALL)
 
 
-def find_unreadable(files: list[Path]) -> list[tuple[Path, str]]:
-    """Images that Pillow cannot open and fully decode, with the reason.
-
-    The fallback when :mod:`tlcourse.verify` is not available: ``Image.verify()``
-    alone misses truncated JPEGs, so each file is decoded.
-    """
-    from PIL import Image
-
-    bad = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                img.load()  # full decode: catches truncated files too
-        except Exception as error:  # Pillow raises many types for broken files
-            bad.append((path, f"{type(error).__name__}: {error}"))
-    return bad
-
-
 def _listing(items: list[tuple[str, str]], limit: int = 5) -> str:
     shown = "; ".join(f"{p} ({why})" for p, why in items[:limit])
     return shown + (f"; ... and {len(items) - limit} more" if len(items) > limit else "")
@@ -140,17 +122,17 @@ def _listing(items: list[tuple[str, str]], limit: int = 5) -> str:
 def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
     """The photo folder: classes, images per class, unreadable files.
 
-    Uses :func:`tlcourse.verify.verify_folder` when the package has it, so the
-    doctor and the lessons agree on which files are usable; files it skips are
-    a warning (lessons leave them out), folder-level problems are missing.
+    Uses :func:`tlcourse.verify.verify_folder`, so the doctor and the lessons
+    agree on which files are usable; files it skips are a warning (lessons
+    leave them out), folder-level problems are missing.
     """
     fix = f"tlcourse download-data --dest {data_dir}  (or point TLCOURSE_DATA at your photo folder)"
     if not data_dir.is_dir() or not any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
         return [Check("data folder", f"{data_dir}: missing or empty", MISSING, fix)]
     try:
         from .verify import verify_folder
-    except ImportError:
-        return _check_data_simple(data_dir, verify_images, fix)
+    except ImportError:  # torch, torchvision, pandas or Pillow missing: reported by their own rows
+        return [Check("data folder", f"{data_dir}: not checked (packages missing)", MISSING, _INSTALL)]
     report = verify_folder(data_dir, check="decode" if verify_images else "header")
     counts = report.images["class_name"].value_counts()
     found = ", ".join(f"{name} {int(counts.get(name, 0))}" for name in report.classes) or "no class subfolders"
@@ -168,38 +150,6 @@ def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
                           f"again for the example set): {listing}"))
     else:
         rows.append(Check("unreadable files", f"none of {len(report.images)} ({checked})", OK))
-    return rows
-
-
-def _check_data_simple(data_dir: Path, verify_images: bool, fix: str) -> list[Check]:
-    from .data import find_classes, list_images
-
-    try:
-        classes = find_classes(data_dir)
-    except (ValueError, FileNotFoundError) as error:
-        return [Check("data folder", f"{data_dir}: no class subfolders", MISSING, f"{fix}. ({error})")]
-    files = {name: list_images(data_dir / name) for name in classes}
-    counts = ", ".join(f"{name} {len(found)}" for name, found in files.items())
-    rows = [Check("data folder", str(data_dir), OK)]
-    empty = [name for name, found in files.items() if not found]
-    if len(classes) < 2:
-        rows.append(Check("classes", counts, MISSING,
-                          f"a classifier needs at least 2 class subfolders in {data_dir}; {fix}"))
-    elif empty:
-        rows.append(Check("classes", counts, MISSING,
-                          f"put images into {', '.join(str(data_dir / n) for n in empty)} or remove the empty folder(s)"))
-    else:
-        rows.append(Check("classes", counts, OK))
-    if verify_images:
-        every = [path for found in files.values() for path in found]
-        bad = find_unreadable(every)
-        if bad:
-            # Without the verify module, loading stops at an unreadable file: a lesson would fail.
-            rows.append(Check("unreadable files", f"{len(bad)} of {len(every)}", MISSING,
-                              f"replace or remove these files (or re-run tlcourse download-data): "
-                              f"{_listing([(str(p), why) for p, why in bad])}"))
-        else:
-            rows.append(Check("unreadable files", f"none of {len(every)}", OK))
     return rows
 
 
