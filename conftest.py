@@ -113,3 +113,26 @@ def one_torch_thread():
 def _cleanup_torch_home():
     yield
     shutil.rmtree(os.environ["TORCH_HOME"], ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- time per file
+# The course must execute within its CI budget: print how long each lesson (and test file) took.
+_seconds_per_file: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    path = report.nodeid.split("::")[0]
+    _seconds_per_file[path] = _seconds_per_file.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _seconds_per_file:
+        return
+    terminalreporter.section("seconds per file")
+    lessons = 0.0
+    for path, seconds in sorted(_seconds_per_file.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
+        if path.endswith(".ipynb"):
+            lessons += seconds
+    if lessons:
+        terminalreporter.write_line(f"{lessons:8.1f} s  all lessons (notebooks/*.ipynb) together")
