@@ -281,6 +281,8 @@ def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
     1 torch thread: 13-20 photos/s; 2 torch threads: 6-10 photos/s. PyTorch's 2 OpenMP threads wait for
     each other at every layer, so whenever one of them loses its core (to the decoder or to another
     program) both stall; one thread per core avoids that. On a laptop with 8 threads this gives 7.
+    On the same machine when quiet (load average ~1, ``make bench``) it is the other way round:
+    2 torch threads 45 photos/s, this choice 34 (see the README's Performance section).
     """
     return max(1, torch.get_num_threads() - max(0, decode_threads))
 
