@@ -211,16 +211,6 @@ def _walk(class_dir: Path, class_name: str | None) -> tuple[list[Path], list[Ski
     return sorted(files), skipped
 
 
-def list_images(class_dir: Path) -> list[Path]:
-    """Image files under ``class_dir``, including nested subfolders, sorted.
-
-    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``), system files
-    (``Thumbs.db``) and files whose ending is not in :data:`IMAGE_EXTENSIONS` are
-    left out; the files' contents are not looked at (see :func:`inspect_image`).
-    """
-    return _walk(Path(class_dir), None)[0]
-
-
 def _too_large_reason(width: int, height: int) -> str | None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
