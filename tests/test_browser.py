@@ -268,15 +268,21 @@ def test_dashboard_in_jupyterlab(lab):
 
             # Rendered: two progress bars, the curves, the sample photo with labels, the Stop button.
             for name in ("epochs", "batches"):
-                if page.locator(f".tlcourse-{name}-progress .progress-bar").count() != 1:
+                if page.locator(f".tlcourse-{name}-progress progress").count() != 1:
                     fail(f"The {name} progress bar is missing.")
-            for name in ("curves", "sample"):
-                try:  # an <img> whose picture has loaded (a new picture replaces it now and then)
-                    page.wait_for_function(
-                        f"() => {{ const i = document.querySelector('img.tlcourse-{name}');"
-                        " return !!i && i.complete && i.naturalWidth > 0; }", timeout=60_000, polling=250)
-                except Exception:
-                    fail(f"The {name} image did not show a picture within a minute.")
+            try:  # both plots drawn by the browser: train and validation lines, batches too
+                page.wait_for_function(
+                    "() => ['train_loss', 'val_loss', 'batch_loss', 'train_acc', 'val_acc'].every(s => {"
+                    " const l = document.querySelector(`svg.tlcourse-curves polyline[data-series=${s}]`);"
+                    " return !!l && l.getBBox().width > 0; })", timeout=60_000, polling=250)
+            except Exception:
+                fail("The loss and accuracy plots did not show their lines within a minute.")
+            try:  # an <img> whose picture has loaded (a new picture replaces it now and then)
+                page.wait_for_function(
+                    "() => { const i = document.querySelector('img.tlcourse-sample');"
+                    " return !!i && i.complete && i.naturalWidth > 0; }", timeout=60_000, polling=250)
+            except Exception:
+                fail("The sample photo did not show within a minute.")
             text = _text(page, ".tlcourse-dashboard")
             if not re.search(r"true: \w+\s*predicted: \w+ \(\d+%\)", text):
                 fail(f"The sample photo's labels are missing; the dashboard says:\n{text}")

@@ -8,8 +8,12 @@ shell channel, while the training cell is busy.
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
+import re
+import xml.etree.ElementTree as ET
 import os
 import time
 
@@ -22,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
 from tlcourse import dashboard as dashboard_module
-from tlcourse.dashboard import KernelEventPump, TrainingDashboard, dashboard_mode, format_duration
+from tlcourse.dashboard import (BAR_COLORS, KernelEventPump, TrainingDashboard, curves_svg, dashboard_mode,
+                                format_duration)
 from tlcourse.data import TransformSettings
 from tlcourse.training import Callback, fit
 
@@ -81,6 +86,34 @@ class StopAt(Callback):
             self.action()
 
 
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _axis_map(labels: list, attr: str, percent: bool):
+    """Pixel -> value, through the first and last tick labels: the plot read as a reader reads it."""
+    (p0, v0), (p1, v1) = [(float(t.get(attr)), float(t.text.rstrip("%")) / (100 if percent else 1))
+                          for t in (labels[0], labels[-1])]
+    return lambda p: v0 + (p - p0) * (v1 - v0) / (p1 - p0)
+
+
+def _read_plot(svg: str) -> dict[str, list[tuple[float, float]]]:
+    """Each line of a curves_svg plot as (x, y) data values, read back through the axes' labels."""
+    root = ET.fromstring(svg)  # also checks that it is well-formed
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for group in root.iter(f"{SVG}g"):
+        texts = list(group.iter(f"{SVG}text"))
+        to_y = _axis_map([t for t in texts if t.get("class") == "ytick"], "y", group.get("class") == "tlcourse-accuracy")
+        to_x = _axis_map([t for t in texts if t.get("class") == "xtick"], "x", False)
+        for line in group.iter(f"{SVG}polyline"):
+            points = [tuple(map(float, p.split(","))) for p in line.get("points").split()]
+            lines.setdefault(line.get("data-series"), []).extend((to_x(x), to_y(y)) for x, y in points)
+    return lines
+
+
+def _flat(points) -> list[float]:
+    return [value for point in points for value in point]
+
+
 # --------------------------------------------------------------------------- choosing a front end
 def test_mode_from_argument_env_and_auto(monkeypatch):
     monkeypatch.delenv("TLCOURSE_DASHBOARD", raising=False)
@@ -127,12 +160,19 @@ def test_widgets_progress_and_curve_data_match_history():
     dash = TrainingDashboard(CLASSES, settings=SETTINGS, title="tiny", mode="widgets")
     history = fit(model, loader, optimizer, 3, val_loader=loader, callbacks=[record, dash])
 
-    assert dash._epoch_bar.value == dash._epoch_bar.max == 3
-    assert dash._batch_bar.value == dash._batch_bar.max == 6
-    assert dash._epoch_bar.bar_style == dash._batch_bar.bar_style == "success"
-    assert dash._epoch_text.value.startswith("3 of 3 epoch(s) &middot; ")
-    assert dash._batch_text.value.startswith("6/6 &middot; ")
-    assert "batch/s" in dash._batch_text.value and f"loss {history.batches[-1]['loss']:.3f}" in dash._batch_text.value
+    shown = dash.progress()
+    assert shown["status"] == "Done" and shown["color"] == BAR_COLORS["success"]
+    (epoch_bar, epoch_text), (batch_bar, batch_text) = shown["Epochs"], shown["Batches"]
+    assert epoch_bar == (3, 3) and batch_bar == (6, 6)
+    assert epoch_text.startswith("3 of 3 epoch(s) · ")
+    assert batch_text.startswith("6/6 · ")
+    assert "batch/s" in batch_text and f"loss {history.batches[-1]['loss']:.3f}" in batch_text
+    # ...and that is what the page shows: native <progress> bars in the success colour, the texts.
+    page = dash._progress.value
+    assert page.count(f"accent-color:{BAR_COLORS['success']}") == 2
+    assert "<progress value='3' max='3'" in page and "<progress value='6' max='6'" in page
+    assert html.escape(epoch_text) in page and html.escape(batch_text) in page
+    assert f"<span class='tlcourse-status' style='color:{BAR_COLORS['success']}'>Done</span>" in page
 
     data = dash.curve_data()
     assert data["batch_loss"] == [b["loss"] for b in history.batches]
@@ -144,10 +184,13 @@ def test_widgets_progress_and_curve_data_match_history():
     # The epoch's last running accuracy is the epoch's train accuracy, computed independently by fit.
     assert [data["batch_acc"][5], data["batch_acc"][11], data["batch_acc"][17]] == pytest.approx(data["train_acc"])
 
-    curves = Image.open(io.BytesIO(dash._curves.value))
-    assert curves.format == "PNG" and curves.size == (640, 240)
+    # The plot, read back through its own tick labels, shows these numbers.
+    assert dash._curves_svg in dash._figure.value
+    plotted = _read_plot(dash._curves_svg)
+    for key in ("train_loss", "val_loss", "train_acc", "val_acc", "batch_loss", "batch_acc"):
+        xs = data["batch_x"] if key.startswith("batch") else data["epoch_x"]
+        assert _flat(plotted[key]) == pytest.approx(_flat(zip(xs, data[key])), abs=0.01), key
     assert dash.draws >= 1  # at least the final drawing
-    assert "Done" in dash._status.value
     assert dash.stop_button.disabled
     assert "best epoch" in dash._summary.value and dash.summary in dash._summary.value.replace("&#x27;", "'")
 
@@ -166,13 +209,15 @@ def test_sample_photo_is_denormalised_with_true_and_predicted_label():
     dash = TrainingDashboard(CLASSES, settings=SETTINGS, mode="widgets")
     fit(model, loader, optimizer, 1, callbacks=[record, dash])
     x0, y0, logits0 = record.first[-1]  # the final draw shows the last batch's first example
-    shown = np.asarray(Image.open(io.BytesIO(dash._sample.value)).convert("RGB")).astype(int)
+    assert base64.b64encode(dash._sample_jpeg).decode() in dash._figure.value  # shown as an <img>
+    shown = np.asarray(Image.open(io.BytesIO(dash._sample_jpeg)).convert("RGB")).astype(int)
     expected = (x0 * torch.tensor(SETTINGS.std).view(3, 1, 1)  # undo the normalisation by hand
                 + torch.tensor(SETTINGS.mean).view(3, 1, 1)).clamp(0, 1).permute(1, 2, 0).numpy() * 255
     assert shown.shape == expected.shape
     assert np.abs(shown - expected).mean() < 8  # JPEG is lossy; another image differs by ~40+
     pred = int(logits0.argmax())
-    caption = dash._caption.value
+    caption = dash._caption
+    assert caption in dash._figure.value
     assert f"true: <b>{CLASSES[y0]}</b>" in caption
     assert f">{CLASSES[pred]}</b> ({float(torch.softmax(logits0, 0)[pred]):.0%})" in caption
     assert ("#2ca02c" in caption) == (pred == y0)  # green when right, red when wrong
@@ -203,16 +248,90 @@ def test_cached_features_show_the_photo_of_the_row():
     dash = TrainingDashboard(CLASSES, settings=SETTINGS, dataset=photos, mode="widgets")
     fit(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 1, callbacks=[dash])
     assert photos.reads[-1] == 23 - 18  # the last batch starts at feature row 18
-    shown = np.asarray(Image.open(io.BytesIO(dash._sample.value)).convert("RGB")).astype(int)
+    shown = np.asarray(Image.open(io.BytesIO(dash._sample_jpeg)).convert("RGB")).astype(int)
     expected = dashboard_module._to_uint8_image(images[23 - 18], SETTINGS).astype(int)
     assert np.abs(shown - expected).mean() < 8
 
     # Without dataset= there is no photo, and the caption says how to get one.
     dash = TrainingDashboard(CLASSES, mode="widgets")
     fit(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 1, callbacks=[dash])
-    assert dash._sample.value == b"" and "Pass <code>dataset=</code>" in dash._caption.value
-    assert dash._sample.layout.display == "none"
+    assert dash._sample_jpeg == b"" and "Pass <code>dataset=</code>" in dash._caption
+    assert "<img" not in dash._figure.value  # no empty picture frame, only the caption
 
+
+
+# --------------------------------------------------------------------------- the plot
+def _curve_data(batches: int, epochs: int, val: bool = True) -> dict[str, list[float]]:
+    batch_x = [(i + 1) / (batches // epochs) for i in range(batches)]
+    return {
+        "batch_x": batch_x, "batch_loss": [1 / (1 + x) for x in batch_x], "batch_acc": [0.5 + x / (2 * epochs) for x in batch_x],
+        "epoch_x": [e + 1.0 for e in range(epochs)], "train_loss": [0.8 / (e + 1) for e in range(epochs)],
+        "train_acc": [0.7 + 0.05 * e for e in range(epochs)],
+        "val_loss": [0.6 / (e + 1) if val else math.nan for e in range(epochs)],
+        "val_acc": [0.75 + 0.04 * e if val else math.nan for e in range(epochs)],
+    }
+
+
+def test_curves_svg_shows_the_numbers_with_gaps_and_thinning():
+    data = _curve_data(batches=24, epochs=4)
+    plotted = _read_plot(curves_svg(data))
+    assert set(plotted) == {f"{s}_{k}" for s in ("batch", "train", "val") for k in ("loss", "acc")}
+    for key, values in plotted.items():
+        xs = data["batch_x"] if key.startswith("batch") else data["epoch_x"]
+        assert _flat(values) == pytest.approx(_flat(zip(xs, data[key])), abs=2e-3), key
+    svg = curves_svg(data)
+    assert svg.count("<circle") == 4 + 4 + 3 - 3 + 1 and svg.count("width='6'") == 4 + 4 + 1  # markers + legend
+    # Tick labels carry the decimals their step needs, percent on the accuracy plot.
+    labels = re.findall(r"class='ytick'[^>]*>([^<]+)<", svg)
+    assert any(label.endswith("%") for label in labels) and all(re.fullmatch(r"\d+(\.\d+)?%?", t) for t in labels)
+    assert dashboard_module._tick_labels([0.0, 0.25, 0.5], False) == ["0.00", "0.25", "0.50"]
+    assert dashboard_module._tick_labels([0.9, 0.95, 1.0], True) == ["90%", "95%", "100%"]
+
+    # No validation set: no validation lines. A NaN loss: a gap, the line goes on after it.
+    data = _curve_data(batches=24, epochs=4, val=False)
+    data["batch_loss"][10] = math.nan
+    svg = curves_svg(data)
+    assert "data-series='val_loss'" not in svg and "data-series='val_acc'" not in svg
+    assert svg.count("data-series='batch_loss'") == 2
+    assert len(_read_plot(svg)["batch_loss"]) == 23
+
+    # A long run's per-batch line is thinned evenly, keeping the last point.
+    data = _curve_data(batches=5000, epochs=10)
+    batch_loss = _read_plot(curves_svg(data))["batch_loss"]
+    assert len(batch_loss) <= dashboard_module.MAX_POINTS + 1
+    assert list(batch_loss[-1]) == pytest.approx([10.0, data["batch_loss"][-1]], abs=2e-3)
+
+    # Before any data: the empty axes.
+    empty = {key: [] for key in data}
+    assert _read_plot(curves_svg(empty)) == {}
+
+
+def test_panel_is_a_few_widgets_and_short_epochs_do_not_flood_the_front_end(monkeypatch):
+    """Each widget costs comm messages to create and each refresh a message: both are bounded."""
+    from ipywidgets.widgets import widget as widget_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(dashboard_module.time, "perf_counter", clock)
+
+    class Tick(Callback):  # 40 epochs of 6 batches, 2 ms a batch: ~0.5 s of training
+        def on_batch_end(self, state):
+            clock.now += 0.002
+
+    shown = []
+    real_show = TrainingDashboard._show_progress
+    monkeypatch.setattr(TrainingDashboard, "_show_progress", lambda self: (shown.append(clock.now), real_show(self)))
+    model, loader, optimizer = _setup(batch_size=8)
+    dash = TrainingDashboard(CLASSES, mode="widgets")
+    before = set(widget_module._instances)
+    start = clock.now
+    fit(model, loader, optimizer, 40, callbacks=[Tick(), dash])
+    elapsed = clock.now - start
+    created = [widget_module._instances[k] for k in set(widget_module._instances) - before]
+    # Six widgets and their Layout and Style models, shared where they can be (each a comm to open).
+    assert len(created) <= 12, sorted(type(w).__name__ for w in created)
+    # One refresh at the start and end, one per edge_interval (0.1 s) between: not 3 per epoch.
+    assert len(shown) <= elapsed / dash.edge_interval + 3, (len(shown), elapsed)
+    assert dash.progress()["Epochs"][0] == (40, 40)
 
 # --------------------------------------------------------------------------- stopping
 @pytest.mark.parametrize("mode", ["widgets", "text"])
@@ -236,8 +355,11 @@ def test_stop_ends_training_after_the_current_batch(mode, capsys):
         assert torch.equal(value, snapshots[0][key]), key
     assert "(stopped early): 1 epoch(s)" in dash.summary and "best epoch 1" in dash.summary
     if mode == "widgets":
-        assert "Stopped" in dash._status.value and dash._epoch_bar.bar_style == "warning"
-        assert dash._batch_bar.value == 3
+        shown = dash.progress()
+        assert shown["status"] == "Stopped" and shown["color"] == BAR_COLORS["warning"]
+        assert shown["Epochs"][0] == (1, 5) and shown["Batches"][0] == (3, 6)
+        assert shown["Batches"][1].startswith("stopped after batch 3/6")
+        assert dash.stop_button.layout.display == "none" and "stopped early" in dash._summary.value
 
 
 def test_stop_button_click_and_stop_during_validation():
@@ -258,7 +380,7 @@ def test_stop_button_click_and_stop_during_validation():
 
     # A fresh run with the same dashboard starts without the old stop request.
     history = fit(model, loader, optimizer, 2, val_loader=loader, callbacks=[dash])
-    assert not history.stopped_early and len(history.epochs) == 2 and "Done" in dash._status.value
+    assert not history.stopped_early and len(history.epochs) == 2 and dash.progress()["status"] == "Done"
 
 
 # --------------------------------------------------------------------------- throttling
@@ -281,7 +403,7 @@ def test_redraws_are_throttled_to_the_budget(monkeypatch):
         return real_render(self)
 
     monkeypatch.setattr(TrainingDashboard, "_render_curves", slow_render)
-    monkeypatch.setattr(dashboard_module, "DRAW_COST_ESTIMATE", draw_cost)
+    monkeypatch.setattr(TrainingDashboard, "draw_cost_estimate", draw_cost)
 
     class Tick(Callback):  # each batch "takes" 0.05 s
         def on_batch_end(self, state):
@@ -304,14 +426,14 @@ def test_redraws_are_throttled_to_the_budget(monkeypatch):
     fit(short_model, short_loader, short_optimizer, 2, callbacks=[Tick(), dash_short])
     assert dash_short.draws == 1
 
-    # Text and bars: at most one update per text_interval (plus forced ones at epoch edges).
+    # Text and bars: at most one update per text_interval (plus the first and the last).
     texts = []
     dash2 = TrainingDashboard(CLASSES, mode="widgets")
     real_update = TrainingDashboard._update_text
 
-    def counting_update(self, state, force=False):
+    def counting_update(self, state, force=False, edge=False):
         before = self._last_text
-        real_update(self, state, force)
+        real_update(self, state, force, edge)
         if self._last_text != before:
             texts.append(clock.now)
 
@@ -319,7 +441,7 @@ def test_redraws_are_throttled_to_the_budget(monkeypatch):
     start = clock.now
     fit(model, loader, optimizer, 1, callbacks=[Tick(), dash2])
     elapsed = clock.now - start
-    assert len(texts) <= elapsed / dash2.text_interval + 5
+    assert len(texts) <= elapsed / dash2.text_interval + 3
 
 
 # --------------------------------------------------------------------------- a real kernel

@@ -41,7 +41,7 @@ under :attr:`TrainingDashboard.draw_budget` of the time elapsed.
 from __future__ import annotations
 
 import asyncio
-import functools
+import base64
 import html
 import inspect
 import io
@@ -162,9 +162,14 @@ class KernelEventPump:
         import zmq
 
         handled = 0
+        socket = self._stream.socket
         for _ in range(limit):
             try:
-                frames = self._stream.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                # Asking whether a message waits costs a few microseconds; a read that
+                # finds none would raise (and build) a zmq.Again every batch.
+                if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    break
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             except zmq.ZMQError:  # socket closed (kernel shutting down)
@@ -294,6 +299,10 @@ class TrainingDashboard(Callback):
     draw_budget: float = 0.03
     #: Never redraw the plot more often than this (seconds).
     draw_interval: float = 1.0
+    #: Seconds between refreshes at an epoch's start and end (a run of many short epochs).
+    edge_interval: float = 0.1
+    #: Seconds one drawing of the plot and photo is assumed to take until one is measured.
+    draw_cost_estimate: float = 0.01
 
     def __init__(
         self,
@@ -324,10 +333,11 @@ class TrainingDashboard(Callback):
         if not self._stop_wanted:
             self._stop_wanted = True
             self.stop_reason = self.stop_reason or "stop requested"
-            if self.mode == "widgets" and self.widget is not None:
+            if self.mode == "widgets" and self.widget is not None and not self._finished:
                 self._stop_button.disabled = True
                 self._stop_button.description = "Stopping…"
-                self._status.value = self._status_html("Stopping after this batch…", "#b26a00")
+                self._set_status("Stopping after this batch…", STOP_COLOR)
+                self._show_progress()
 
     def curve_data(self) -> dict[str, list[float]]:
         """The numbers behind the curves: per-batch (x in epochs) and per-epoch values.
@@ -371,20 +381,16 @@ class TrainingDashboard(Callback):
 
     def on_epoch_begin(self, state: TrainState) -> None:
         self._epoch_started = time.perf_counter()
-        self._seen = self._correct = self._epoch_batches = 0
+        self._epoch_batches = 0
         if self.mode == "widgets":
-            self._batch_bar.value = 0
-            self._batch_bar.max = max(state.batches, 1)
-            self._update_text(state, force=True)
+            self._bars["Batches"][:] = [0, max(state.batches, 1)]
+            self._update_text(state, edge=True)
 
     def on_batch_end(self, state: TrainState) -> None:
-        # Cheap bookkeeping every batch: loss and running accuracy for the curves.
-        if state.y is not None and state.logits is not None:
-            self._seen += len(state.y)
-            self._correct += int((state.logits.argmax(1) == state.y).sum().item())
+        # Cheap bookkeeping every batch: loss and running accuracy (fit's own counts) for the curves.
         self._batch_x.append(state.epoch + (state.batch + 1) / max(state.batches, 1))
         self._batch_loss.append(float(state.loss))
-        self._batch_acc.append(self._correct / self._seen if self._seen else math.nan)
+        self._batch_acc.append(state.correct / state.seen if state.seen else math.nan)
         self._epoch_batches += 1
 
         if self._pump is not None:
@@ -394,9 +400,9 @@ class TrainingDashboard(Callback):
 
         if self.mode == "widgets":
             last = state.batches and state.batch + 1 == state.batches
-            self._update_text(state, force=bool(last) or state.stop_requested)
             if last and not state.stop_requested:
-                self._status.value = self._status_html("Checking the validation set…", "#555")
+                self._set_status("Checking the validation set…")
+            self._update_text(state, force=state.stop_requested, edge=bool(last))
             self._maybe_draw(state)
         else:
             self._terminal_line(state)
@@ -409,8 +415,8 @@ class TrainingDashboard(Callback):
         record = state.history.epochs[-1]
         if self.mode == "widgets":
             if not self._stop_wanted:
-                self._status.value = self._status_html("Training…", "#555")
-            self._update_text(state, force=True)
+                self._set_status("Training…")
+            self._update_text(state, edge=True)
             self._maybe_draw(state)
         else:
             if self._live_line:
@@ -443,14 +449,14 @@ class TrainingDashboard(Callback):
         self._batch_x: list[float] = []
         self._batch_loss: list[float] = []
         self._batch_acc: list[float] = []
-        self._seen = self._correct = self._epoch_batches = 0
+        self._epoch_batches = 0
         self._last_text = -math.inf
         self._last_draw = -math.inf
         self._live_line = 0
         self._pump: KernelEventPump | None = None
         self.draws, self.draw_seconds = 0, 0.0
-        self._draw_cost = 0.05  # seconds per draw, until measured
-        self._figure: Any = None
+        self._draw_cost = self.draw_cost_estimate  # seconds per draw, until measured
+        self._finished = False
 
     def _rates(self, state: TrainState) -> tuple[float, float, float]:
         """(batches per second this epoch, seconds left in this epoch, seconds left in the run)."""
@@ -459,7 +465,7 @@ class TrainingDashboard(Callback):
         rate = done / max(now - self._epoch_started, 1e-9)
         epoch_left = (state.batches - done) / rate if state.batches else math.nan
         finished = [r["seconds"] for r in state.history.epochs[self._first_epoch:]]
-        per_epoch = float(np.mean(finished)) if finished else (state.batches / rate if state.batches else math.nan)
+        per_epoch = sum(finished) / len(finished) if finished else (state.batches / rate if state.batches else math.nan)
         epochs_after = state.epochs - state.epoch - 1
         return rate, epoch_left, epoch_left + epochs_after * per_epoch
 
@@ -505,64 +511,48 @@ class TrainingDashboard(Callback):
         return "; ".join(parts) + "."
 
     # ----------------------------------------------------------------- widgets mode
-    @staticmethod
-    def _status_html(text: str, color: str) -> str:
-        return f"<span style='color:{color}'>{html.escape(text)}</span>"
-
+    # The panel is four widgets: two HTML views (progress; curves and photo), the Stop button and
+    # the summary beside it. Each ipywidgets widget costs a few comm messages to create and one
+    # message per changed value, so the progress bars and texts live in one HTML view (one
+    # message per refresh) rather than a dozen widgets of their own.
     def _build_widgets(self, state: TrainState) -> None:
         import ipywidgets as w
         from IPython.display import display
 
-        bar_layout = w.Layout(width="340px")
-        label_layout = w.Layout(width="64px")
-        self._epoch_bar = w.IntProgress(value=len(state.history.epochs), min=0, max=max(state.epochs, 1),
-                                        bar_style="info", layout=bar_layout)
-        self._batch_bar = w.IntProgress(value=0, min=0, max=max(state.batches, 1), bar_style="info",
-                                        layout=bar_layout)
-        self._epoch_text = w.HTML()
-        self._batch_text = w.HTML()
-        title = html.escape(self.title) if self.title else "Training"
-        header = w.HTML(f"<b style='font-size:1.15em'>{title}</b>")
-        self._status = w.HTML(self._status_html("Starting…", "#555"))
-        self._curves = w.Image(format="png", layout=w.Layout(width="640px", height="240px"))
-        self._curves.add_class("tlcourse-curves")
-        self._sample = w.Image(format="jpeg", layout=w.Layout(width="176px", height="176px"))
-        self._sample.add_class("tlcourse-sample")
-        self._caption = w.HTML("<i>first batch coming…</i>", layout=w.Layout(width="176px"))
+        self._status = ("Starting…", "#555")
+        self._bar_color = BAR_COLORS["running"]
+        self._bars = {"Epochs": [len(state.history.epochs), max(state.epochs, 1)],
+                      "Batches": [0, max(state.batches, 1)]}
+        self._lines = {"Epochs": "", "Batches": ""}
+        self._sample_jpeg: bytes | None = None
+        self._caption = "<i>first batch coming…</i>"
+        self._curves_svg = curves_svg(self.curve_data(), self._first_epoch)
+
+        # The three HTML views share one default Layout and one style: two comms, not six.
+        from ipywidgets.widgets.widget_string import HTMLStyle
+
+        plain_layout, plain_style = w.Layout(), HTMLStyle()
+        self._progress = w.HTML(layout=plain_layout, style=plain_style)
+        self._figure = w.HTML(layout=plain_layout, style=plain_style)
         self._stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
                                      tooltip="End training after the current batch (keeps the best weights)",
-                                     layout=w.Layout(width="110px"))
+                                     layout=w.Layout(width="110px", flex="0 0 auto"))
         self._stop_button.add_class("tlcourse-stop")
         self._stop_button.on_click(lambda _button: self._stop_clicked())
         self._summary = w.HTML(
             "<span style='color:#666'>Stop ends training after the current batch; the model keeps "
-            "its best weights and the notebook carries on.</span>"
+            "its best weights and the notebook carries on.</span>",
+            layout=plain_layout, style=plain_style,
         )
         self._summary.add_class("tlcourse-summary")
-
-        def row(name: str, bar: Any, text: Any) -> Any:
-            box = w.HBox([w.Label(name, layout=label_layout), bar, text],
-                         layout=w.Layout(align_items="center"))
-            box.add_class(f"tlcourse-{name.lower()}-progress")
-            return box
-
-        sample_box = w.VBox([self._sample, self._caption], layout=w.Layout(margin="0 0 0 12px",
-                                                                             align_items="center"))
         self.widget = w.VBox(
-            [
-                w.HBox([header, self._status], layout=w.Layout(justify_content="space-between")),
-                row("Epochs", self._epoch_bar, self._epoch_text),
-                row("Batches", self._batch_bar, self._batch_text),
-                w.HBox([self._curves, sample_box], layout=w.Layout(align_items="center")),
-                w.HBox([self._stop_button, self._summary], layout=w.Layout(align_items="center",
-                                                                          grid_gap="12px")),
-            ],
+            [self._progress, self._figure,
+             w.HBox([self._stop_button, self._summary], layout=w.Layout(align_items="center", grid_gap="12px"))],
             layout=w.Layout(border="1px solid #ddd", padding="8px 12px", width="860px", grid_gap="4px"),
         )
         self.widget.add_class("tlcourse-dashboard")
-        self._curves.value = _empty_curves(self._first_epoch)
-        self._draw_cost = DRAW_COST_ESTIMATE
-        self._last_draw = time.perf_counter()  # the first real drawing after draw_interval
+        self._last_draw = time.perf_counter()  # the first drawing once there is something to show
+        self._show_figure()
         self._update_text(state, force=True)
         display(self.widget)
 
@@ -570,27 +560,69 @@ class TrainingDashboard(Callback):
         self.stop_reason = "Stop button"
         self.stop()
 
-    def _update_text(self, state: TrainState, force: bool = False) -> None:
+    def _set_status(self, text: str, color: str = "#555") -> None:
+        self._status = (text, color)  # shown by the next refresh of the progress view
+
+    def _update_text(self, state: TrainState, force: bool = False, edge: bool = False) -> None:
+        """Refresh bars and texts: at most every ``text_interval`` seconds, at an epoch's edges
+        every ``edge_interval`` (a run of many short epochs would otherwise refresh at every
+        edge), and always when ``force``d."""
         now = time.perf_counter()
-        if not force and now - self._last_text < self.text_interval:
+        interval = 0.0 if force else self.edge_interval if edge else self.text_interval
+        if now - self._last_text < interval:
             return
         self._last_text = now
-        done_epochs = len(state.history.epochs)
-        self._epoch_bar.value = min(done_epochs, self._epoch_bar.max)
+        self._compose_progress(state, now)
+        self._show_progress()
+
+    def _compose_progress(self, state: TrainState, now: float) -> None:
+        """Bars and texts for ``state``, ready for :meth:`_show_progress`."""
+        bars, lines = self._bars, self._lines
+        bars["Epochs"][0] = min(len(state.history.epochs), bars["Epochs"][1])
         elapsed = format_duration(now - self._started)
         if not self._epoch_batches:  # a new epoch, no batch yet: no speed to show
-            self._epoch_text.value = f"epoch {state.epoch + 1}/{state.epochs} &middot; {elapsed} elapsed"
-            self._batch_text.value = f"0/{state.batches} &middot; starting…" if state.batches else "starting…"
-            return
-        rate, epoch_left, run_left = self._rates(state)
-        self._batch_bar.value = min(state.batch + 1, self._batch_bar.max)
-        self._epoch_text.value = (f"epoch {min(state.epoch + 1, state.epochs)}/{state.epochs} &middot; "
-                                  f"{elapsed} elapsed &middot; ~{format_duration(run_left)} left")
-        running = f" &middot; acc {self._batch_acc[-1]:.0%}" if self._batch_acc and self._seen else ""
-        self._batch_text.value = (f"{state.batch + 1}/{state.batches} &middot; {rate:.2f} batch/s &middot; "
-                                  f"~{format_duration(epoch_left)} left &middot; loss {state.loss:.3f}{running}")
-        if state.stop_requested:
-            self._status.value = self._status_html("Stopping after this batch…", "#b26a00")
+            bars["Batches"][0] = 0
+            lines["Epochs"] = f"epoch {state.epoch + 1}/{state.epochs} · {elapsed} elapsed"
+            lines["Batches"] = f"0/{state.batches} · starting…" if state.batches else "starting…"
+        else:
+            rate, epoch_left, run_left = self._rates(state)
+            bars["Batches"][0] = min(state.batch + 1, bars["Batches"][1])
+            lines["Epochs"] = (f"epoch {min(state.epoch + 1, state.epochs)}/{state.epochs} · "
+                               f"{elapsed} elapsed · ~{format_duration(run_left)} left")
+            running = f" · acc {self._batch_acc[-1]:.0%}" if state.seen else ""
+            lines["Batches"] = (f"{state.batch + 1}/{state.batches} · {rate:.2f} batch/s · "
+                                f"~{format_duration(epoch_left)} left · loss {state.loss:.3f}{running}")
+        if state.stop_requested and not self._finished:
+            self._set_status("Stopping after this batch…", STOP_COLOR)
+
+    def _show_progress(self) -> None:
+        title = html.escape(self.title) if self.title else "Training"
+        text, color = self._status
+        rows = "".join(
+            f"<div class='tlcourse-{name.lower()}-progress' style='display:flex;align-items:center;"
+            f"gap:10px;height:26px'><span style='width:64px;flex:none'>{name}</span>"
+            f"<progress value='{value}' max='{maximum}' style='width:340px;height:18px;flex:none;"
+            f"accent-color:{self._bar_color}'>{value}/{maximum}</progress>"
+            f"<span>{html.escape(self._lines[name])}</span></div>"
+            for name, (value, maximum) in self._bars.items()
+        )
+        self._progress.value = (
+            "<div style='line-height:1.4'><div style='display:flex;justify-content:space-between;"
+            f"align-items:baseline;margin-bottom:2px'><b style='font-size:1.15em'>{title}</b>"
+            f"<span class='tlcourse-status' style='color:{color}'>{html.escape(text)}</span></div>{rows}</div>"
+        )
+
+    def _show_figure(self) -> None:
+        if self._sample_jpeg:
+            source = "data:image/jpeg;base64," + base64.b64encode(self._sample_jpeg).decode("ascii")
+            photo = (f"<img class='tlcourse-sample' src='{source}' width='176' height='176' "
+                     "style='object-fit:contain;display:block;margin:0 auto 4px' alt='first photo of the batch'>")
+        else:
+            photo = ""
+        self._figure.value = (
+            "<div style='display:flex;align-items:center;gap:12px;line-height:1.3'>"
+            f"{self._curves_svg}<div class='tlcourse-sample-box' style='width:176px'>{photo}{self._caption}</div></div>"
+        )
 
     def _maybe_draw(self, state: TrainState) -> None:
         # Three rules keep drawing within draw_budget of the training time:
@@ -598,7 +630,7 @@ class TrainingDashboard(Callback):
         # * the total drawing time, with the next draw, stays within the budget of the time
         #   elapsed (so a short run is not charged a draw it cannot pay for);
         # * no drawing in the last seconds of a run: the final drawing comes right after.
-        # c is a running mean of the draws so far, first estimated from the empty plot.
+        # c is a running mean of the draws so far, first estimated by draw_cost_estimate.
         now = time.perf_counter()
         if now - self._last_draw < max(self.draw_interval, self._draw_cost / self.draw_budget):
             return
@@ -610,23 +642,19 @@ class TrainingDashboard(Callback):
 
     def _draw(self, state: TrainState) -> None:
         started = time.perf_counter()
-        self._curves.value = self._render_curves()
+        self._curves_svg = self._render_curves()
         sample = self._render_sample(state)
         if sample is not None:
-            self._sample.value, self._caption.value = sample
-            # No photo (cached features without dataset=): hide the empty <img> rather than
-            # show a broken-image icon.
-            self._sample.layout.display = None if sample[0] else "none"
+            self._sample_jpeg, self._caption = sample
+        self._show_figure()
         self._last_draw = time.perf_counter()
         took = self._last_draw - started
         self._draw_cost = took if not self.draws else 0.7 * self._draw_cost + 0.3 * took
         self.draws += 1
         self.draw_seconds += took
 
-    def _render_curves(self) -> bytes:
-        if self._figure is None:
-            self._figure = CurvesFigure()
-        return self._figure.render(self.curve_data(), self._first_epoch)
+    def _render_curves(self) -> str:
+        return curves_svg(self.curve_data(), self._first_epoch)
 
     def _sample_image(self, state: TrainState) -> Any:
         """The first example of the batch as something displayable, or None."""
@@ -644,11 +672,11 @@ class TrainingDashboard(Callback):
         probs = torch.softmax(state.logits[0].float(), 0)
         pred = int(probs.argmax())
         color = "#2ca02c" if pred == int(state.y[0]) else "#d62728"
-        caption = (f"<div style='text-align:center;line-height:1.3'>true: <b>{html.escape(true_label)}</b><br>"
+        caption = (f"<div style='text-align:center'>true: <b>{html.escape(true_label)}</b><br>"
                    f"predicted: <b style='color:{color}'>{html.escape(self._name(pred))}</b> "
                    f"({float(probs[pred]):.0%})</div>")
         if image is None:
-            caption += ("<div style='color:#888;font-size:0.85em;line-height:1.3;margin-top:4px'>"
+            caption += ("<div style='color:#888;font-size:0.85em;margin-top:4px'>"
                         "No photo: training on cached features. Pass <code>dataset=</code> to see it.</div>")
             return b"", caption
         return _encode(_to_uint8_image(image, self.settings)), caption
@@ -658,98 +686,175 @@ class TrainingDashboard(Callback):
 
     def _finish_widgets(self, state: TrainState) -> None:
         history = state.history
-        self._update_text(state, force=True)
-        self._draw(state)
+        self._finished = True
         if history.interrupted:
-            style, status, color = "warning", "Interrupted", "#b26a00"
+            kind, status = "warning", "Interrupted"
         elif history.stopped_early:
-            style, status, color = "warning", "Stopped", "#b26a00"
+            kind, status = "warning", "Stopped"
         else:
-            style, status, color = "success", "Done", "#2ca02c"
-        self._epoch_bar.bar_style = self._batch_bar.bar_style = style
-        self._status.value = self._status_html(status, color)
+            kind, status = "success", "Done"
+        self._bar_color = BAR_COLORS[kind]
+        self._set_status(status, BAR_COLORS[kind] if kind == "success" else STOP_COLOR)
+        self._compose_progress(state, time.perf_counter())  # bars and counts at their final values
         ran = len(history.epochs) - self._first_epoch
-        self._epoch_text.value = (f"{ran} of {state.epochs - self._first_epoch} epoch(s) &middot; "
-                                  f"{format_duration(time.perf_counter() - self._started)}")
+        self._lines["Epochs"] = (f"{ran} of {state.epochs - self._first_epoch} epoch(s) · "
+                                 f"{format_duration(time.perf_counter() - self._started)}")
         if history.stopped_early or history.interrupted:  # no time left to count down
-            self._batch_text.value = (f"stopped after batch {state.batch + 1}/{state.batches} &middot; "
-                                      f"loss {state.loss:.3f}")
+            self._lines["Batches"] = f"stopped after batch {state.batch + 1}/{state.batches} · loss {state.loss:.3f}"
+        self._show_progress()
+        self._draw(state)
         # The button has done its job: the row now holds the summary.
         self._stop_button.disabled = True
-        self._stop_button.description = "Stopped" if history.stopped_early else "Stop"
         self._stop_button.layout.display = "none"
         self._summary.value = f"<b>{html.escape(self.summary)}</b>"
 
+    # ----------------------------------------------------------------- for tests and notebooks
+    def progress(self) -> dict[str, Any]:
+        """What the progress view shows (widgets mode): status, and for ``"Epochs"`` and
+        ``"Batches"`` the bar's ``(value, max)`` and its text."""
+        if self.widget is None:
+            return {}
+        return {"status": self._status[0], "color": self._bar_color,
+                **{name: (tuple(bar), self._lines[name]) for name, bar in self._bars.items()}}
 
-class CurvesFigure:
-    """The dashboard's loss and accuracy plots as a PNG, redrawn from new data.
 
-    One matplotlib figure per run, updated in place: no pyplot (so nothing is
-    displayed behind the dashboard's back) and no layout engine (fixed margins
-    cost nothing, a layout engine a good share of each redraw).
+#: Progress bar colours: while training, after a full run, after Stop or an interrupt.
+#: Dark enough that Chromium keeps the bar's track light (it darkens the track behind a light colour).
+BAR_COLORS = {"running": "#1f77b4", "success": "#2e7d32", "warning": "#b26a00"}
+STOP_COLOR = BAR_COLORS["warning"]
+
+
+# --------------------------------------------------------------------------- the curves, as SVG
+# Why SVG text and not a matplotlib PNG: the browser draws SVG, so the kernel only formats
+# a few kilobytes of numbers (about a millisecond, whatever the screen's resolution), where
+# rendering a PNG of the same two plots takes matplotlib 0.1-0.3 s: more than a whole short
+# training run on cached features. matplotlib still picks the ticks (MaxNLocator).
+SERIES_STYLE = {  # series -> (colour, line width, marker, legend label)
+    "batch": ("#9ecae1", 1.0, "", "train (batches)"),
+    "train": ("#1f77b4", 2.0, "circle", "train"),
+    "val": ("#ff7f0e", 2.0, "square", "validation"),
+}
+#: At most this many points per line: a long run's per-batch curve is thinned evenly.
+MAX_POINTS = 600
+
+
+def curves_svg(data: dict[str, list[float]], first_epoch: int = 0, width: int = 640, height: int = 240) -> str:
+    """Loss and accuracy plots, side by side, as an ``<svg>`` element.
+
+    ``data`` is :meth:`TrainingDashboard.curve_data`: per-batch values at fractional
+    epochs (the light line) and per-epoch train and validation values at the end of
+    each epoch. Non-finite values (a NaN loss, no validation set) leave gaps. Each
+    line is a ``<polyline>`` with ``data-series="train_loss"`` etc.
     """
-
-    def __init__(self) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import PercentFormatter
-
-        fig = Figure(figsize=(8.0, 3.0), dpi=80)
-        FigureCanvasAgg(fig)
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.16, wspace=0.22)
-        loss_ax, acc_ax = fig.subplots(1, 2)
-        light, train, val = "#9ecae1", "#1f77b4", "#ff7f0e"
-        self.lines = {
-            "batch_loss": loss_ax.plot([], [], color=light, lw=1, label="train (batches)")[0],
-            "train_loss": loss_ax.plot([], [], "o-", color=train, lw=2, ms=4, label="train")[0],
-            "val_loss": loss_ax.plot([], [], "s-", color=val, lw=2, ms=4, label="validation")[0],
-            "batch_acc": acc_ax.plot([], [], color=light, lw=1)[0],
-            "train_acc": acc_ax.plot([], [], "o-", color=train, lw=2, ms=4)[0],
-            "val_acc": acc_ax.plot([], [], "s-", color=val, lw=2, ms=4)[0],
-        }
-        for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-            ax.set_title(name, fontsize=11)
-            ax.set_xlabel("epoch", fontsize=9)
-            ax.tick_params(labelsize=8)
-            ax.grid(alpha=0.3)
-        # One legend for both plots (same colours), fixed in place: "best" placement and a
-        # second legend would each cost a good share of the drawing time.
-        loss_ax.legend(fontsize=8, loc="upper right", frameon=False)
-        acc_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-        self.figure, self.loss_ax, self.acc_ax = fig, loss_ax, acc_ax
-
-    def render(self, data: dict[str, list[float]], first_epoch: int = 0) -> bytes:
-        """PNG bytes of the plots for :meth:`TrainingDashboard.curve_data`-style ``data``."""
-        for key, line in self.lines.items():
-            line.set_data(data["batch_x"] if key.startswith("batch") else data["epoch_x"], data[key])
-        last_x = max(data["batch_x"][-1] if data["batch_x"] else 0.0,
-                     data["epoch_x"][-1] if data["epoch_x"] else 0.0)
-        start = float(first_epoch)
-        for ax in (self.loss_ax, self.acc_ax):
-            ax.set_xlim(start, max(math.ceil(last_x), start + 1))
-        accuracies = [v for v in data["batch_acc"] + data["train_acc"] + data["val_acc"] if math.isfinite(v)]
-        low = min(accuracies) if accuracies else 0.5
-        self.acc_ax.set_ylim(max(0.0, min(low, 0.9) - 0.05), 1.01)
-        losses = [v for v in data["batch_loss"] + data["train_loss"] + data["val_loss"] if math.isfinite(v)]
-        self.loss_ax.set_ylim(0.0, max(losses) * 1.08 + 1e-6 if losses else 1.0)
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png")
-        return buffer.getvalue()
+    last_x = max(data["batch_x"][-1:] + data["epoch_x"][-1:] + [0.0])
+    x_range = (float(first_epoch), float(max(math.ceil(last_x), first_epoch + 1)))
+    losses = _finite(data["batch_loss"] + data["train_loss"] + data["val_loss"])
+    loss_range = (0.0, max(losses) * 1.08 + 1e-6 if losses else 1.0)
+    accuracies = _finite(data["batch_acc"] + data["train_acc"] + data["val_acc"])
+    low = min(accuracies) if accuracies else 0.5
+    accuracy_range = (max(0.0, min(low, 0.9) - 0.05), 1.01)
+    half = width / 2
+    return (
+        f"<svg class='tlcourse-curves' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+        f"viewBox='0 0 {width} {height}' font-family='sans-serif' style='flex:none;background:white'>"
+        + _panel(data, "loss", 0.0, half, height, x_range, loss_range, percent=False, legend=True)
+        + _panel(data, "acc", half, half, height, x_range, accuracy_range, percent=True, legend=False)
+        + "</svg>"
+    )
 
 
-#: Seconds one drawing of the plots takes on this machine: measured by the first empty plot,
-#: it is the drawing budget's starting estimate (a busy laptop draws several times slower).
-DRAW_COST_ESTIMATE = 0.05
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
 
 
-@functools.lru_cache(maxsize=8)
-def _empty_curves(first_epoch: int) -> bytes:
-    """The plots before any data, drawn once per session: the panel is complete from the start
-    and a run pays for its first real drawing only once it has something to show."""
-    global DRAW_COST_ESTIMATE
-    empty: dict[str, list[float]] = {key: [] for key in (
-        "batch_x", "batch_loss", "batch_acc", "epoch_x", "train_loss", "train_acc", "val_loss", "val_acc")}
-    started = time.perf_counter()
-    png = CurvesFigure().render(empty, first_epoch)
-    DRAW_COST_ESTIMATE = max(0.01, time.perf_counter() - started)
-    return png
+def _ticks(low: float, high: float, bins: int, integer: bool = False) -> list[float]:
+    from matplotlib.ticker import MaxNLocator
+
+    locator = MaxNLocator(nbins=bins, integer=integer, steps=[1, 2, 2.5, 5, 10])
+    span = 1e-9 * max(1.0, abs(high - low))
+    return [float(t) for t in locator.tick_values(low, high) if low - span <= t <= high + span]
+
+
+def _tick_labels(ticks: list[float], percent: bool) -> list[str]:
+    """Labels with as many decimals as the step between ticks needs (0.25 -> 2, 20% -> 0)."""
+    values = [t * 100 if percent else t for t in ticks]
+    step = min((b - a for a, b in zip(values, values[1:])), default=1.0)
+    decimals = next((d for d in range(6) if abs(step * 10**d - round(step * 10**d)) < 1e-6), 6)
+    return [f"{v:.{decimals}f}" + ("%" if percent else "") for v in values]
+
+
+def _panel(data: dict[str, list[float]], key: str, left: float, width: float, height: float,
+           x_range: tuple[float, float], y_range: tuple[float, float], percent: bool, legend: bool) -> str:
+    x0, x1 = left + 46, left + width - 12  # the plot area; room for tick labels left and below
+    y0, y1 = 24.0, height - 36.0
+
+    def sx(v: float) -> float:
+        return x0 + (v - x_range[0]) / (x_range[1] - x_range[0]) * (x1 - x0)
+
+    def sy(v: float) -> float:
+        return y1 - (v - y_range[0]) / (y_range[1] - y_range[0]) * (y1 - y0)
+
+    title = "loss" if key == "loss" else "accuracy"
+    out = [f"<g class='tlcourse-{title}'>",
+           f"<rect x='{x0:.1f}' y='{y0:.1f}' width='{x1 - x0:.1f}' height='{y1 - y0:.1f}' fill='none' stroke='#bbb'/>"]
+    y_ticks = _ticks(*y_range, bins=5)
+    for tick, label in zip(y_ticks, _tick_labels(y_ticks, percent)):
+        y = sy(tick)
+        out.append(f"<line x1='{x0:.1f}' x2='{x1:.1f}' y1='{y:.1f}' y2='{y:.1f}' stroke='#e6e6e6'/>"
+                   f"<text class='ytick' x='{x0 - 5:.1f}' y='{y:.1f}' font-size='9' text-anchor='end' "
+                   f"dominant-baseline='central' fill='#444'>{label}</text>")
+    x_ticks = _ticks(*x_range, bins=6, integer=True)
+    for tick, label in zip(x_ticks, _tick_labels(x_ticks, False)):
+        x = sx(tick)
+        out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{y0:.1f}' y2='{y1:.1f}' stroke='#e6e6e6'/>"
+                   f"<text class='xtick' x='{x:.1f}' y='{y1 + 13:.1f}' font-size='9' text-anchor='middle' "
+                   f"fill='#444'>{label}</text>")
+    out.append(f"<text x='{(x0 + x1) / 2:.1f}' y='15' font-size='12' text-anchor='middle'>{title}</text>"
+               f"<text x='{(x0 + x1) / 2:.1f}' y='{height - 6:.1f}' font-size='10' text-anchor='middle' "
+               "fill='#444'>epoch</text>")
+    for series, (color, stroke, marker, _) in SERIES_STYLE.items():
+        xs = data["batch_x" if series == "batch" else "epoch_x"]
+        ys = data[f"{series}_{key}"]
+        if len(xs) > MAX_POINTS:  # thin evenly, keeping the last point
+            keep = list(range(0, len(xs), math.ceil(len(xs) / MAX_POINTS)))
+            keep = keep if keep[-1] == len(xs) - 1 else keep + [len(xs) - 1]
+            xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
+        points = [(sx(x), sy(y)) if math.isfinite(y) else None for x, y in zip(xs, ys)]
+        out.extend(_polylines(points, f"{series}_{key}", color, stroke))
+        if marker and len(points) <= 60:
+            out.extend(_marker(x, y, marker, color) for x, y in filter(None, points))
+    if legend:
+        out.append(_legend(x1 - 104, y0 + 6))
+    out.append("</g>")
+    return "".join(out)
+
+
+def _polylines(points: list[tuple[float, float] | None], series: str, color: str, stroke: float) -> list[str]:
+    """One <polyline> per run of finite points (a NaN breaks the line)."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for point in points:
+        if point is None:
+            runs.append([])
+        else:
+            runs[-1].append(point)
+    return [f"<polyline data-series='{series}' points='{' '.join(f'{x:.1f},{y:.1f}' for x, y in run)}' "
+            f"fill='none' stroke='{color}' stroke-width='{stroke}' stroke-linejoin='round'/>"
+            for run in runs if run]
+
+
+def _marker(x: float, y: float, marker: str, color: str) -> str:
+    if marker == "circle":
+        return f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'/>"
+    return f"<rect x='{x - 3:.1f}' y='{y - 3:.1f}' width='6' height='6' fill='{color}'/>"
+
+
+def _legend(x: float, y: float) -> str:
+    rows = [f"<rect x='{x:.1f}' y='{y:.1f}' width='98' height='46' fill='white' fill-opacity='0.85'/>"]
+    for i, (color, stroke, marker, label) in enumerate(style for style in SERIES_STYLE.values()):
+        row_y = y + 9 + 14 * i
+        rows.append(f"<line x1='{x + 4:.1f}' x2='{x + 24:.1f}' y1='{row_y:.1f}' y2='{row_y:.1f}' "
+                    f"stroke='{color}' stroke-width='{stroke}'/>")
+        if marker:
+            rows.append(_marker(x + 14, row_y, marker, color))
+        rows.append(f"<text x='{x + 30:.1f}' y='{row_y + 3:.1f}' font-size='9' fill='#333'>{label}</text>")
+    return "".join(rows)

@@ -152,6 +152,8 @@ class TrainState:
     y: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     index: torch.Tensor | None = None  # dataset rows of the batch, when the loader yields (x, y, index)
+    seen: int = 0  # examples trained on so far in this epoch...
+    correct: int = 0  # ...and how many of them the model got right (before its step): running accuracy
     stop_requested: bool = False
     started: float = field(default_factory=time.perf_counter)
 
@@ -257,6 +259,7 @@ def fit(
     try:
         for epoch in range(first_epoch, first_epoch + epochs):
             state.epoch, epoch_start = epoch, time.perf_counter()
+            state.seen = state.correct = 0
             notify("on_epoch_begin", state)
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
@@ -278,7 +281,7 @@ def fit(
                 loss_sum += batch_loss * len(y)
                 correct += (logits.detach().argmax(1) == y).sum().item()
                 seen += len(y)
-                state.step += 1
+                state.step, state.seen, state.correct = state.step + 1, seen, correct
                 state.loss, state.x, state.y, state.logits = batch_loss, x, y, logits.detach()
                 history.batches.append({"epoch": epoch, "batch": state.batch, "loss": batch_loss})
                 notify("on_batch_end", state)
