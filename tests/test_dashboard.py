@@ -101,6 +101,8 @@ def _read_plot(svg: str) -> dict[str, list[tuple[float, float]]]:
     root = ET.fromstring(svg)  # also checks that it is well-formed
     lines: dict[str, list[tuple[float, float]]] = {}
     for group in root.iter(f"{SVG}g"):
+        if group.get("class") not in ("tlcourse-loss", "tlcourse-accuracy"):
+            continue  # the legend
         texts = list(group.iter(f"{SVG}text"))
         to_y = _axis_map([t for t in texts if t.get("class") == "ytick"], "y", group.get("class") == "tlcourse-accuracy")
         to_x = _axis_map([t for t in texts if t.get("class") == "xtick"], "x", False)
@@ -167,6 +169,8 @@ def test_widgets_progress_and_curve_data_match_history():
     assert epoch_text.startswith("3 of 3 epoch(s) · ")
     assert batch_text.startswith("6/6 · ")
     assert "batch/s" in batch_text and f"loss {history.batches[-1]['loss']:.3f}" in batch_text
+    assert "left" not in batch_text  # finished: nothing left to count down
+    assert [dashboard_module._rate(r) for r in (0.304, 3.04, 42.49, 536.09)] == ["0.30", "3.04", "42.5", "536"]
     # ...and that is what the page shows: native <progress> bars in the success colour, the texts.
     page = dash._progress.value
     assert page.count(f"accent-color:{BAR_COLORS['success']}") == 2
@@ -280,7 +284,8 @@ def test_curves_svg_shows_the_numbers_with_gaps_and_thinning():
         xs = data["batch_x"] if key.startswith("batch") else data["epoch_x"]
         assert _flat(values) == pytest.approx(_flat(zip(xs, data[key])), abs=2e-3), key
     svg = curves_svg(data)
-    assert svg.count("<circle") == 4 + 4 + 3 - 3 + 1 and svg.count("width='6'") == 4 + 4 + 1  # markers + legend
+    # A marker per epoch on the train (circles) and validation (squares) lines of both plots, one each in the legend.
+    assert svg.count("<circle") == 4 + 4 + 1 and svg.count("width='6'") == 4 + 4 + 1
     # Tick labels carry the decimals their step needs, percent on the accuracy plot.
     labels = re.findall(r"class='ytick'[^>]*>([^<]+)<", svg)
     assert any(label.endswith("%") for label in labels) and all(re.fullmatch(r"\d+(\.\d+)?%?", t) for t in labels)

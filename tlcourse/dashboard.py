@@ -32,10 +32,22 @@ after "Run All") is handed back to the kernel, in order, to run when the cell
 finishes. The ``jupyter-ui-poll`` library does the same job for older kernels,
 but it drives ``Kernel.do_one_iteration``, which ipykernel 7 no longer has.
 
-Redrawing is throttled so the dashboard costs at most a few percent of training
-time: text and progress bars at most twice a second, and the plot and photo
-(tens of milliseconds to render) only while their total drawing time stays
-under :attr:`TrainingDashboard.draw_budget` of the time elapsed.
+What it costs: the dashboard must not slow training by more than a few
+percent, even a sub-second run on cached features (lesson 3's cell when run
+again), so its fixed costs matter as much as its redraws:
+
+* the panel is four widgets (12 widget models, each a comm the front end
+  opens), not one widget per bar and label;
+* bars and texts are one HTML view (native ``<progress>`` elements), refreshed
+  at most twice a second (every 0.1 s at an epoch's edges), one message each;
+* the curves are SVG text that the browser draws (about a millisecond to
+  write, where a matplotlib PNG of the same plots takes 0.1-0.3 s), and they
+  and the photo are redrawn only while their total drawing time stays under
+  :attr:`TrainingDashboard.draw_budget` of the time elapsed;
+* per batch it appends three numbers (``fit`` counts the running accuracy)
+  and asks the kernel's socket whether a message waits.
+
+``benchmarks/dashboard_overhead.py`` measures it, side by side with no dashboard.
 """
 
 from __future__ import annotations
@@ -246,6 +258,11 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def _rate(per_second: float) -> str:
+    """``0.31``, ``3.04``, ``42.5``, ``536``: three significant figures at most."""
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.1f}" if per_second >= 10 else f"{per_second:.2f}"
 
 
 def _to_uint8_image(image: Any, settings: TransformSettings) -> np.ndarray:
@@ -590,8 +607,9 @@ class TrainingDashboard(Callback):
             lines["Epochs"] = (f"epoch {min(state.epoch + 1, state.epochs)}/{state.epochs} · "
                                f"{elapsed} elapsed · ~{format_duration(run_left)} left")
             running = f" · acc {self._batch_acc[-1]:.0%}" if state.seen else ""
-            lines["Batches"] = (f"{state.batch + 1}/{state.batches} · {rate:.2f} batch/s · "
-                                f"~{format_duration(epoch_left)} left · loss {state.loss:.3f}{running}")
+            left = "" if self._finished else f" · ~{format_duration(epoch_left)} left"
+            lines["Batches"] = (f"{state.batch + 1}/{state.batches} · {_rate(rate)} batch/s{left} · "
+                                f"loss {state.loss:.3f}{running}")
         if state.stop_requested and not self._finished:
             self._set_status("Stopping after this batch…", STOP_COLOR)
 
@@ -738,7 +756,7 @@ SERIES_STYLE = {  # series -> (colour, line width, marker, legend label)
 MAX_POINTS = 600
 
 
-def curves_svg(data: dict[str, list[float]], first_epoch: int = 0, width: int = 640, height: int = 240) -> str:
+def curves_svg(data: dict[str, list[float]], first_epoch: int = 0, width: int = 640, height: int = 252) -> str:
     """Loss and accuracy plots, side by side, as an ``<svg>`` element.
 
     ``data`` is :meth:`TrainingDashboard.curve_data`: per-batch values at fractional
@@ -757,8 +775,9 @@ def curves_svg(data: dict[str, list[float]], first_epoch: int = 0, width: int = 
     return (
         f"<svg class='tlcourse-curves' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
         f"viewBox='0 0 {width} {height}' font-family='sans-serif' style='flex:none;background:white'>"
-        + _panel(data, "loss", 0.0, half, height, x_range, loss_range, percent=False, legend=True)
-        + _panel(data, "acc", half, half, height, x_range, accuracy_range, percent=True, legend=False)
+        + _panel(data, "loss", 0.0, half, height, x_range, loss_range, percent=False)
+        + _panel(data, "acc", half, half, height, x_range, accuracy_range, percent=True)
+        + _legend(width / 2, height - 9.0)  # below both plots, where no line can run under it
         + "</svg>"
     )
 
@@ -784,9 +803,9 @@ def _tick_labels(ticks: list[float], percent: bool) -> list[str]:
 
 
 def _panel(data: dict[str, list[float]], key: str, left: float, width: float, height: float,
-           x_range: tuple[float, float], y_range: tuple[float, float], percent: bool, legend: bool) -> str:
+           x_range: tuple[float, float], y_range: tuple[float, float], percent: bool) -> str:
     x0, x1 = left + 46, left + width - 12  # the plot area; room for tick labels left and below
-    y0, y1 = 24.0, height - 36.0
+    y0, y1 = 24.0, height - 52.0
 
     def sx(v: float) -> float:
         return x0 + (v - x_range[0]) / (x_range[1] - x_range[0]) * (x1 - x0)
@@ -810,7 +829,7 @@ def _panel(data: dict[str, list[float]], key: str, left: float, width: float, he
                    f"<text class='xtick' x='{x:.1f}' y='{y1 + 13:.1f}' font-size='9' text-anchor='middle' "
                    f"fill='#444'>{label}</text>")
     out.append(f"<text x='{(x0 + x1) / 2:.1f}' y='15' font-size='12' text-anchor='middle'>{title}</text>"
-               f"<text x='{(x0 + x1) / 2:.1f}' y='{height - 6:.1f}' font-size='10' text-anchor='middle' "
+               f"<text x='{(x0 + x1) / 2:.1f}' y='{y1 + 27:.1f}' font-size='10' text-anchor='middle' "
                "fill='#444'>epoch</text>")
     for series, (color, stroke, marker, _) in SERIES_STYLE.items():
         xs = data["batch_x" if series == "batch" else "epoch_x"]
@@ -823,8 +842,6 @@ def _panel(data: dict[str, list[float]], key: str, left: float, width: float, he
         out.extend(_polylines(points, f"{series}_{key}", color, stroke))
         if marker and len(points) <= 60:
             out.extend(_marker(x, y, marker, color) for x, y in filter(None, points))
-    if legend:
-        out.append(_legend(x1 - 104, y0 + 6))
     out.append("</g>")
     return "".join(out)
 
@@ -848,13 +865,17 @@ def _marker(x: float, y: float, marker: str, color: str) -> str:
     return f"<rect x='{x - 3:.1f}' y='{y - 3:.1f}' width='6' height='6' fill='{color}'/>"
 
 
-def _legend(x: float, y: float) -> str:
-    rows = [f"<rect x='{x:.1f}' y='{y:.1f}' width='98' height='46' fill='white' fill-opacity='0.85'/>"]
-    for i, (color, stroke, marker, label) in enumerate(style for style in SERIES_STYLE.values()):
-        row_y = y + 9 + 14 * i
-        rows.append(f"<line x1='{x + 4:.1f}' x2='{x + 24:.1f}' y1='{row_y:.1f}' y2='{row_y:.1f}' "
-                    f"stroke='{color}' stroke-width='{stroke}'/>")
+def _legend(center: float, y: float) -> str:
+    """One row of legend entries (line, marker, label), centred on ``center``."""
+    widths = [104.0, 62.0, 80.0]  # room for each entry: a 20 px line, a gap and its label at 9 px
+    x = center - sum(widths) / 2
+    parts = ["<g class='legend'>"]
+    for (color, stroke, marker, label), room in zip(SERIES_STYLE.values(), widths):
+        parts.append(f"<line x1='{x:.1f}' x2='{x + 20:.1f}' y1='{y:.1f}' y2='{y:.1f}' stroke='{color}' "
+                     f"stroke-width='{stroke}'/>")
         if marker:
-            rows.append(_marker(x + 14, row_y, marker, color))
-        rows.append(f"<text x='{x + 30:.1f}' y='{row_y + 3:.1f}' font-size='9' fill='#333'>{label}</text>")
-    return "".join(rows)
+            parts.append(_marker(x + 10, y, marker, color))
+        parts.append(f"<text x='{x + 26:.1f}' y='{y:.1f}' font-size='9' dominant-baseline='central' "
+                     f"fill='#333'>{label}</text>")
+        x += room
+    return "".join(parts) + "</g>"
