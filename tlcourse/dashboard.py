@@ -36,10 +36,10 @@ What it costs: the dashboard must not slow training by more than a few
 percent, even a sub-second run on cached features (lesson 3's cell when run
 again), so its fixed costs matter as much as its redraws:
 
-* the panel is four widgets (12 widget models, each a comm the front end
-  opens), not one widget per bar and label;
+* the panel is six widgets (10 widget models with their shared layout and
+  style, each a comm the front end opens), not one widget per bar and label;
 * bars and texts are one HTML view (native ``<progress>`` elements), refreshed
-  at most twice a second (every 0.1 s at an epoch's edges), one message each;
+  at most twice a second (every 0.25 s at an epoch's edges), one message each;
 * the curves are SVG text that the browser draws (about a millisecond to
   write, where a matplotlib PNG of the same plots takes 0.1-0.3 s), and they
   and the photo are redrawn only while their total drawing time stays under
@@ -317,7 +317,9 @@ class TrainingDashboard(Callback):
     #: Never redraw the plot more often than this (seconds).
     draw_interval: float = 1.0
     #: Seconds between refreshes at an epoch's start and end (a run of many short epochs).
-    edge_interval: float = 0.1
+    edge_interval: float = 0.25
+    #: Seconds between looks for a Stop click in the kernel's queue (checked after a batch).
+    poll_interval: float = 0.02
     #: Seconds one drawing of the plot and photo is assumed to take until one is measured.
     draw_cost_estimate: float = 0.01
 
@@ -410,7 +412,8 @@ class TrainingDashboard(Callback):
         self._batch_acc.append(state.correct / state.seen if state.seen else math.nan)
         self._epoch_batches += 1
 
-        if self._pump is not None:
+        if self._pump is not None and time.perf_counter() - self._last_poll >= self.poll_interval:
+            self._last_poll = time.perf_counter()
             self._pump.poll()  # a Stop click waiting in the kernel's queue is handled here
         if self._stop_wanted:
             state.stop_requested = True
@@ -470,6 +473,7 @@ class TrainingDashboard(Callback):
         self._last_text = -math.inf
         self._last_draw = -math.inf
         self._live_line = 0
+        self._last_poll = -math.inf
         self._pump: KernelEventPump | None = None
         self.draws, self.draw_seconds = 0, 0.0
         self._draw_cost = self.draw_cost_estimate  # seconds per draw, until measured
@@ -528,8 +532,8 @@ class TrainingDashboard(Callback):
         return "; ".join(parts) + "."
 
     # ----------------------------------------------------------------- widgets mode
-    # The panel is four widgets: two HTML views (progress; curves and photo), the Stop button and
-    # the summary beside it. Each ipywidgets widget costs a few comm messages to create and one
+    # The panel is two HTML views (progress; curves and photo) above the Stop button and the
+    # summary beside it, in two boxes. Each ipywidgets widget costs a few comm messages to create and one
     # message per changed value, so the progress bars and texts live in one HTML view (one
     # message per refresh) rather than a dozen widgets of their own.
     def _build_widgets(self, state: TrainState) -> None:
@@ -545,26 +549,28 @@ class TrainingDashboard(Callback):
         self._caption = "<i>first batch coming…</i>"
         self._curves_svg = curves_svg(self.curve_data(), self._first_epoch)
 
-        # The three HTML views share one default Layout and one style: two comms, not six.
+        # The HTML views, the button and its row share one Layout, and the views one style: two
+        # widget models, not eight (align_items and grid_gap mean nothing outside a box).
         from ipywidgets.widgets.widget_string import HTMLStyle
 
-        plain_layout, plain_style = w.Layout(), HTMLStyle()
+        plain_layout, plain_style = w.Layout(align_items="center", grid_gap="12px"), HTMLStyle()
         self._progress = w.HTML(layout=plain_layout, style=plain_style)
         self._figure = w.HTML(layout=plain_layout, style=plain_style)
         self._stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
                                      tooltip="End training after the current batch (keeps the best weights)",
-                                     layout=w.Layout(width="110px", flex="0 0 auto"))
+                                     layout=plain_layout)
         self._stop_button.add_class("tlcourse-stop")
         self._stop_button.on_click(lambda _button: self._stop_clicked())
         self._summary = w.HTML(
-            "<span style='color:#666'>Stop ends training after the current batch; the model keeps "
-            "its best weights and the notebook carries on.</span>",
+            "<span style='color:#666'>Stops after this batch; the model keeps its best "
+            "weights and the notebook carries on.</span>",
             layout=plain_layout, style=plain_style,
         )
         self._summary.add_class("tlcourse-summary")
+        self._button_row = w.HBox([self._stop_button, self._summary], layout=plain_layout)
         self.widget = w.VBox(
             [self._progress, self._figure,
-             w.HBox([self._stop_button, self._summary], layout=w.Layout(align_items="center", grid_gap="12px"))],
+             self._button_row],
             layout=w.Layout(border="1px solid #ddd", padding="8px 12px", width="860px", grid_gap="4px"),
         )
         self.widget.add_class("tlcourse-dashboard")
@@ -723,7 +729,7 @@ class TrainingDashboard(Callback):
         self._draw(state)
         # The button has done its job: the row now holds the summary.
         self._stop_button.disabled = True
-        self._stop_button.layout.display = "none"
+        self._button_row.children = (self._summary,)
         self._summary.value = f"<b>{html.escape(self.summary)}</b>"
 
     # ----------------------------------------------------------------- for tests and notebooks
