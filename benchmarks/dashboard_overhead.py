@@ -20,7 +20,7 @@ dashboard's callbacks (its own work in the training loop, measured directly
 and much less disturbed by other programs than a difference of two wall times).
 Imports and the first use of each module are warmed up before timing.
 
-    python benchmarks/dashboard_overhead.py [--repeats 2] [--fast-repeats 15]
+    python benchmarks/dashboard_overhead.py [--repeats 4] [--fast-repeats 25]
 
 Reads TLCOURSE_DATA (default: data/ or ../shared/data/dogs-vs-hotdogs) and
 TORCH_HOME like the course. No assertion: the issue's target is a ratio of at most 1.05.
@@ -94,8 +94,8 @@ def _data_dir() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=60, help="photos per class of the subset (default 60)")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of the slow (uncached) workload")
-    parser.add_argument("--fast-repeats", type=int, default=15, help="rounds of each cached workload")
+    parser.add_argument("--repeats", type=int, default=4, help="rounds of the slow (uncached) workload")
+    parser.add_argument("--fast-repeats", type=int, default=25, help="rounds of each cached workload")
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
