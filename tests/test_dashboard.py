@@ -160,7 +160,14 @@ def test_widgets_progress_and_curve_data_match_history():
     model, loader, optimizer = _setup(batch_size=8)  # 6 batches per epoch
     record = Record()
     dash = TrainingDashboard(CLASSES, settings=SETTINGS, title="tiny", mode="widgets")
-    history = fit(model, loader, optimizer, 3, val_loader=loader, callbacks=[record, dash])
+    statuses = []
+
+    class Status(Callback):  # what the header says while batches run, and while validating
+        def on_batch_end(self, state):
+            statuses.append(dash.progress()["status"])
+
+    history = fit(model, loader, optimizer, 3, val_loader=loader, callbacks=[record, dash, Status()])
+    assert statuses == (["Training…"] * 5 + ["Checking the validation set…"]) * 3
 
     shown = dash.progress()
     assert shown["status"] == "Done" and shown["color"] == BAR_COLORS["success"]

@@ -404,6 +404,8 @@ class TrainingDashboard(Callback):
         self._epoch_batches = 0
         if self.mode == "widgets":
             self._bars["Batches"][:] = [0, max(state.batches, 1)]
+            if not self._stop_wanted:
+                self._set_status("Training…")
             self._update_text(state, edge=True)
 
     def on_batch_end(self, state: TrainState) -> None:
