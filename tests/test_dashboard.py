@@ -12,10 +12,10 @@ import base64
 import html
 import io
 import math
-import re
-import xml.etree.ElementTree as ET
 import os
+import re
 import time
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -26,8 +26,14 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
 from tlcourse import dashboard as dashboard_module
-from tlcourse.dashboard import (BAR_COLORS, KernelEventPump, TrainingDashboard, curves_svg, dashboard_mode,
-                                format_duration)
+from tlcourse.dashboard import (
+    BAR_COLORS,
+    KernelEventPump,
+    TrainingDashboard,
+    curves_svg,
+    dashboard_mode,
+    format_duration,
+)
 from tlcourse.data import TransformSettings
 from tlcourse.training import Callback, fit
 

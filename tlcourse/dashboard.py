@@ -57,6 +57,7 @@ import base64
 import functools
 import html
 import inspect
+import itertools
 import io
 import math
 import os
@@ -820,7 +821,7 @@ def _ticks(low: float, high: float, bins: int, integer: bool = False) -> list[fl
 def _tick_labels(ticks: list[float], percent: bool) -> list[str]:
     """Labels with as many decimals as the step between ticks needs (0.25 -> 2, 20% -> 0)."""
     values = [t * 100 if percent else t for t in ticks]
-    step = min((b - a for a, b in zip(values, values[1:])), default=1.0)
+    step = min((b - a for a, b in itertools.pairwise(values)), default=1.0)
     decimals = next((d for d in range(6) if abs(step * 10**d - round(step * 10**d)) < 1e-6), 6)
     return [f"{v:.{decimals}f}" + ("%" if percent else "") for v in values]
 
