@@ -57,8 +57,8 @@ import base64
 import functools
 import html
 import inspect
-import itertools
 import io
+import itertools
 import math
 import os
 import sys
