@@ -615,7 +615,7 @@ class TrainingDashboard(Callback):
             bars["Batches"][0] = min(state.batch + 1, bars["Batches"][1])
             lines["Epochs"] = (f"epoch {min(state.epoch + 1, state.epochs)}/{state.epochs} · "
                                f"{elapsed} elapsed · ~{format_duration(run_left)} left")
-            running = f" · acc {self._batch_acc[-1]:.0%}" if state.seen else ""
+            running = f" · acc {state.correct / state.seen:.0%}" if state.seen else ""
             left = "" if self._finished else f" · ~{format_duration(epoch_left)} left"
             lines["Batches"] = (f"{state.batch + 1}/{state.batches} · {_rate(rate)} batch/s{left} · "
                                 f"loss {state.loss:.3f}{running}")

@@ -120,6 +120,7 @@ class TransferClassifier(nn.Module):
         self.n_features = n_features
         self.n_classes = n_classes
         self.frozen = False
+        self.update_batchnorm = True  # BatchNorm statistics follow train/eval mode once unfrozen
         layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(dropout)]
         if hidden:
             layers += [nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout)]
@@ -164,7 +165,7 @@ class TransferClassifier(nn.Module):
         super().train(mode)
         if self.frozen:
             self.backbone.eval()
-        elif not getattr(self, "update_batchnorm", True):
+        elif not self.update_batchnorm:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()

@@ -262,7 +262,7 @@ def fit(
             state.seen = state.correct = 0
             notify("on_epoch_begin", state)
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum = 0.0
             for state.batch, batch in enumerate(train_loader):
                 x, y = batch[0].to(device), batch[1].to(device)
                 state.index = batch[2] if len(batch) > 2 else None
@@ -279,9 +279,9 @@ def fit(
                 optimizer.step()
                 batch_loss = loss.item()
                 loss_sum += batch_loss * len(y)
-                correct += (logits.detach().argmax(1) == y).sum().item()
-                seen += len(y)
-                state.step, state.seen, state.correct = state.step + 1, seen, correct
+                state.correct += (logits.detach().argmax(1) == y).sum().item()
+                state.seen += len(y)
+                state.step += 1
                 state.loss, state.x, state.y, state.logits = batch_loss, x, y, logits.detach()
                 history.batches.append({"epoch": epoch, "batch": state.batch, "loss": batch_loss})
                 notify("on_batch_end", state)
@@ -290,7 +290,7 @@ def fit(
             if state.stop_requested:
                 history.stopped_early = True
                 break
-            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen}
+            record = {"epoch": epoch, "train_loss": loss_sum / state.seen, "train_acc": state.correct / state.seen}
             if val_loader is not None:
                 val = evaluate(model, val_loader, device)
                 record.update(val_loss=val["loss"], val_acc=val["accuracy"])
