@@ -74,7 +74,7 @@ def test_round_trip_restores_predictions_and_everything_needed(tmp_path):
     assert info["transform"] == model.transform_settings == loaded.transform_settings
     assert dataclasses.asdict(info["history"]) == dataclasses.asdict(a_history())
     assert info["extra"] == {"lr": 1e-3, "note": "frozen"}
-    assert ckpt._head_shape(loaded) == {"hidden": 16, "dropout": 0.3}
+    assert loaded.arguments() == model.arguments() and (loaded.hidden, loaded.dropout) == (16, 0.3)
     # The optimizer state comes back too (so resumed training continues exactly, see test_interrupt).
     fresh = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
     fresh.load_state_dict(info["optimizer"])

@@ -26,6 +26,7 @@ from typing import Sequence
 
 from . import __version__
 from .config import get_config
+from .errors import TLCourseError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -35,27 +36,30 @@ def _err(message: str) -> None:
 
 
 def _device(preference: str):
-    """The torch device to use; a device this machine lacks is a user error (exit 1 with the fix), not a crash."""
     from .training import choose_device
 
-    try:
-        return choose_device(preference)
-    except RuntimeError as error:
-        raise ValueError(str(error)) from None
+    return choose_device(preference)
+
+
+def _report_skipped(skipped) -> None:
+    """Name each file a folder scan left out that looks meant as a photo, with the reason."""
+    from .data import worth_warning
+
+    for item in worth_warning(skipped):
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- download-data
 def cmd_download_data(args: argparse.Namespace) -> int:
-    from .download import DownloadError, download_data
+    from .download import download_data
 
     where = args.mirror or "the published addresses (raw.githubusercontent.com, pinned by commit)"
     print(f"Downloading the example set into {args.dest} from {where}", file=sys.stderr)
     try:
         report = download_data(args.dest, manifest=args.manifest, mirror=args.mirror, workers=args.workers,
                                retries=args.retries, timeout=args.timeout, progress=not args.quiet)
-    except DownloadError as error:
-        _err(str(error))
-        return EXIT_FAIL
+    except TLCourseError:
+        raise
     except OSError as error:  # the destination cannot be created or written (permissions, full disk)
         _err(f"cannot write the photos into {args.dest}: {error}")
         return EXIT_FAIL
@@ -71,16 +75,12 @@ def cmd_download_data(args: argparse.Namespace) -> int:
 def cmd_prefetch_weights(args: argparse.Namespace) -> int:
     import torch.hub
 
-    from .download import DownloadError, prefetch_weights
+    from .weights import prefetch_weights
 
-    backbones = args.backbones or [get_config().backbone]
+    config = get_config()
     print(f"Torch cache: {Path(torch.hub.get_dir()) / 'checkpoints'}", file=sys.stderr)
-    try:
-        results = prefetch_weights(backbones, source_dir=args.source, timeout=args.timeout,
-                                   progress=not args.quiet)
-    except (DownloadError, ValueError) as error:
-        _err(str(error))
-        return EXIT_FAIL
+    results = prefetch_weights(args.backbones or [config.backbone], source_dir=args.source, timeout=args.timeout,
+                               progress=not args.quiet, offline=config.offline)
     for result in results:
         print(f"{result.backbone}: {result.action}, verified (loads into {result.backbone}), "
               f"sha256 {result.sha256[:16]}... -> {result.path}")
@@ -99,42 +99,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- train
-def _text_progress(callback_base: type, stream=None):
-    """A training callback that prints progress as text (built here so torch loads only for ``train``)."""
-
-    class TextProgress(callback_base):
-        """A batch counter on a terminal, one line per epoch always (readable in CI logs)."""
-
-        def __init__(self):
-            self.stream = stream or sys.stderr
-            self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-
-        def on_batch_end(self, state) -> None:
-            if self.tty:
-                total = state.batches or "?"
-                self.stream.write(f"\r  epoch {state.epoch + 1}/{state.epochs} batch {state.batch + 1}/{total} "
-                                  f"loss {state.loss:.4f}")
-                self.stream.flush()
-
-        def on_epoch_end(self, state) -> None:
-            record = state.history.epochs[-1]
-            line = (f"epoch {record['epoch'] + 1}/{state.epochs}: train loss {record['train_loss']:.4f} "
-                    f"acc {record['train_acc']:.3f}")
-            if "val_acc" in record:
-                line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.3f}"
-            line += f" ({record['seconds']:.1f} s)"
-            self.stream.write(("\r" if self.tty else "") + line + " " * 10 + "\n")
-            self.stream.flush()
-
-    return TextProgress()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
+    from .dashboard import TextProgress
     from .data import find_classes, load_course_data
     from .models import build_model
     from .recipes import train_discriminative, train_frozen
-    from .training import Callback, evaluate, seed_everything
+    from .training import evaluate, seed_everything
 
     config = get_config()
     backbone = args.backbone or config.backbone
@@ -146,24 +117,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     seed_everything(seed)
     # Build the model first: its weights define the input transform (sizes, normalisation).
     classes = find_classes(args.data_dir)
-    model = build_model(len(classes), backbone=backbone, weights="DEFAULT").to(device)
-    data = load_course_data(args.data_dir, model.transform_settings, seed=seed, per_class=args.per_class)
+    model = build_model(len(classes), backbone=backbone, weights="DEFAULT", offline=config.offline).to(device)
+    # Every photo decoded once up front: a truncated file is skipped and named now, not found mid-training.
+    skipped: list = []
+    data = load_course_data(args.data_dir, model.transform_settings, seed=seed, per_class=args.per_class,
+                            check="decode", skipped=skipped)
+    _report_skipped(skipped)
     sizes = data.split.sizes()
     print(f"Training {backbone} ({'weight freezing' if args.method == 'freeze' else 'discriminative learning rates'}) "
           f"on {device}: {len(data.table)} photos of {', '.join(data.classes)}; split train {sizes['train']}, "
           f"val {sizes['val']}, test {sizes['test']} (seed {seed}); {epochs} epoch(s)", file=sys.stderr)
-    progress = _text_progress(Callback)
+    progress = TextProgress(file=sys.stderr)
     started = time.perf_counter()
     # Progress (ours and the recipes' own messages) goes to stderr; stdout keeps only the results.
     with contextlib.redirect_stdout(sys.stderr):
         if args.method == "freeze":
             # Cached features (the recipe's default): each photo goes through the backbone once.
             history = train_frozen(model, data, epochs=epochs, lr=args.lr or 1e-3, batch_size=args.batch_size,
-                                   callbacks=[progress], seed=seed)
+                                   callbacks=[progress], seed=seed, cache_dir=config.feature_cache)
         else:
             # Head first, on the frozen backbone (fast, cached): fine-tuning from a random head would send
             # large random gradients into the pretrained layers. Then everything, the backbone 10x slower.
-            train_frozen(model, data, epochs=5, batch_size=args.batch_size, callbacks=[progress], seed=seed)
+            train_frozen(model, data, epochs=5, batch_size=args.batch_size, callbacks=[progress], seed=seed,
+                         cache_dir=config.feature_cache)
             history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-4,
                                            batch_size=args.batch_size, callbacks=[progress], seed=seed)
     seconds = time.perf_counter() - started
@@ -190,21 +166,20 @@ def _folder_table(data_dir: Path, class_names: Sequence[str]):
     (e.g. only hotdogs). Files the course cannot read are skipped and listed.
     """
     from .data import find_classes, inspect_folder
+    from .errors import DataError
 
     find_classes(data_dir)  # a missing folder or one without class subfolders: clear error, with the fix
     scan = inspect_folder(data_dir, check="header")
     table = scan.table
     if table.empty:
-        raise scan.errors[0] if scan.errors else ValueError(f"No images in the class folders of {data_dir}.")
+        raise scan.errors[0] if scan.errors else DataError(f"No images in the class folders of {data_dir}.")
     unknown = sorted(set(scan.classes) - set(class_names))
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"{data_dir} has class folder(s) {unknown} that the checkpoint does not know; it was trained on "
             f"{list(class_names)}. Evaluate on a folder whose subfolders are named like those classes."
         )
-    for skipped in scan.skipped:
-        if not skipped.quiet:
-            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    _report_skipped(scan.skipped)
     table = table.copy()
     table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)}).astype(int)
     return table.reset_index(drop=True)
@@ -424,18 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:
-        # The package's errors (CheckpointError is a ValueError, NonFiniteLossError a FloatingPointError)
-        # say what is wrong and how to fix it; a traceback would hide that.
-        _err(str(error))
-        return EXIT_FAIL
-    except RuntimeError as error:
-        from .download import DownloadError
-        from .models import WeightsUnavailableError
-
-        if not isinstance(error, (DownloadError, WeightsUnavailableError)):
-            raise  # a real bug: keep the traceback
-        _err(str(error))
+    except TLCourseError as error:
+        # Expected errors name the fix; a traceback would hide it. Anything else is a bug and keeps its traceback.
+        _err(" ".join(str(error).split()))
         return EXIT_FAIL
 
 

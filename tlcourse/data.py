@@ -27,6 +27,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .errors import DataError, DataNotFoundError, ImageLoadError
+from .files import atomic_write
+
 #: ImageNet channel statistics; used only when no weights are given.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,19 +80,6 @@ _KNOWN_OTHER_ENDINGS = {
 }
 
 
-class ImageLoadError(OSError):
-    """An image file cannot be used; the message names the file, the reason and the fix.
-
-    A subclass of ``OSError`` (as Pillow's own errors are), so existing handlers still
-    catch it. The constructor takes a single message so that a DataLoader worker can
-    re-raise it in the main process unchanged.
-    """
-
-    def __init__(self, message: str, path: str | Path | None = None):
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-
-
 class SkippedFilesWarning(UserWarning):
     """:func:`scan_folder` left out files that look like they were meant as images."""
 
@@ -111,6 +101,11 @@ class SkippedFile:
     def kind(self) -> str:
         """The short category of the reason (``"corrupt or truncated"``, ``"hidden file"``, ...)."""
         return self.reason.split(":", 1)[0]
+
+
+def worth_warning(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
+    """The skipped files that look meant as photos (not hidden or system files), sorted by path."""
+    return sorted((s for s in skipped if not s.quiet), key=lambda s: s.path)
 
 
 @dataclass
@@ -135,8 +130,8 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _missing_folder_error(root: Path) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing_folder_error(root: Path) -> DataNotFoundError:
+    return DataNotFoundError(
         f"Data folder not found: {root}. Create it with one subfolder per class "
         f"(e.g. {root / 'dog'}, {root / 'hotdog'}), run `tlcourse download-data --dest {root}`, "
         "or point TLCOURSE_DATA at your folder."
@@ -162,7 +157,7 @@ def find_classes(root: str | Path) -> list[str]:
             f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead."
             if loose else ""
         )
-        raise ValueError(
+        raise DataError(
             f"No class subfolders in {root}. Put each class's images in its own subfolder, "
             f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}"
         )
@@ -320,7 +315,7 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
     table = pd.DataFrame(rows, columns=LABEL_COLUMNS + extra)
     errors: list[Exception] = []
     if len(classes) == 1:
-        errors.append(ValueError(
+        errors.append(DataError(
             f"Only one class folder ({classes[0]}) in {root}: a classifier needs at least two classes. "
             f"Add a folder for each other class next to {root / classes[0]}, or point TLCOURSE_DATA at "
             "the folder that holds all the class folders."
@@ -331,7 +326,7 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
             left_out = [s for s in skipped if s.class_name == name and not s.quiet]
             detail = (f" ({len(left_out)} file(s) skipped, e.g. {left_out[0].path.name}: {left_out[0].reason})"
                       if left_out else "")
-            errors.append(ValueError(
+            errors.append(DataError(
                 f"Class folder without usable images in {root}: {name}{detail}. "
                 "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."
             ))
@@ -361,7 +356,7 @@ def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFi
         skipped.extend(scan.skipped)
     if scan.errors:
         raise scan.errors[0]
-    loud = sorted((s for s in scan.skipped if not s.quiet), key=lambda s: s.path)
+    loud = worth_warning(scan.skipped)
     if loud:
         shown = "; ".join(f"{s.path.relative_to(scan.root)} ({s.reason})" for s in loud[:10])
         more = f"; and {len(loud) - 10} more" if len(loud) > 10 else ""
@@ -376,12 +371,9 @@ def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFi
 
 def write_labels_csv(table: pd.DataFrame, out_csv: str | Path) -> Path:
     """Write a labels table to CSV, creating its folder; the write is atomic."""
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(out_csv.name + ".tmp")
-    table[LABEL_COLUMNS].to_csv(tmp, index=False)
-    tmp.replace(out_csv)  # atomic: a reader never sees half a file
-    return out_csv
+    with atomic_write(out_csv) as handle:
+        table[LABEL_COLUMNS].to_csv(handle, index=False)
+    return Path(out_csv)
 
 
 def create_csv(root: str | Path, out_csv: str | Path) -> pd.DataFrame:
@@ -392,7 +384,7 @@ def create_csv(root: str | Path, out_csv: str | Path) -> pd.DataFrame:
     """
     root, out_csv = Path(root).resolve(), Path(out_csv).resolve()
     if root in out_csv.parents:
-        raise ValueError(
+        raise DataError(
             f"Refusing to write {out_csv} inside the photo folder {root}: derived files "
             "belong in the output folder (TLCOURSE_OUTPUT, default outputs/)."
         )
@@ -405,11 +397,11 @@ def read_labels_csv(csv_path: str | Path) -> pd.DataFrame:
     """Read a labels CSV written by :func:`create_csv`, checking its columns."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"Labels CSV not found: {csv_path}. Create it with tlcourse.data.create_csv.")
+        raise DataNotFoundError(f"Labels CSV not found: {csv_path}. Create it with tlcourse.data.create_csv.")
     table = pd.read_csv(csv_path)
     missing = [c for c in LABEL_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{csv_path} lacks column(s) {missing}; expected {LABEL_COLUMNS}. Recreate it with create_csv."
         )
     return table[LABEL_COLUMNS]
@@ -653,7 +645,7 @@ def stratified_split(
         n_test = max(1, round(len(idx) * fractions[2])) if fractions[2] > 0 else 0
         if len(idx) - n_val - n_test < 1:
             name = class_names[label] if class_names is not None else label
-            raise ValueError(
+            raise DataError(
                 f"Class {name!r} has only {len(idx)} image(s): too few for a {fractions} "
                 f"train/val/test split (it needs at least {n_val + n_test + 1}; aim for 20 or more). "
                 "Add images to that class folder."
@@ -730,9 +722,17 @@ def load_course_data(
     seed: int = 0,
     per_class: int | None = None,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    check: str = "header",
+    skipped: list[SkippedFile] | None = None,
 ) -> CourseData:
-    """Scan ``data_dir``, optionally keep ``per_class`` images per class, and split it from ``seed``."""
-    table = subset_per_class(scan_folder(data_dir), per_class, seed)
+    """Scan ``data_dir``, optionally keep ``per_class`` images per class, and split it from ``seed``.
+
+    ``check`` and ``skipped`` are :func:`scan_folder`'s (``check="decode"`` also finds truncated photos).
+    """
+    with warnings.catch_warnings():
+        if skipped is not None:  # the caller reports them
+            warnings.simplefilter("ignore", SkippedFilesWarning)
+        table = subset_per_class(scan_folder(data_dir, check, skipped), per_class, seed)
     classes = class_names(table)
     split = stratified_split(table["label"].to_numpy(), fractions, seed, classes)
     return CourseData(table, split, classes, settings)

@@ -141,7 +141,7 @@ def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
         rows.append(Check("classes", found, MISSING, " ".join(report.errors) + f" Or: {fix}"))
     else:
         rows.append(Check("classes", found, OK))
-    loud = report.problems[~report.problems["quiet"].astype(bool)]
+    loud = report.loud
     checked = f"{'decoded' if verify_images else 'headers read'}"
     if len(loud):
         listing = _listing(list(zip(loud["file_path"], loud["reason"])))

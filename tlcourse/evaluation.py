@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .models import eval_mode
+
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
@@ -19,15 +21,11 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device | None = No
     without shuffling to line rows up with the dataset.
     """
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     labels, probs = [], []
-    try:
+    with eval_mode(model):
         for batch in loader:  # (x, y) or (x, y, index)
             probs.append(torch.softmax(model(batch[0].to(device)), dim=1).cpu())
             labels.append(torch.as_tensor(batch[1]))
-    finally:
-        model.train(was_training)
     prob = torch.cat(probs).numpy()
     frame = pd.DataFrame(prob, columns=[f"prob_{k}" for k in range(prob.shape[1])])
     frame.insert(0, "pred", prob.argmax(1))

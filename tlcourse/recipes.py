@@ -23,7 +23,7 @@ def train_frozen(
     seed: int = 0,
     *,
     cache: bool = True,
-    cache_dir: str | Path | None | bool = None,
+    cache_dir: str | Path | None = None,
     augment: bool = False,
     verbose: bool = True,
 ) -> History:
@@ -32,15 +32,12 @@ def train_frozen(
     The course's fast recipe (``cache=True``, the default): a frozen backbone
     gives a photo the same feature vector every epoch, so each photo's
     features are computed **once** (fast forward, see
-    :mod:`tlcourse.features`), kept in memory and on disk (``cache_dir``:
-    ``None`` = ``<TLCOURSE_OUTPUT>/feature-cache``, a folder, or ``False`` for
-    memory only), and the head is trained on them with the same
+    :mod:`tlcourse.features`), kept in memory and, given a ``cache_dir`` (lessons
+    pass ``get_config().feature_cache``), on disk, and the head is trained on them with the same
     :func:`~tlcourse.training.fit`, so callbacks and dashboards work as usual.
     Their batches are ``(features, y, index)``: ``state.x`` holds feature
     vectors, and ``state.index`` the rows of ``data.part("train")``, i.e. which
-    photos they are. Validation runs on cached features too. On a 2-core CPU
-    this takes all 1,434 course photos to a trained head in well under a
-    minute, where recomputing the backbone takes ~1 minute per epoch.
+    photos they are. Validation runs on cached features too.
 
     Cached features come from the deterministic evaluation transform: **no
     augmentation** is applied to them (a random crop or flip would change the
@@ -68,9 +65,7 @@ def train_frozen(
     # Computing features draws no random numbers, so the head's dropout and the shuffling
     # see the same random streams as in the uncached loop.
     sets = compute_features(model, data, ("train", "val"), cache_dir=cache_dir, verbose=verbose)
-    # One torch thread for the head: its matrices are tiny (32 x n_features), so a second thread has
-    # nothing to share but its waiting. Measured on the 2-core machine while busy, 10 epochs on
-    # 1,147 cached vectors: 2 threads 46-48 s, 1 thread 4-7 s.
+    # One torch thread for the head: its matrices are tiny, so a second thread only adds waiting.
     with using_threads(1):
         history = fit(model.head, sets["train"].loader(batch_size, shuffle=True, seed=seed), optimizer, epochs,
                       val_loader=sets["val"].loader(batch_size), callbacks=callbacks)

@@ -31,15 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or infinite.
-
-    The message names the likely cause and the fix; ``history`` holds the
-    :class:`History` up to the last finished step, so nothing measured is lost.
-    """
-
-    history: "History | None" = None
+from .errors import DataError, DeviceError, NonFiniteLossError
+from .models import eval_mode
 
 
 # --------------------------------------------------------------------------- helpers
@@ -91,7 +84,7 @@ def choose_device(preference: str = "auto") -> torch.device:
             "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
         }
         if not available.get(device.type, True):
-            raise RuntimeError(
+            raise DeviceError(
                 f"{device.type.upper()} was asked for (TLCOURSE_DEVICE={preference}) but is not available "
                 "on this machine. Set TLCOURSE_DEVICE=auto (or cpu) to use what is there."
             )
@@ -183,20 +176,16 @@ class _Callbacks:
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict[str, float]:
     """Mean cross-entropy loss and accuracy over a whole loader, in eval mode without gradients."""
     device = device or _device_of(model)
-    was_training = model.training
-    model.eval()
     loss_sum, correct, n = 0.0, 0, 0
-    try:
+    with eval_mode(model):
         for batch in loader:
             x, y = batch[0].to(device), batch[1].to(device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
-    finally:
-        model.train(was_training)
     if n == 0:
-        raise ValueError("evaluate() got an empty loader")
+        raise DataError("evaluate() got an empty loader: the part of the data it was given has no photos")
     return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
 
 

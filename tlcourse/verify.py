@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import LABEL_COLUMNS, inspect_folder, stratified_split
+from .data import LABEL_COLUMNS, SkippedFile, inspect_folder, stratified_split, worth_warning
 
 #: Fewer images than this in a class gets a warning (training still runs).
 RECOMMENDED_PER_CLASS = 20
@@ -61,11 +61,17 @@ class FolderReport:
     check: str
     seconds: float
     exceptions: list[Exception] = field(default_factory=list, repr=False)
+    skipped: list[SkippedFile] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
         """True when nothing stops training (skipped files and warnings are allowed)."""
         return not self.errors
+
+    @property
+    def loud(self) -> pd.DataFrame:
+        """The :attr:`problems` worth fixing: skipped files that look meant as photos."""
+        return _frame(worth_warning(self.skipped))
 
     @property
     def table(self) -> pd.DataFrame:
@@ -76,7 +82,7 @@ class FolderReport:
         """One row per class plus a ``total`` row: usable ``images``, ``skipped`` files (hidden and
         system files not counted), ``in_subfolders`` (usable images in nested folders) and the
         skip ``reasons`` counted by kind."""
-        loud = self.problems[~self.problems["quiet"].astype(bool)]
+        loud = self.loud
         rows = []
         for name in self.classes:
             mine = self.images[self.images["class_name"] == name]
@@ -103,7 +109,7 @@ class FolderReport:
                  f"{len(self.images):,} usable image(s), in {self.seconds:.1f} s."]
         if self.classes:
             lines += ["", self.summary().to_string()]
-        loud = self.problems[~self.problems["quiet"].astype(bool)]
+        loud = self.loud
         if len(loud):
             lines += ["", f"Skipped files ({len(loud)}):"]
             lines += [f"  {_relative(p, self.root)}: {r}" for p, r in zip(loud["file_path"], loud["reason"])]
@@ -123,6 +129,11 @@ class FolderReport:
         return str(self)
 
 
+def _frame(skipped: list[SkippedFile]) -> pd.DataFrame:
+    return pd.DataFrame([{"file_path": str(s.path), "class_name": s.class_name, "kind": s.kind, "reason": s.reason,
+                          "quiet": s.quiet} for s in skipped], columns=PROBLEM_COLUMNS)
+
+
 def _count_kinds(problems: pd.DataFrame) -> str:
     counts = problems["kind"].value_counts(sort=True)
     return ", ".join(f"{n} {kind}" for kind, n in counts.items())
@@ -139,23 +150,19 @@ def _relative(path: str | Path, root: Path) -> str:
 
 
 def verify_folder(
-    root: str | Path | None = None,
+    root: str | Path,
     check: str = "decode",
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> FolderReport:
     """Check a folder of class subfolders before training, without changing anything in it.
 
-    ``root`` defaults to the course's data folder (``TLCOURSE_DATA``). Every image is
+    ``root``: the folder (lessons pass ``get_config().data_dir``). Every image is
     decoded as training will decode it (``check="decode"``; ``"header"`` is 6-15x quicker
     but misses corrupt and truncated files). Never raises for the folder's content:
     a missing folder, a single class, a class without usable images, or a class too
     small for the train/val/test ``fractions`` are listed in :attr:`FolderReport.errors`
     with their fixes. ``print(report)`` shows the summary table and every skipped file.
     """
-    if root is None:
-        from .config import get_config  # only here: the helper works without any settings
-
-        root = get_config().data_dir
     started = time.perf_counter()
     scan = inspect_folder(root, check)
     exceptions = list(scan.errors)
@@ -175,19 +182,15 @@ def verify_folder(
         warnings.append(
             f"Classes are unbalanced ({', '.join(f'{k} {v}' for k, v in counts.sort_index().items())}): "
             "accuracy then mostly reflects the big class; add images to the small one(s).")
-    problems = pd.DataFrame(
-        [{"file_path": str(s.path), "class_name": s.class_name, "kind": s.kind, "reason": s.reason,
-          "quiet": s.quiet} for s in sorted(scan.skipped, key=lambda s: s.path)],
-        columns=PROBLEM_COLUMNS,
-    )
     return FolderReport(
         root=Path(root),
         classes=scan.classes,
         images=scan.table.reset_index(drop=True),
-        problems=problems,
+        problems=_frame(sorted(scan.skipped, key=lambda s: s.path)),
         errors=[str(e) for e in exceptions],
         warnings=warnings,
         check=check,
         seconds=time.perf_counter() - started,
         exceptions=exceptions,
+        skipped=list(scan.skipped),
     )
