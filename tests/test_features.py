@@ -284,8 +284,10 @@ def test_a_damaged_cache_file_is_rebuilt(small_model, photo_folder, tmp_path):
 
 
 def test_default_cache_dir_is_under_the_output_folder(small_model, photo_folder, output_dir):
+    from tlcourse.config import get_config
+
     paths, labels = files_of(photo_folder)
-    result = features_for_files(small_model, paths, labels, None, SETTINGS)
+    result = features_for_files(small_model, paths, labels, get_config().feature_cache, SETTINGS)
     assert result.cache_file.parent == output_dir / "feature-cache"
     assert result.cache_file.is_file()
 
@@ -300,7 +302,7 @@ def test_memory_only_writes_nothing(small_model, photo_folder, output_dir, tmp_p
 def test_photo_folder_is_never_written(small_model, photo_folder, output_dir):
     paths, labels = files_of(photo_folder)
     before = {p: Path(p).read_bytes() for p in paths}
-    features_for_files(small_model, paths, labels, None, SETTINGS)
+    features_for_files(small_model, paths, labels, output_dir / "feature-cache", SETTINGS)
     assert sorted(str(p) for p in photo_folder.rglob("*") if p.is_file()) == sorted(before)
     assert all(Path(p).read_bytes() == b for p, b in before.items())
 

@@ -319,9 +319,8 @@ def assert_clear_weights_message(message: str, torch_home: Path) -> None:
 
 def test_missing_weights_offline_fail_at_once_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("TLCOURSE_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailableError) as info:
-        build_model(2, "mobilenet_v2", weights="DEFAULT")
+    with pytest.raises(WeightsUnavailableError) as info:  # the caller passes get_config().offline
+        build_model(2, "mobilenet_v2", weights="DEFAULT", offline=True)
     assert_clear_weights_message(str(info.value), tmp_path)
     assert "TLCOURSE_OFFLINE" in str(info.value)
     assert not list(tmp_path.rglob("*.pth*"))

@@ -190,6 +190,7 @@ def download_data(dest: str | Path = "data", manifest: pd.DataFrame | str | Path
                 if failure.kind == "permanent" or attempt == retries or abort.wait(backoff * 2**attempt):
                     raise failure from None
         if not abort.is_set():  # after Ctrl-C the run stops: no new files appear
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, dest / name)
 
     def record(name: str, error: BaseException | None) -> None:
