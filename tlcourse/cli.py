@@ -267,32 +267,40 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all commands (also used to test every ``--help``)."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="tlcourse",
+        prog="tlcourse", formatter_class=formatter,
         description="Transfer-learning course: set up a machine (data, weights, checks) and run the "
                     "reference solution from a terminal.",
         epilog="Typical setup: tlcourse download-data && tlcourse prefetch-weights && tlcourse doctor\n"
                "Run `tlcourse COMMAND --help` for a command's options.",
-        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"tlcourse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser(
-        "download-data", formatter_class=formatter,
-        help="download the example photos (dog/hotdog), verified by sha256",
-        description="Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and "
-                    "DEST/hotdog. Each photo is fetched from where it is published (a GitHub repository "
-                    "pinned to a commit) or from a classroom mirror, and checked against the sha256 in "
-                    "the manifest shipped with tlcourse. Downloads run in parallel; transient failures are "
-                    "retried; an interrupted run resumes without fetching verified files again; a file "
-                    "with the wrong hash is rejected and never left under its final name.",
-        epilog="Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>\n"
-               "(a finished data/ folder). Serve it on the local network with\n"
-               "    cd data && python -m http.server 8000\n"
-               "and on each machine run\n"
-               "    tlcourse download-data --mirror http://TEACHER-IP:8000\n"
-               "or copy from a USB stick: tlcourse download-data --mirror /media/usb/data",
-    )
+    def command(name: str, func, summary: str, description: str, epilog: str | None = None,
+                options: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=formatter)
+        p.set_defaults(func=func)
+        if "quiet" in options:
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if "json" in options:
+            p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if "device" in options:
+            p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
+        return p
+
+    p = command(
+        "download-data", cmd_download_data, "download the example photos (dog/hotdog), verified by sha256",
+        "Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and DEST/hotdog. Each "
+        "photo is fetched from where it is published (a GitHub repository pinned to a commit) or from a classroom "
+        "mirror, and checked against the sha256 in the manifest shipped with tlcourse. Downloads run in parallel; "
+        "transient failures are retried; an interrupted run resumes without fetching verified files again; a file "
+        "with the wrong hash is rejected and never left under its final name.",
+        "Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>\n"
+        "(a finished data/ folder). Serve it on the local network with\n"
+        "    cd data && python -m http.server 8000\n"
+        "and on each machine run\n"
+        "    tlcourse download-data --mirror http://TEACHER-IP:8000\n"
+        "or copy from a USB stick: tlcourse download-data --mirror /media/usb/data", options=["quiet"])
     p.add_argument("--dest", default="data", help="folder to fill (default: data)")
     p.add_argument("--mirror", metavar="URL_OR_DIR",
                    help="take the files from an http(s) address or a local folder laid out as <mirror>/<class>/<file>")
@@ -302,92 +310,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=3, help="retries per file for transient failures (default: 3)")
     p.add_argument("--timeout", type=float, default=15.0,
                    help="seconds to wait for a connection or for data before giving up on a try (default: 15)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_download_data)
 
-    p = sub.add_parser(
-        "prefetch-weights", formatter_class=formatter,
-        help="put pretrained weights into the torch cache (TORCH_HOME) for offline use",
-        description="Download the ImageNet weights of each BACKBONE into the torch cache "
-                    "($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints), checked with "
-                    "torchvision's hash, so the lessons then work offline. With --from DIR, install them from "
-                    "a folder instead (a USB stick, or another machine's TORCH_HOME). Every file is verified "
-                    "by loading it into the model.",
-        epilog="Examples:\n"
-               "    tlcourse prefetch-weights                      # the configured backbone (TLCOURSE_BACKBONE)\n"
-               "    tlcourse prefetch-weights mobilenet_v2 resnet18 vgg11\n"
-               "    tlcourse prefetch-weights --from /media/usb/weights",
-    )
+    p = command(
+        "prefetch-weights", cmd_prefetch_weights, "put pretrained weights into the torch cache (TORCH_HOME) for offline use",
+        "Download the ImageNet weights of each BACKBONE into the torch cache ($TORCH_HOME/hub/checkpoints, default "
+        "~/.cache/torch/hub/checkpoints), checked with torchvision's hash, so the lessons then work offline. With "
+        "--from DIR, install them from a folder instead (a USB stick, or another machine's TORCH_HOME). Every file "
+        "is verified by loading it into the model.",
+        "Examples:\n"
+        "    tlcourse prefetch-weights                      # the configured backbone (TLCOURSE_BACKBONE)\n"
+        "    tlcourse prefetch-weights mobilenet_v2 resnet18 vgg11\n"
+        "    tlcourse prefetch-weights --from /media/usb/weights", options=["quiet"])
     p.add_argument("backbones", nargs="*", metavar="BACKBONE",
                    help="torchvision model names (default: TLCOURSE_BACKBONE, mobilenet_v2)")
     p.add_argument("--from", dest="source", metavar="DIR",
                    help="install from this folder (file names as torchvision's, e.g. mobilenet_v2-7ebf99e0.pth)")
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds (default: 30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prefetch_weights)
 
-    p = sub.add_parser(
-        "doctor", formatter_class=formatter,
-        help="check that this machine is ready for the lessons",
-        description="Print one table: Python, torch, torchvision, JupyterLab and ipywidgets versions, the "
-                    "widget front end, the device (CUDA, MPS or CPU), the data folder (classes, counts, "
-                    "unreadable files) and which backbones have cached weights. Exits with status 1 when "
-                    "something a lesson needs is missing, and prints the fix for each problem.",
-    )
+    p = command(
+        "doctor", cmd_doctor, "check that this machine is ready for the lessons",
+        "Print one table: Python, torch, torchvision, JupyterLab and ipywidgets versions, the widget front end, the "
+        "device (CUDA, MPS or CPU), the data folder (classes, counts, unreadable files) and which backbones have "
+        "cached weights. Exits with status 1 when something a lesson needs is missing, and prints the fix for each "
+        "problem.")
     p.add_argument("--data", metavar="DIR", help="photo folder to check (default: TLCOURSE_DATA, data)")
     p.add_argument("--quick", action="store_true", help="do not open every image to look for unreadable files")
-    p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser(
-        "train", formatter_class=formatter,
-        help="train the reference solution and save a checkpoint",
-        description="Train the course's reference solution on DATA_DIR (one subfolder per class): a "
-                    "pretrained backbone with a new head, by weight freezing (only the head learns) or "
-                    "discriminative learning rates (the head is trained on the frozen backbone first, then everything "
-                    "learns, the backbone 10x more slowly). "
-                    "Splits the photos 80/10/10 from the seed, prints progress, the final validation and "
-                    "test accuracy, and writes a checkpoint for `tlcourse evaluate` and `tlcourse predict`.",
-    )
+    p = command(
+        "train", cmd_train, "train the reference solution and save a checkpoint",
+        "Train the course's reference solution on DATA_DIR (one subfolder per class): a pretrained backbone with a "
+        "new head, by weight freezing (only the head learns) or discriminative learning rates (the head is trained "
+        "on the frozen backbone first, then everything learns, the backbone 10x more slowly). Every photo is "
+        "decoded first; unreadable ones are skipped and named. Splits the photos 80/10/10 from the seed, prints "
+        "progress, the final validation and test accuracy, and writes a checkpoint for `tlcourse evaluate` and "
+        "`tlcourse predict`.", options=["device"])
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
     p.add_argument("--backbone", help="torchvision backbone (default: TLCOURSE_BACKBONE, mobilenet_v2)")
     p.add_argument("--method", choices=["freeze", "discriminative"], default="freeze",
                    help="fine-tuning method (default: freeze)")
     p.add_argument("--epochs", type=int, help="epochs (default: 5 for freeze; 2 for discriminative, after 5 head-only epochs)")
-    p.add_argument("--out", metavar="FILE",
-                   help="checkpoint to write (default: TLCOURSE_OUTPUT/<backbone>-<method>.pt)")
-    p.add_argument("--lr", type=float, help="learning rate of the head (default: 1e-3 for freeze, 1e-4 when fine-tuning; backbone 1e-5)")
+    p.add_argument("--out", metavar="FILE", help="checkpoint to write (default: TLCOURSE_OUTPUT/<backbone>-<method>.pt)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate of the head (default: 1e-3 for freeze, 1e-4 when fine-tuning; backbone 1e-5)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--per-class", type=int, metavar="N", help="use at most N photos per class (quick runs)")
     p.add_argument("--seed", type=int, help="seed for the split and training (default: TLCOURSE_SEED, 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "evaluate", formatter_class=formatter,
-        help="accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
-        description="Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's "
-                    "subfolders must be named like the checkpoint's classes (a folder with only some of "
-                    "them is fine). Prints accuracy, per-class accuracy and the confusion matrix.",
-    )
+    p = command(
+        "evaluate", cmd_evaluate, "accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
+        "Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's subfolders must be "
+        "named like the checkpoint's classes (a folder with only some of them is fine). Prints accuracy, per-class "
+        "accuracy and the confusion matrix (--json: one JSON object with accuracy, n, per_class, confusion_matrix, "
+        "...).", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (accuracy, n, per_class, confusion_matrix, ...) instead of text")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
-        "predict", formatter_class=formatter,
-        help="class and probability for each image",
-        description="Print the predicted class and its probability for each IMAGE, one line each: "
-                    "IMAGE<TAB>CLASS<TAB>PROBABILITY.",
-    )
+    p = command(
+        "predict", cmd_predict, "class and probability for each image",
+        "Print the predicted class and its probability for each IMAGE, one line each: IMAGE<TAB>CLASS<TAB>PROBABILITY "
+        "(--json: a JSON list with every class's probability).", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to classify")
-    p.add_argument("--json", action="store_true", help="print a JSON list with every class's probability")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
-    p.set_defaults(func=cmd_predict)
     return parser
 
 

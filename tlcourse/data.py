@@ -224,12 +224,10 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
     * ``"none"``: only that the file is not empty (no decoding; ``info`` values are ``None``);
     * ``"header"``: the image header (format, size): catches empty files, files that are
       not images, images smaller than :data:`MIN_IMAGE_SIDE` and images over Pillow's
-      decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``). About 0.2-0.6 ms a photo
-      (0.3-0.9 s for the 1,434 example photos on a 2-core machine).
+      decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``);
     * ``"decode"``: also decodes the pixels and converts them the way :func:`load_image`
       does (JPEGs at 1/8 scale, which still reads every byte): catches corrupt and
-      truncated files too. About 2.5-4 ms a photo (4-6 s for the example photos),
-      roughly 60% of what full :func:`load_image` calls cost.
+      truncated files too, at a fraction of a full load's cost.
 
     Images over the decompression-bomb limit are skipped, not loaded: Pillow only warns
     between the limit and twice the limit, but such a file costs hundreds of MB per load

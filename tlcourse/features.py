@@ -2,7 +2,7 @@
 
 With a frozen backbone, the backbone's output for a photo never changes while
 the head learns, so it only needs computing **once**. The tutorial-style loop
-recomputes it every epoch: on a laptop CPU that is ~99% of the training time.
+recomputes it every epoch, which is nearly all of the training time on a CPU.
 This module computes each photo's feature vector once, keeps it in memory and
 on disk, and hands the head a loader of cached vectors.
 

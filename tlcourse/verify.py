@@ -157,7 +157,7 @@ def verify_folder(
     """Check a folder of class subfolders before training, without changing anything in it.
 
     ``root``: the folder (lessons pass ``get_config().data_dir``). Every image is
-    decoded as training will decode it (``check="decode"``; ``"header"`` is 6-15x quicker
+    decoded as training will decode it (``check="decode"``; ``"header"`` is quicker
     but misses corrupt and truncated files). Never raises for the folder's content:
     a missing folder, a single class, a class without usable images, or a class too
     small for the train/val/test ``fractions`` are listed in :attr:`FolderReport.errors`
