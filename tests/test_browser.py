@@ -206,7 +206,7 @@ def _text(page, selector: str) -> str:
 
 def _epoch_shown(page) -> int:
     """The epochs bar's count (tqdm's "3/40 [...]")."""
-    match = re.search(rf"(\d+)/{EPOCHS} \[", _text(page, ".tlcourse-dashboard"))
+    match = re.search(rf"(\d+)/{EPOCHS}\s\[", _text(page, ".tlcourse-dashboard"))  # tqdm's spaces are U+2007
     return int(match.group(1)) if match else 0
 
 
@@ -256,7 +256,7 @@ def test_dashboard_in_jupyterlab(lab):
             # Let it train into the third epoch, so both curves have points.
             started = time.monotonic()
             last_report = started
-            speed = re.compile(r"\d+/\d+ \[\d+:\d+<\d+:\d+")  # tqdm: done/total [elapsed<left, rate]
+            speed = re.compile(r"\d+/\d+\s\[\d+:\d+<\d+:\d+")  # tqdm: done/total [elapsed<left, rate]
             while _epoch_shown(page) < 2:
                 if time.monotonic() - started > 600:
                     fail("Training did not get into epoch 3 within 10 minutes.")
@@ -264,7 +264,8 @@ def test_dashboard_in_jupyterlab(lab):
                     fail(f"Training finished all {EPOCHS} epochs before the test could press Interrupt.")
                 if time.monotonic() - last_report > 20:  # progress in the log, for slow machines
                     last_report = time.monotonic()
-                    print(f"[browser test] {last_report - started:.0f} s: epoch {_epoch_shown(page)}", flush=True)
+                    print(f"[browser test] {last_report - started:.0f} s: {_text(page, '.tlcourse-dashboard')[:300]}",
+                          flush=True)
                 page.wait_for_timeout(500)
             page.wait_for_timeout(1500)  # let the next redraw of curves and photo land
 

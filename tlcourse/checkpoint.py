@@ -1,10 +1,5 @@
-"""Checkpoints: save a trained model with everything needed to use it again, load it back.
-
-A checkpoint holds the weights plus the backbone name, class names, head
-shape, transform settings and training history, so :func:`load_checkpoint`
-rebuilds the model without the pretrained weights file and gives identical
-predictions. Writes are atomic: the file is written beside the target and
-renamed over it, so an interruption never leaves half a file as the only copy.
+"""Checkpoints: a trained model with everything needed to use it again (weights, the model's
+constructor arguments, class names, history), written atomically.
 """
 
 from __future__ import annotations
@@ -31,13 +26,8 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
-    """Save ``model`` and what is needed to use it to ``path`` (atomically).
-
-    Stored: the weights, the model's constructor arguments (backbone, weights name, head
-    shape, transform settings), class names, the training ``history``, ``extra`` (plain
-    Python values) and, when given, the ``optimizer``'s state, so training can resume
-    exactly where it stopped. An interruption or a full disk leaves the previous
-    checkpoint intact and no temporary file behind.
+    """Save ``model``, its arguments, ``class_names``, ``history``, ``extra`` (plain values) and the
+    ``optimizer``'s state to ``path``. An interruption leaves the previous file intact.
     """
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # a typo must not overwrite a learner's photo
@@ -52,7 +42,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "history": history.to_dict() if history is not None else None,
         "extra": extra or {},
-        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,  # read back onto the CPU
     }
     with atomic_write(path) as handle:
         torch.save(payload, handle)
@@ -75,16 +65,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
-    """Rebuild the model saved at ``path``. Returns ``(model, info)``.
+    """Rebuild the model saved at ``path`` (in eval mode). Returns ``(model, info)``.
 
-    ``info`` has ``class_names``, ``history`` (a :class:`History` or ``None``),
-    ``transform`` (:class:`TransformSettings`), ``backbone``, ``extra`` and ``optimizer``
-    (the optimizer's state dict, or ``None``). The model is in eval mode.
-
-    To resume training, build the same optimizer over the loaded model, call
-    ``optimizer.load_state_dict(info["optimizer"])`` and pass
-    ``history=info["history"]`` to :func:`tlcourse.training.fit`, which continues
-    the epoch numbering.
+    ``info``: ``class_names``, ``history``, ``transform``, ``backbone``, ``extra`` and ``optimizer``.
+    To resume, load ``info["optimizer"]`` into the same optimizer and pass ``history=info["history"]`` to fit.
     """
     payload = read_checkpoint(path)
     model = rebuild(payload["model"])  # the checkpoint carries every weight; no download needed
@@ -100,11 +84,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
 def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | str | Path,
                       source: str | Path | None = None,
                       class_names: Sequence[str] | None = None) -> TransferClassifier:
-    """Put a checkpoint's weights into an existing model, checking that it is the same setup.
-
-    Raises :class:`CheckpointError`, naming both setups and the fix, when the
-    backbone, the number of classes, the class names (when ``class_names`` is
-    given) or the head's layers differ.
+    """Put a checkpoint's weights into an existing model; :class:`CheckpointError` (naming both setups
+    and the fix) when the backbone, the classes or the head's layers differ.
     """
     if not isinstance(checkpoint, dict):
         source, checkpoint = checkpoint, read_checkpoint(checkpoint)
@@ -137,14 +118,3 @@ def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | st
             f"Details: {error}"
         ) from error
     return model
-
-
-def _to_cpu(value: Any) -> Any:
-    """A copy of a (nested) state dict with every tensor on the CPU, so any machine can load it."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value

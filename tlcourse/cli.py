@@ -1,16 +1,6 @@
-"""The ``tlcourse`` command: set up a machine for the course and run the reference solution from a terminal.
-
-Commands::
-
-    tlcourse download-data [--dest data] [--mirror URL_OR_DIR]
-    tlcourse prefetch-weights [BACKBONE ...] [--from DIR]
-    tlcourse doctor [--data DIR]
-    tlcourse train DATA_DIR [--backbone NAME] [--method freeze|discriminative] [--epochs N] [--out FILE]
-    tlcourse evaluate CHECKPOINT DATA_DIR [--json]
-    tlcourse predict CHECKPOINT IMAGE ...
-
-Also runs as ``python -m tlcourse``. Heavy imports (torch) happen inside the
-commands that need them, so ``--help`` and ``download-data`` start quickly.
+"""The ``tlcourse`` command (also ``python -m tlcourse``): set up a machine for the course and run the
+reference solution from a terminal. Heavy imports (torch) happen inside the commands that need them,
+so ``--help`` and ``download-data`` start quickly.
 """
 
 from __future__ import annotations
@@ -28,7 +18,13 @@ from . import __version__
 from .config import get_config
 from .errors import TLCourseError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130
+MIRROR_HELP = """Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>
+(a finished data/ folder). Serve it on the local network with
+    cd data && python -m http.server 8000
+and on each machine run
+    tlcourse download-data --mirror http://TEACHER-IP:8000
+or copy from a USB stick: tlcourse download-data --mirror /media/usb/data"""
 
 
 def _err(message: str) -> None:
@@ -58,9 +54,9 @@ def cmd_download_data(args: argparse.Namespace) -> int:
     try:
         report = download_data(args.dest, manifest=args.manifest, mirror=args.mirror, workers=args.workers,
                                retries=args.retries, timeout=args.timeout, progress=not args.quiet)
-    except TLCourseError:
-        raise
     except OSError as error:  # the destination cannot be created or written (permissions, full disk)
+        if isinstance(error, TLCourseError):
+            raise
         _err(f"cannot write the photos into {args.dest}: {error}")
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -160,10 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def _folder_table(data_dir: Path, class_names: Sequence[str]):
-    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices.
-
-    Unlike training, evaluation accepts a folder with only some of the classes
-    (e.g. only hotdogs). Files the course cannot read are skipped and listed.
+    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices; a folder with only
+    some of the classes is fine. Unreadable files are skipped and named.
     """
     from .data import find_classes, inspect_folder
     from .errors import DataError
@@ -202,13 +196,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     confusion = confusion_frame(frame["label"], frame["pred"], names)
     counts = table["class_name"].value_counts().to_dict()
     if args.json:
+        correct = int((frame["label"] == frame["pred"]).sum())
         print(json.dumps({
-            "checkpoint": str(args.checkpoint),
-            "data_dir": str(args.data_dir),
-            "n": int(len(frame)),
-            "correct": int((frame["label"] == frame["pred"]).sum()),
-            "accuracy": acc,
-            "class_names": list(names),
+            "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "n": int(len(frame)),
+            "correct": correct, "accuracy": acc, "class_names": list(names),
             "counts": {name: int(counts.get(name, 0)) for name in names},
             # null for a class with no photos in the folder (JSON has no NaN)
             "per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
@@ -232,6 +223,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_checkpoint
     from .data import eval_transform, load_image
+    from .errors import ImageLoadError
     from .models import predict_proba
 
     device = _device(args.device or get_config().device)
@@ -240,14 +232,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     transform = eval_transform(info["transform"])
     results, failures = [], 0
     for image in args.images:
-        if not Path(image).is_file():
-            _err(f"image not found: {image}. Give the path of a photo file (jpg, png, ...).")
-            failures += 1
-            continue
         try:
             x = transform(load_image(image)).unsqueeze(0)
-        except (OSError, ValueError) as error:  # not an image, truncated, unsupported format
-            _err(f"cannot read {image} as an image: {error}")
+        except ImageLoadError as error:  # missing, not an image, truncated: say so and go on with the others
+            _err(str(error))
             failures += 1
             continue
         probs = predict_proba(model, x)[0].cpu()
@@ -295,12 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mirror, and checked against the sha256 in the manifest shipped with tlcourse. Downloads run in parallel; "
         "transient failures are retried; an interrupted run resumes without fetching verified files again; a file "
         "with the wrong hash is rejected and never left under its final name.",
-        "Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>\n"
-        "(a finished data/ folder). Serve it on the local network with\n"
-        "    cd data && python -m http.server 8000\n"
-        "and on each machine run\n"
-        "    tlcourse download-data --mirror http://TEACHER-IP:8000\n"
-        "or copy from a USB stick: tlcourse download-data --mirror /media/usb/data", options=["quiet"])
+        MIRROR_HELP, options=["quiet"])
     p.add_argument("--dest", default="data", help="folder to fill (default: data)")
     p.add_argument("--mirror", metavar="URL_OR_DIR",
                    help="take the files from an http(s) address or a local folder laid out as <mirror>/<class>/<file>")

@@ -1,15 +1,9 @@
 """Watching training: text progress, or a live dashboard in JupyterLab.
 
-Pass a :class:`TrainingDashboard` as a training callback::
-
-    dash = TrainingDashboard(data.classes, model.transform_settings, dataset=data.dataset("train"),
-                             mode=get_config().dashboard)
-    history = train_frozen(model, data, epochs=5, callbacks=[dash])
-
-In JupyterLab it shows progress bars (tqdm's) for the epochs and the batches, curves of loss and
-accuracy (matplotlib), the first photo of the current batch with its true and predicted label, how
-to stop early, and a summary at the end. Elsewhere (a terminal, nbval, CI) :class:`TextProgress`
-prints a line per epoch, a tqdm bar on a terminal, and the summary.
+``TrainingDashboard(data.classes, model.transform_settings, dataset=data.dataset("train"),
+mode=get_config().dashboard)`` as a training callback shows, in JupyterLab, tqdm's progress bars,
+matplotlib's loss and accuracy curves, the batch's first photo with its true and predicted label,
+how to stop early and a summary; elsewhere (a terminal, nbval, CI) a line per epoch and the summary.
 """
 
 from __future__ import annotations
@@ -93,10 +87,7 @@ def summary_line(state: TrainState, first_epoch: int, seconds: float) -> str:
 
 
 class TextProgress(Callback):
-    """Training as text: a header, a tqdm bar of the batches (terminals only), a line per epoch, a summary.
-
-    ``stop()`` asks training to end after the current batch.
-    """
+    """Training as text: a header, a tqdm bar of the batches (terminals only), a line per epoch, a summary."""
 
     def __init__(self, title: str = "", file: Any = None) -> None:
         self.title, self.file = title, file
@@ -138,12 +129,9 @@ class TextProgress(Callback):
 class TrainingDashboard(Callback):
     """A training callback that shows training live (``mode="widgets"``) or as text.
 
-    ``class_names``: in label order, for the sample's labels. ``settings``: the model's
-    ``transform_settings``, to undo the normalisation of the sample photo. ``dataset``: when
-    training on cached feature vectors, the dataset whose rows the loader's ``index`` refers
-    to (the sample photo is read from it). ``mode``: ``"widgets"``, ``"text"`` or ``"auto"``.
-    ``dash.stop()`` asks training to end after the current batch; :meth:`curve_data` returns
-    the plotted numbers and :attr:`summary` the final summary line.
+    ``settings`` (the model's ``transform_settings``) undo the sample photo's normalisation;
+    ``dataset``: when training on cached features, where the rows ``state.index`` names are read from.
+    ``stop()`` ends training after the current batch; :meth:`curve_data` gives the plotted numbers.
     """
 
     #: Fraction of the training time that drawing the curves and the photo may take.
@@ -235,10 +223,10 @@ class TrainingDashboard(Callback):
         from tqdm.notebook import tqdm
 
         def bar(name: str, total: int) -> Any:  # display=False: the bar goes into the panel
-            return tqdm(total=total, desc=name, display=False, mininterval=self.bar_interval, unit="")
+            return tqdm(total=total, desc=name + "s", display=False, mininterval=self.bar_interval, unit=name.lower())
 
-        self._epochs_bar = bar("Epochs", state.epochs - self._first)
-        self._batches_bar = bar("Batches", (state.epochs - self._first) * state.batches or None)
+        self._epochs_bar = bar("Epoch", state.epochs - self._first)
+        self._batches_bar = bar("Batch", (state.epochs - self._first) * state.batches or None)
         self._header = w.HTML()
         self._curves = w.Image(format="png", layout=w.Layout(width="640px"))
         self._photo = w.Image(format="jpeg", layout=w.Layout(width="176px", height="176px", object_fit="contain"))
@@ -270,15 +258,18 @@ class TrainingDashboard(Callback):
             self._draw(state)
 
     def _draw(self, state: TrainState) -> None:
-        started = time.perf_counter()
+        started, first = time.perf_counter(), self.figure is None
         self._curves.value = self._render_curves()
         sample = self._render_sample(state)
         if sample is not None:
             self._photo.value, self._caption.value = sample
         self._last_draw = time.perf_counter()
         took = self._last_draw - started
-        self._draw_cost = took if not self.draws else 0.7 * self._draw_cost + 0.3 * took
-        self.draws, self.draw_seconds = self.draws + 1, self.draw_seconds + took
+        self.draws += 1
+        if first:  # building the figure (and, once per kernel, loading fonts) is not a drawing's cost
+            return
+        self._draw_cost = took if self.draws == 2 else 0.7 * self._draw_cost + 0.3 * took
+        self.draw_seconds += took
 
     def _render_curves(self) -> bytes:
         """Loss and accuracy plots side by side, as PNG bytes (matplotlib, no pyplot: no global state)."""

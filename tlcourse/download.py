@@ -1,17 +1,10 @@
-"""Getting the course's material onto a machine: the example photos and the pretrained weights.
+"""Getting the example photos onto a machine, verified, from where they are published or a mirror.
 
-The example set is not stored in this package, only its *manifest*
-(``dogs_vs_hotdogs.tsv``): one row per photo with its class, file name, sha256 and
-where it is published (a public GitHub repository pinned to a commit).
-:func:`download_data` hands that registry to `pooch <https://www.fatiando.org/pooch>`_,
-which fetches each file, checks its sha256 and only then gives it its final name,
-and lays the folder out as the lessons expect (``data/<class>/<file>``). Files run
-in parallel in a thread pool; a file already present and verified is not fetched
-again. A classroom mirror is an HTTP address or a local folder laid out the same
-way (``<mirror>/<class>/<file>``, e.g. a finished ``data/`` folder).
-
-Pretrained weights: :func:`tlcourse.weights.prefetch_weights` puts torchvision's pretrained weights into the torch cache
-(``$TORCH_HOME/hub/checkpoints``): see :mod:`tlcourse.weights`.
+Only the set's manifest ships with the package (``dogs_vs_hotdogs.tsv``: class, file, sha256 and a
+GitHub repository pinned to a commit per photo). :func:`download_data` gives that registry to
+`pooch <https://www.fatiando.org/pooch>`_, which fetches each file, checks its sha256 and only then
+gives it its name, in a thread pool. A classroom mirror is an HTTP address or a local folder laid
+out as ``<mirror>/<class>/<file>``. Pretrained weights: :mod:`tlcourse.weights`.
 """
 
 from __future__ import annotations
@@ -149,12 +142,11 @@ def download_data(dest: str | Path = "data", manifest: pd.DataFrame | str | Path
                   backoff: float = 0.5, progress: bool = True) -> DownloadReport:
     """Download the example set (or any ``manifest``) into ``dest/<class>/<file>``, verified by sha256.
 
-    A file already in ``dest`` with the right sha256 is kept (resume); one with other content is
-    never overwritten but reported in ``conflicts``. Transient failures (timeouts, cut connections,
-    HTTP 5xx/429, a wrong hash) are retried ``retries`` times, waiting ``backoff`` seconds and
-    doubling; ``timeout`` bounds each connection and read. An unreachable server raises
-    :class:`DownloadError` after the first file's tries. ``mirror``: an ``http(s)://`` base URL or
-    a local folder laid out as ``<mirror>/<class>/<file>``. On Ctrl-C nothing half-written stays.
+    A file already there with the right sha256 is kept (resume); one with other content is never
+    overwritten but reported in ``conflicts``. Transient failures (timeouts, cut connections, HTTP
+    5xx/429, a wrong hash) are retried ``retries`` times, waiting ``backoff`` seconds and doubling;
+    ``timeout`` bounds each connection and read; an unreachable server raises :class:`DownloadError`
+    after the first file's tries. ``mirror``: an ``http(s)://`` base URL or a local folder.
     """
     started, dest = time.perf_counter(), Path(dest)
     table = check_manifest(manifest) if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)

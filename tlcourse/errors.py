@@ -1,9 +1,6 @@
-"""The package's expected errors. Each message names what is wrong and how to fix it.
-
-The ``tlcourse`` command prints a :class:`TLCourseError` as one line; any other
-exception is a bug and keeps its traceback. Each class also derives from the
-built-in type callers caught before (``ValueError``, ``OSError`` ...).
-"""
+"""The package's expected errors, each naming what is wrong and the fix. The ``tlcourse`` command
+prints them as one line; anything else is a bug and keeps its traceback. Each also derives from the
+built-in type callers caught before (``ValueError``, ``OSError`` ...)."""
 
 from pathlib import Path
 

@@ -14,11 +14,8 @@ from .models import eval_mode
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
-    """Run ``model`` over ``loader`` (eval mode, no gradients).
-
-    Returns one row per example: ``label`` (true), ``pred`` and ``prob_<k>``
-    for each class ``k`` (softmax of the logits), in loader order. Use a loader
-    without shuffling to line rows up with the dataset.
+    """Run ``model`` over ``loader`` (eval mode, no gradients): one row per example, in loader order,
+    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``.
     """
     device = device or next(model.parameters()).device
     labels, probs = [], []

@@ -1,48 +1,19 @@
 """Feature caching for the frozen method, and a fast backbone forward on the CPU.
 
-With a frozen backbone, the backbone's output for a photo never changes while
-the head learns, so it only needs computing **once**. The tutorial-style loop
-recomputes it every epoch, which is nearly all of the training time on a CPU.
-This module computes each photo's feature vector once, keeps it in memory and
-on disk, and hands the head a loader of cached vectors.
-
-What is cached, and what is not
--------------------------------
-Features are computed from the deterministic **evaluation transform**
-(:func:`tlcourse.data.eval_transform`: resize, centre crop, normalise). No
-augmentation is applied to cached features: a random crop or flip would give a
-different feature vector every epoch, which is exactly what a cache cannot
-store. For a frozen backbone this costs little (the head sees the same photos
-every epoch, as in the uncached frozen recipe, which also uses the evaluation
-transform); if you want augmentation with a frozen backbone, train uncached
-(``train_frozen(..., cache=False, augment=True)``) and pay the per-epoch
-backbone cost.
-
-Cache keys
-----------
-A cached vector is found by two things:
-
-* the **store key**: backbone name, weights name, a sha256 fingerprint of the
-  backbone's parameters and buffers (so a backbone changed by fine-tuning is
-  never confused with the pretrained one), the transform settings (resize,
-  crop, mean, std), and the Pillow/torchvision versions (they decode and
-  resize the pixels);
-* the photo's **content**: the sha256 of the file's bytes (not its name or
-  modification time, so an edited photo is recomputed and a copied or renamed
-  one is not).
-
-Each store key has one file on disk, ``<cache_dir>/<backbone>-<weights>-<key>.pt``
-(lessons pass ``get_config().feature_cache``), mapping content hashes to
-vectors; it is written atomically and merged with what another process may have
-added meanwhile.
-
-:class:`FastBackbone` and :func:`extract_features` make the one pass as quick as
-the CPU allows; ``benchmarks/run.py`` measures what each choice is worth.
+A frozen backbone gives a photo the same feature vector every epoch, so it is computed once,
+kept in memory and on disk, and the head gets a loader of cached vectors. Vectors come from the
+deterministic evaluation transform (a random crop or flip would change them every epoch, which a
+cache cannot hold). A vector is found by its store key (backbone, weights, a fingerprint of the
+backbone's tensors, transform settings, Pillow/torchvision versions) and the sha256 of the photo's
+bytes (an edited photo is recomputed, a renamed one is not). Each store key has one file,
+``<cache_dir>/<backbone>-<weights>-<key>.pt``, written atomically and merged with what another
+process added meanwhile.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -78,10 +49,8 @@ file_sha256 = sha256_file
 
 # --------------------------------------------------------------------------- keys
 def backbone_fingerprint(backbone: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and values of a module's parameters and buffers.
-
-    Two backbones with the same fingerprint compute the same features; a backbone
-    changed in any weight (for example by ``train_discriminative``) gets a new one.
+    """sha256 over the names, shapes, dtypes and values of a module's tensors: a backbone changed in
+    any weight (say by ``train_discriminative``) gets a new one.
     """
     digest = hashlib.sha256(type(backbone).__name__.encode())
     for name, tensor in backbone.state_dict().items():
@@ -115,10 +84,7 @@ class FeatureKey:
 
 
 def feature_key(model: nn.Module, settings: TransformSettings | None = None) -> FeatureKey:
-    """The :class:`FeatureKey` of a :class:`~tlcourse.models.TransferClassifier`'s backbone.
-
-    ``settings`` default to the model's own ``transform_settings`` (those of its weights).
-    """
+    """The :class:`FeatureKey` of a model's backbone (``settings``: default the model's own)."""
     return FeatureKey(
         backbone=model.backbone_name,
         weights=model.weights_name or "random",
@@ -131,20 +97,13 @@ def feature_key(model: nn.Module, settings: TransformSettings | None = None) -> 
 class FastBackbone:
     """A copy of a model's backbone prepared for fast inference; the model itself is not changed.
 
-    * ``torch.inference_mode``: no autograd bookkeeping;
-    * ``channels_last`` memory format: oneDNN's depthwise and 1x1 convolutions (most of
-      MobileNetV2) are faster in NHWC;
-    * BatchNorm folded into the preceding convolution (``torch.fx`` ``fuse``): one op
-      instead of two per layer, same maths (eval-mode BatchNorm is an affine map).
-
-    The outputs differ from ``model.features`` only by float rounding (the tests check it).
-    Fusing falls back to the unfused copy for a backbone ``torch.fx`` cannot trace.
+    ``torch.inference_mode`` (no autograd bookkeeping), ``channels_last`` (oneDNN's depthwise and 1x1
+    convolutions are faster in NHWC) and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``;
+    the same affine map). Outputs match ``model.features`` to float rounding (the tests check it).
     """
 
     def __init__(self, model: nn.Module, channels_last: bool = True, fuse: bool = True):
-        backbone = copy.deepcopy(model.backbone).eval()
-        for param in backbone.parameters():
-            param.requires_grad_(False)
+        backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
         self.fused = False
         if fuse:
             try:
@@ -180,13 +139,10 @@ def batches_of_inputs(
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode_threads: int = DEFAULT_DECODE_THREADS,
 ) -> Iterator[torch.Tensor]:
-    """Yield normalised input batches for ``paths``, in order, decoding ahead in background threads.
+    """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
 
-    Each batch is ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``
-    (the tests check it bit for bit). The whole per-photo transform runs in the decoding
-    thread, where it overlaps with the backbone (normalising a whole stacked batch at once
-    leaves the CPU cache). At most two batches are decoded ahead, so memory stays at a few
-    batches. With ``decode_threads=0`` everything runs in the calling thread.
+    Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
+    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
     """
     transform = eval_transform(settings)
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
@@ -231,10 +187,8 @@ def using_threads(n: int) -> Iterator[None]:
 
 
 def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
-    """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder stays free.
-
-    PyTorch's OpenMP threads wait for each other at every layer, so when one loses its core
-    to the decoder all of them stall; one thread per free core avoids that.
+    """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder
+    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all).
     """
     return max(1, torch.get_num_threads() - max(0, decode_threads))
 
@@ -248,12 +202,7 @@ def extract_features(
     fast: FastBackbone | None = None,
     torch_threads: int | None = None,
 ) -> torch.Tensor:
-    """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching.
-
-    Equals ``model.features(eval_transform(settings)(load_image(p)))`` for each
-    path up to float rounding. ``torch_threads`` (default
-    :func:`extraction_threads`) applies during the call only.
-    """
+    """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
     settings = settings or model.transform_settings
     fast = fast or FastBackbone(model)
     with using_threads(torch_threads or extraction_threads(decode_threads)):
@@ -306,11 +255,7 @@ def _write_store(path: Path, key: FeatureKey, store: dict[str, torch.Tensor]) ->
 
 @dataclass
 class FeatureSet:
-    """Cached backbone features of a list of photos, with their labels.
-
-    Row ``i`` belongs to row ``i`` of the table it was made from (for
-    :func:`compute_features`, ``data.part(part)``).
-    """
+    """Cached backbone features of a list of photos, with their labels, row for row."""
 
     features: torch.Tensor  # N x n_features, float32, CPU
     labels: torch.Tensor  # N, int64
@@ -330,13 +275,8 @@ class FeatureSet:
         return FeatureDataset(self.features, self.labels)
 
     def loader(self, batch_size: int = 32, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        """A DataLoader of ``(features, y, index)`` batches; ``index`` = row of the part's table.
-
-        Same samplers and seeded generator as :func:`~tlcourse.data.make_loader`
-        (which the image loaders use), so with the same ``seed`` it visits rows
-        in the same order as the uncached loader. But a batch is one indexing
-        of the feature matrix instead of ``batch_size`` single rows collated
-        one by one: measured ~3x less loader time per epoch.
+        """A DataLoader of ``(features, y, index)`` batches in the same order as the image loader with the
+        same ``seed`` (same samplers and generator), each batch one indexing of the feature matrix.
         """
         dataset = self.dataset()
         generator = torch.Generator().manual_seed(seed)
@@ -374,11 +314,8 @@ def features_for_files(
     decode_threads: int = DEFAULT_DECODE_THREADS,
     verbose: bool = False,
 ) -> FeatureSet:
-    """Features for photo files: from memory, else from disk, else computed once (and stored in both).
-
-    ``cache_dir``: a folder to keep them on disk (lessons pass ``get_config().feature_cache``);
-    ``None`` or ``False``: memory only. Rows of the result follow ``file_paths``; the
-    counts say where each row came from.
+    """Features for photo files: from memory, else from ``cache_dir`` (``None``: memory only), else
+    computed once and stored. Rows follow ``file_paths``; the counts say where each came from.
     """
     started = time.perf_counter()
     settings = settings or model.transform_settings
@@ -412,7 +349,7 @@ def features_for_files(
     features = torch.stack([memory[h] for h in hashes]) if hashes else torch.empty(0)
     result = FeatureSet(
         features=features,
-        labels=torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels, dtype=torch.long),
+        labels=torch.as_tensor(labels, dtype=torch.long),
         sha256=hashes,
         file_paths=[str(p) for p in file_paths],
         n_computed=sum(h in missing for h in hashes),
@@ -441,12 +378,8 @@ def compute_features(
     decode_threads: int = DEFAULT_DECODE_THREADS,
     verbose: bool = False,
 ) -> dict[str, FeatureSet]:
-    """Features of one or more parts of a :class:`~tlcourse.data.CourseData`, computed in one pass.
-
-    Returns ``{part: FeatureSet}``; each set's rows line up with
-    ``data.part(part)``. Photos already cached (memory or ``cache_dir``, see
-    :func:`features_for_files`) are not recomputed. Uses the evaluation
-    transform of ``data.settings``: no augmentation (see the module notes).
+    """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
+    rows in the order of ``data.part(part)``.
     """
     parts = [parts] if isinstance(parts, str) else list(parts)
     tables = {name: data.part(name) for name in parts}
@@ -455,19 +388,9 @@ def compute_features(
     everything = features_for_files(model, paths, labels, cache_dir, data.settings, batch_size,
                                     decode_threads, verbose)
     out, start = {}, 0
-    for name, table in tables.items():
-        stop = start + len(table)
-        out[name] = FeatureSet(
-            features=everything.features[start:stop],
-            labels=everything.labels[start:stop],
-            sha256=everything.sha256[start:stop],
-            file_paths=everything.file_paths[start:stop],
-            seconds=everything.seconds,
-            cache_file=everything.cache_file,
-        )
-        start = stop
-    # Counts describe the whole call; put them on every part so each reports where its data came from.
-    for fs in out.values():
-        fs.n_computed, fs.n_from_memory, fs.n_from_disk = (
-            everything.n_computed, everything.n_from_memory, everything.n_from_disk)
+    for name, table in tables.items():  # the counts describe the whole call, on every part
+        rows = slice(start, start + len(table))
+        out[name] = dataclasses.replace(everything, features=everything.features[rows], labels=everything.labels[rows],
+                                        sha256=everything.sha256[rows], file_paths=everything.file_paths[rows])
+        start = rows.stop
     return out

@@ -1,9 +1,7 @@
-"""Models: a pretrained torchvision backbone as a feature extractor with a new classification head.
+"""Models: a pretrained torchvision backbone as a feature extractor with a new head that outputs logits.
 
-The head outputs *logits* (raw scores). There is no Softmax inside the model:
-``F.cross_entropy`` applies log-softmax itself, and a Softmax before it (as in
-the original notebook) squashes the gradients and slows learning. Use
-:func:`predict_proba` when you want probabilities.
+No Softmax inside the model: ``F.cross_entropy`` applies log-softmax itself, and a Softmax before
+it (as in the original notebook) squashes the gradients. :func:`predict_proba` gives probabilities.
 """
 
 from __future__ import annotations
@@ -65,10 +63,8 @@ def weights_path(weights) -> Path:
 
 
 def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> dict[str, torch.Tensor]:
-    """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``.
-
-    Without internet a download would fail (or hang for minutes); this gives up after
-    ``timeout`` seconds and says which file is missing and where it was looked for.
+    """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``
+    (giving up after ``timeout`` seconds); the error names the file and where it was looked for.
     """
     path = weights_path(weights)
     if not path.is_file():
@@ -108,11 +104,9 @@ def feature_size(backbone: nn.Module, crop: int = 224) -> int:
 class TransferClassifier(nn.Module):
     """A pretrained backbone (feature extractor) followed by a new head that outputs logits.
 
-    Build one with :func:`build_model`. The model knows what it is: its constructor
-    arguments (:meth:`arguments`) name the backbone, its weights, the input transform
-    and the head's shape, and a checkpoint stores them to rebuild it. ``freeze()`` stops
-    the backbone from learning: no gradients, and its BatchNorm layers stay in eval mode
-    (so their running statistics do not change either), even in train mode.
+    The model knows what it is: its constructor arguments (:meth:`arguments`) name the backbone,
+    its weights, the input transform and the head's shape; a checkpoint stores them. ``freeze()``
+    stops the backbone from learning, BatchNorm statistics included, even in train mode.
     """
 
     def __init__(self, backbone: nn.Module, n_features: int, n_classes: int, hidden: int | None = None,
@@ -146,8 +140,7 @@ class TransferClassifier(nn.Module):
 
     def freeze(self) -> "TransferClassifier":
         """Freeze the backbone: no gradients, no weight updates, no BatchNorm statistics updates."""
-        for param in self.backbone.parameters():
-            param.requires_grad = False
+        self.backbone.requires_grad_(False)
         self.frozen = True
         self.backbone.eval()
         return self
@@ -155,15 +148,10 @@ class TransferClassifier(nn.Module):
     def unfreeze(self, update_batchnorm: bool = True) -> "TransferClassifier":
         """Let the backbone learn again: all its parameters get gradients.
 
-        ``update_batchnorm=False`` keeps the backbone's BatchNorm layers in eval
-        mode: their scale and shift still learn, but their running mean and
-        variance stay the pretrained ones. That is the usual choice when
-        fine-tuning on a small dataset with small batches: statistics from 32
-        photos are noisy, and in train mode every batch would be normalised with
-        them instead of with the statistics the later layers were trained on.
+        ``update_batchnorm=False`` keeps BatchNorm's running statistics the pretrained ones: those
+        of small batches of a small dataset are noisy, and the later layers were trained on the others.
         """
-        for param in self.backbone.parameters():
-            param.requires_grad = True
+        self.backbone.requires_grad_(True)
         self.frozen = False
         self.update_batchnorm = update_batchnorm
         return self.train(self.training)
@@ -191,10 +179,8 @@ def build_model(
 ) -> TransferClassifier:
     """Build a :class:`TransferClassifier` from a torchvision backbone name.
 
-    ``weights="DEFAULT"`` loads the best ImageNet weights torchvision has for that
-    backbone through the weights-enum API (from the torch cache, downloading them
-    unless ``offline``, see :func:`load_state_dict`); ``weights=None`` gives random
-    weights (quick to build, for tests). The feature size is measured, not hard-coded.
+    ``weights="DEFAULT"``: the best ImageNet weights torchvision has (from the torch cache, downloaded
+    unless ``offline``); ``None``: random weights (quick, for tests).
     """
     enum = weights_enum(backbone, weights)
     model = rebuild({"backbone_name": backbone, "weights_name": None if enum is None else str(enum),
@@ -218,11 +204,8 @@ def rebuild(arguments: dict[str, Any]) -> TransferClassifier:
 
 def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
                  weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """Optimizer parameter groups for discriminative learning rates.
-
-    The new head learns at ``head_lr``; the pretrained backbone at the smaller
-    ``backbone_lr`` so its features change only a little. Every trainable
-    parameter is in exactly one group; frozen parameters are left out.
+    """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
+    pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out.
     """
     groups = [
         {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},

@@ -1,19 +1,8 @@
-"""Check a photo folder before training: every file decoded once, a summary table, clear verdict.
+"""Check a photo folder before training: every file decoded once, a summary table, a clear verdict.
 
-A learner's own folder holds things a 10-minute training run should not discover
-halfway through: a truncated download, a ``.heic`` phone photo, an empty class.
-:func:`verify_folder` reads every file the way training will (Pillow decode,
-EXIF rotation, conversion to RGB) and reports, per class, how many images are
-usable and why the others are skipped, plus the folder-level problems that stop
-training (missing folder, one class, an empty class, too few images to split)::
-
-    from tlcourse.verify import verify_folder
-    report = verify_folder("data")
-    print(report)            # the table, the skipped files, the verdict
-    report.summary()         # pandas DataFrame, one row per class
-    report.problems          # pandas DataFrame, one row per skipped file
-
-Nothing is written anywhere: the folder is only read.
+``print(verify_folder("data"))`` shows, per class, how many images are usable and why the others
+are skipped, plus the problems that stop training (missing folder, one class, an empty class, too
+few images to split). The folder is only read.
 """
 
 from __future__ import annotations
@@ -39,17 +28,9 @@ PROBLEM_COLUMNS = ["file_path", "class_name", "kind", "reason", "quiet"]
 class FolderReport:
     """The result of :func:`verify_folder`.
 
-    Attributes:
-        root: the folder checked.
-        classes: class names (sorted; a label is a position in this list).
-        images: usable images, one row each: ``file_path, label, class_name, width, height,
-            mode, format``.
-        problems: skipped files, one row each: ``file_path, class_name, kind, reason, quiet``
-            (``quiet``: hidden or system files, skipped as a matter of course).
-        errors: problems that stop training, each naming the fix. Empty when :attr:`ok`.
-        warnings: things worth fixing that do not stop training (few images, imbalance).
-        check: how each file was read (``"decode"``: fully, see :func:`tlcourse.data.inspect_image`).
-        seconds: how long the check took.
+    ``images``: usable images (``file_path, label, class_name, width, height, mode, format``);
+    ``problems``: skipped files (``file_path, class_name, kind, reason, quiet``; ``quiet``: hidden or
+    system files); ``errors``: what stops training, each with the fix; ``warnings``: what is worth fixing.
     """
 
     root: Path
@@ -156,12 +137,9 @@ def verify_folder(
 ) -> FolderReport:
     """Check a folder of class subfolders before training, without changing anything in it.
 
-    ``root``: the folder (lessons pass ``get_config().data_dir``). Every image is
-    decoded as training will decode it (``check="decode"``; ``"header"`` is quicker
-    but misses corrupt and truncated files). Never raises for the folder's content:
-    a missing folder, a single class, a class without usable images, or a class too
-    small for the train/val/test ``fractions`` are listed in :attr:`FolderReport.errors`
-    with their fixes. ``print(report)`` shows the summary table and every skipped file.
+    Every image is decoded as training will decode it (``check="decode"``; ``"header"`` is quicker but
+    misses truncated files). Never raises for the folder's content: problems are listed in
+    :attr:`FolderReport.errors` with their fixes.
     """
     started = time.perf_counter()
     scan = inspect_folder(root, check)

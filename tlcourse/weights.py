@@ -40,11 +40,8 @@ def hash_prefix(file_name: str) -> str | None:
 
 
 def verify_weights_file(path: str | Path, backbone: str) -> tuple[str, str | None]:
-    """Check that ``path`` loads as a state dict that fits ``backbone``; return ``(sha256, warning)``.
-
-    ``warning`` explains a sha256 that does not start with the prefix in the file name
-    (the file then fits the model but is not the one torchvision publishes). Raises
-    :class:`DownloadError` for a file that is not usable.
+    """Check that ``path`` loads as a state dict that fits ``backbone``: ``(sha256, warning)``, the
+    warning when the sha256 does not start with the prefix in the file name (not torchvision's file).
     """
     import torch
     import torchvision
@@ -73,9 +70,8 @@ def verify_weights_file(path: str | Path, backbone: str) -> tuple[str, str | Non
 
 
 def download_weights_file(url: str, target: Path, timeout: float = 30.0, progress: bool = True) -> None:
-    """Download ``url`` to ``target`` (pooch's HTTP downloader, ``timeout`` per connection and read).
-
-    The file gets its final name only if its sha256 starts with the prefix in ``target``'s name.
+    """Download ``url`` to ``target`` (pooch's HTTP downloader, ``timeout`` per connection and read);
+    the file gets its name only if its sha256 starts with the prefix in ``target``'s name.
     """
     target = Path(target)
     try:
@@ -102,7 +98,7 @@ def _find_in_folder(folder: Path, file_name: str) -> Path | None:
     return None
 
 
-def _install(found: Path, target: Path, backbone: str) -> str:
+def _install(found: Path, target: Path) -> str:
     if target.exists() and target.resolve() == found.resolve():
         return "already cached"
     with atomic_write(target) as handle, open(found, "rb") as source:
@@ -112,11 +108,10 @@ def _install(found: Path, target: Path, backbone: str) -> str:
 
 def prefetch_weights(backbones: Iterable[str], source_dir: str | Path | None = None, timeout: float = 30.0,
                      progress: bool = True, offline: bool = False) -> list[WeightsResult]:
-    """Put each backbone's default pretrained weights into the torch cache, verified.
+    """Put each backbone's default pretrained weights into the torch cache, verified (:func:`verify_weights_file`).
 
-    Without ``source_dir`` the file is downloaded from torchvision's address unless it is
-    cached (or ``offline``: then a missing file is an error). With ``source_dir`` it is
-    copied from that folder. Either way it must load into the backbone (:func:`verify_weights_file`).
+    Downloaded from torchvision's address unless cached (``offline``: a missing file is an error), or
+    copied from ``source_dir`` (a USB stick, another machine's torch cache).
     """
     from .models import weights_enum, weights_path
 
@@ -138,7 +133,7 @@ def prefetch_weights(backbones: Iterable[str], source_dir: str | Path | None = N
                 digest, warning = verify_weights_file(found, backbone)
             except DownloadError as error:
                 raise DownloadError(f"{error} Nothing was installed.") from error
-            results.append(WeightsResult(backbone, target, _install(found, target, backbone), digest, warning))
+            results.append(WeightsResult(backbone, target, _install(found, target), digest, warning))
             continue
         action = "already cached"
         if not target.is_file():
