@@ -31,10 +31,10 @@ def _err(message: str) -> None:
     print(f"tlcourse: error: {message}", file=sys.stderr)
 
 
-def _device(preference: str):
-    from .training import choose_device
+def _device(preference: str | None):
+    from .training import choose_device  # torch loads only for the commands that need it
 
-    return choose_device(preference)
+    return choose_device(preference or get_config().device)
 
 
 def _report_skipped(skipped) -> None:
@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     seed = config.seed if args.seed is None else args.seed
     epochs = args.epochs if args.epochs is not None else (5 if args.method == "freeze" else 2)
     out = Path(args.out) if args.out else config.output_dir / f"{backbone}-{args.method}.pt"
-    device = _device(args.device or config.device)
+    device = _device(args.device)
 
     seed_everything(seed)
     # Build the model first: its weights define the input transform (sizes, normalisation).
@@ -184,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
 
-    device = _device(args.device or get_config().device)
+    device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     table = _folder_table(Path(args.data_dir), names)
@@ -226,7 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .errors import ImageLoadError
     from .models import predict_proba
 
-    device = _device(args.device or get_config().device)
+    device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     transform = eval_transform(info["transform"])

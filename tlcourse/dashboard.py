@@ -135,7 +135,7 @@ class TrainingDashboard(Callback):
     """
 
     #: Fraction of the training time that drawing the curves and the photo may take.
-    draw_budget: float = 0.03
+    draw_budget: float = 0.02
     #: Never redraw more often than this (seconds).
     draw_interval: float = 1.0
     #: Seconds one drawing is assumed to take until one is measured.

@@ -99,19 +99,13 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _missing_folder_error(root: Path) -> DataNotFoundError:
-    return DataNotFoundError(
-        f"Data folder not found: {root}. Create it with one subfolder per class "
-        f"(e.g. {root / 'dog'}, {root / 'hotdog'}), run `tlcourse download-data --dest {root}`, "
-        "or point TLCOURSE_DATA at your folder."
-    )
-
-
 def find_classes(root: str | Path) -> list[str]:
     """The class names: the non-hidden subfolders of ``root``, sorted (the same labels on every machine)."""
     root = Path(root)
     if not root.is_dir():
-        raise _missing_folder_error(root)
+        raise DataNotFoundError(
+            f"Data folder not found: {root}. Create it with one subfolder per class (e.g. {root / 'dog'}, "
+            f"{root / 'hotdog'}), run `tlcourse download-data --dest {root}`, or point TLCOURSE_DATA at your folder.")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
     if not classes:
         loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -351,17 +345,12 @@ def class_names(table: pd.DataFrame) -> list[str]:
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (phones store portraits sideways plus a rotate tag)."""
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # a damaged EXIF block must not cost the learner the photo itself
-        return img
-
-
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow image to 8-bit RGB, upright, transparency composited on white."""
-    img = _upright(img)
+    try:  # phones store portraits sideways plus a rotate tag
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block must not cost the learner the photo itself
+        pass
     if img.mode in _SIXTEEN_BIT_MODES:
         # Pillow's own convert() clips 16-bit values at 255, turning a 16-bit photo
         # white; scale the 0..65535 range to 0..255 instead.

@@ -339,7 +339,7 @@ def features_for_files(
             missing.setdefault(h, str(p))  # identical files are computed once
     if missing:
         if verbose:
-            print(f"Computing {model_label(key)} features of {len(missing)} photo(s), once"
+            print(f"Computing {key.backbone} ({key.weights.rsplit('.', 1)[-1]}) features of {len(missing)} photo(s), once"
                   + (f" (cached in {folder})" if folder is not None else "") + "...", flush=True)
         computed = extract_features(model, list(missing.values()), settings, batch_size, decode_threads)
         for h, vector in zip(missing, computed):
@@ -362,11 +362,6 @@ def features_for_files(
         rate = len(missing) / max(result.seconds, 1e-9)
         print(f"  done in {result.seconds:.1f} s ({rate:.0f} photos/s).", flush=True)
     return result
-
-
-def model_label(key: FeatureKey) -> str:
-    """Short human label of a store key, e.g. ``mobilenet_v2 (IMAGENET1K_V2)``."""
-    return f"{key.backbone} ({key.weights.rsplit('.', 1)[-1]})"
 
 
 def compute_features(
