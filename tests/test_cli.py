@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -96,11 +97,22 @@ def random_checkpoint(tmp_path_factory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt", model, ["dog", "hotdog"])
 
 
-def reference_probabilities(checkpoint: Path, images: list[Path]) -> np.ndarray:
-    """Probabilities computed independently of the CLI: torchvision transforms built here, one image at a time."""
-    from tlcourse.checkpoint import load_checkpoint
+def torchvision_model(checkpoint: Path) -> torch.nn.Module:
+    """The checkpoint's network rebuilt without tlcourse: torchvision's own MobileNetV2 whose classifier is
+    the head's last layer (dropout does nothing in eval mode), weights read with torch.load."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    net = torchvision.models.mobilenet_v2(weights=None)
+    net.classifier = torch.nn.Linear(state["head.2.weight"].shape[1], state["head.2.weight"].shape[0])
+    weights = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    weights.update({"classifier.weight": state["head.2.weight"], "classifier.bias": state["head.2.bias"]})
+    net.load_state_dict(weights)  # strict: every tensor of the checkpoint has its place
+    return net.eval()
 
-    model, _ = load_checkpoint(checkpoint)
+
+def reference_probabilities(checkpoint: Path, images: list[Path]) -> np.ndarray:
+    """Probabilities computed independently of the CLI and of tlcourse: torchvision's model and transforms
+    built here, one image at a time."""
+    model = torchvision_model(checkpoint)
     transform = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToImage(),
                             v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
