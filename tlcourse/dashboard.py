@@ -222,11 +222,11 @@ class TrainingDashboard(Callback):
         from IPython.display import display
         from tqdm.notebook import tqdm
 
-        def bar(name: str, total: int) -> Any:  # display=False: the bar goes into the panel
-            return tqdm(total=total, desc=name + "s", display=False, mininterval=self.bar_interval, unit=name.lower())
+        def bar(name: str, unit: str, total: int) -> Any:  # display=False: the bar goes into the panel
+            return tqdm(total=total, desc=name, display=False, mininterval=self.bar_interval, unit=unit)
 
-        self._epochs_bar = bar("Epoch", state.epochs - self._first)
-        self._batches_bar = bar("Batch", (state.epochs - self._first) * state.batches or None)
+        self._epochs_bar = bar("Epochs", "epoch", state.epochs - self._first)
+        self._batches_bar = bar("Batches", "batch", (state.epochs - self._first) * state.batches or None)
         self._header = w.HTML()
         self._curves = w.Image(format="png", layout=w.Layout(width="640px"))
         self._photo = w.Image(format="jpeg", layout=w.Layout(width="176px", height="176px", object_fit="contain"))
