@@ -201,12 +201,13 @@ def build_model(
 
 
 def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
-                 weight_decay: float = 0.0) -> list[dict[str, Any]]:
+                 weight_decay: float = 0.01) -> list[dict[str, Any]]:
     """Optimizer parameter groups for discriminative learning rates.
 
     The new head learns at ``head_lr``; the pretrained backbone at the smaller
     ``backbone_lr`` so its features change only a little. Every trainable
     parameter is in exactly one group; frozen parameters are left out.
+    ``weight_decay`` (default: AdamW's, as the recipes use) is set in both groups.
     """
     groups = [
         {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},
