@@ -522,8 +522,9 @@ class CSVDataset(Dataset):
 class SquareCrop:
     """The original's hand-written transform, fixed: resize the short side to ``size``, crop a square.
 
-    PIL's ``image.size`` is ``(width, height)``; the original read it as
-    ``(height, width)``. ``random=False`` (evaluation) takes the centre crop,
+    PIL's ``image.size`` is ``(width, height)``. The original named the two the other way round,
+    consistently, so its output was right: a naming slip, fixed here so the code reads correctly.
+    Its real defect was cropping at random also at test time. ``random=False`` (evaluation) takes the centre crop,
     exactly as ``torchvision``'s ``Resize(size)`` + ``CenterCrop(size)`` do;
     ``random=True`` (training) takes a random square.
     """
