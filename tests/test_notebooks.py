@@ -219,6 +219,27 @@ def test_developer_word_patterns_catch_examples():
                    for p in DEVELOPER_WORDS if p != r"\bCI\b|continuous integration")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_test_photos_only_in_the_final_section(path):
+    """Choices are made on validation: a lesson evaluates on the test split only in its section on
+    the test photos (a heading with "test photos"), which comes after every other lesson section."""
+    section, problems, sections = "", [], []
+    for index, cell in enumerate(_read(path).cells):
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    section = line[3:].strip()
+                    sections.append(section)
+        elif re.search(r"""loader\(\s*["']test["']""", cell.source) and "test photos" not in section.lower():
+            problems.append(f"cell {index} evaluates on the test split in section {section!r}")
+    assert not problems, f"{path.name}: {problems}"
+    test_sections = [i for i, name in enumerate(sections) if "test photos" in name.lower()]
+    if test_sections:  # nothing but exercises, reading and the appendix may follow it
+        later = [name for name in sections[test_sections[-1] + 1:]
+                 if not re.match(r"exercises|further reading|what the original", name, re.IGNORECASE)]
+        assert not later, f"{path.name}: sections after the test photos: {later}"
+
+
 # Code patterns from the original notebook that must not come back (code cells only: the prose
 # explains them).
 DEFECTS = {
