@@ -421,7 +421,8 @@ class CSVDataset(Dataset):
 class SquareCrop:
     """The original's hand-written transform, fixed: resize the short side to ``size``, crop a square.
 
-    PIL's ``image.size`` is ``(width, height)``; the original read it as ``(height, width)``.
+    PIL's ``image.size`` is ``(width, height)``. The original named the two the other way round,
+    consistently, so its output was right (a naming slip); its defect was a random crop at test time.
     ``random=False`` takes the centre crop (as torchvision's ``Resize`` + ``CenterCrop``).
     """
 
