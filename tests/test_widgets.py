@@ -252,9 +252,10 @@ def test_browser_steps_and_filters_with_its_buttons(learner_folder, tmp_path):
     expected = results[(results["label"] == 0) & (results["pred"] == 1)]
     assert len(browser.view) == len(expected) > 0 and set(browser.view["file_path"]) == set(expected["file_path"])
     assert browser.position.value == f"1 / {len(expected)}"
-    browser.true_menu.value = None
-    browser.pred_menu.value = None
-    assert len(browser.view) == n
+    assert browser.true_menu.label == "dog" and browser.pred_menu.label == "hotdog"
+    browser.true_menu.value = ""  # "any"
+    browser.pred_menu.value = ""
+    assert len(browser.view) == n and browser.true_menu.label == "any"
 
     # A filter that leaves nothing: no mistakes of that kind.
     right = results.assign(pred=results["label"], prob_0=1.0 - results["label"], prob_1=results["label"] * 1.0)

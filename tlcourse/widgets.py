@@ -199,7 +199,8 @@ class PhotoTester:
         """Create the ipywidgets panel (done by :meth:`show`; tests call it directly)."""
         import ipywidgets as w
 
-        self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload a photo")
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload",
+                                   layout=w.Layout(width="130px"))
         self.path_box = w.Text(placeholder="or a path, e.g. ~/Pictures/lunch.jpg", continuous_update=False,
                                layout=w.Layout(width="360px"))
         self.path_button = w.Button(description="Predict", layout=w.Layout(width="90px"))
@@ -379,17 +380,21 @@ class AugmentationExplorer:
                                            description="colour jitter", style=style, layout=wide,
                                            continuous_update=False)
         self.downscale_slider = w.IntSlider(value=a.downscale, min=0, max=self.settings.resize, step=16,
-                                            description="downscale to px (0: off)", style=style, layout=wide,
+                                            description="downscale to (px)", style=style, layout=wide,
                                             continuous_update=False)
         self.redraw_button = w.Button(description="New draws", icon="refresh")
+        hint = w.HTML('<div style="color:#555;font-size:0.9em">crop keeps: the share of the photo\'s area in each '
+                      'random crop · colour jitter: up to this much brighter/darker, more/less contrast and '
+                      'colour · downscale: shrink the photo to this many pixels first, as a low-resolution '
+                      'photo (0: off)</div>', layout=w.Layout(max_width="700px"))
         controls: list[Any] = [self.scale_slider, self.jitter_slider, self.downscale_slider,
-                               w.HBox([self.flip_box, self.redraw_button])]
+                               w.HBox([self.flip_box, self.redraw_button]), hint]
         if len(self.photos) > 1:
             self.photo_menu = w.Dropdown(options=[(p.name, str(p)) for p in self.photos], value=str(self.photo_path),
                                          description="photo", style=style)
             self.photo_menu.observe(lambda c: self.choose(c["new"]), names="value")
             controls.insert(0, self.photo_menu)
-        self.image = w.Image(format="jpeg", layout=w.Layout(max_width="100%"))
+        self.image = w.Image(format="jpeg", layout=w.Layout(max_width="100%", align_self="flex-start"))
         self.image.add_class("tlcourse-augment-grid")
         self.code_view = w.HTML()
         self.code_view.add_class("tlcourse-augment-code")
@@ -567,12 +572,12 @@ class MistakesBrowser:
         """Create the ipywidgets panel (done by :meth:`show`; tests call it directly)."""
         import ipywidgets as w
 
-        anyone = [("any", None)] + [(name, name) for name in self.class_names]
+        anyone = [("any", "")] + [(name, name) for name in self.class_names]  # "" not None: None shows blank
         self.sort_menu = w.Dropdown(options=[("highest loss first", "loss"), ("least confident first", "confidence")],
                                     value=self.sort, description="order", layout=w.Layout(width="240px"))
-        self.true_menu = w.Dropdown(options=anyone, value=self.true_class, description="true",
+        self.true_menu = w.Dropdown(options=anyone, value=self.true_class or "", description="true",
                                     layout=w.Layout(width="180px"))
-        self.pred_menu = w.Dropdown(options=anyone, value=self.pred_class, description="predicted",
+        self.pred_menu = w.Dropdown(options=anyone, value=self.pred_class or "", description="predicted",
                                     layout=w.Layout(width="200px"))
         self.previous_button = w.Button(description="Previous", icon="arrow-left", layout=w.Layout(width="110px"))
         self.next_button = w.Button(description="Next", icon="arrow-right", layout=w.Layout(width="110px"))
@@ -580,7 +585,7 @@ class MistakesBrowser:
         self.next_button.add_class("tlcourse-next")
         self.position = w.HTML()
         self.position.add_class("tlcourse-position")
-        self.image = w.Image(format="jpeg")
+        self.image = w.Image(format="jpeg", layout=w.Layout(align_self="flex-start"))  # its own size, not stretched
         self.image.add_class("tlcourse-mistake-photo")
         self.info = w.HTML()
         self.info.add_class("tlcourse-mistake-info")
@@ -588,8 +593,8 @@ class MistakesBrowser:
         self.mark_button = w.Button(layout=w.Layout(width="220px"))
         self.mark_button.add_class("tlcourse-mark")
         self.sort_menu.observe(lambda c: self.set_sort(c["new"]), names="value")
-        self.true_menu.observe(lambda c: self.set_filter(c["new"], self.pred_class), names="value")
-        self.pred_menu.observe(lambda c: self.set_filter(self.true_class, c["new"]), names="value")
+        self.true_menu.observe(lambda c: self.set_filter(c["new"] or None, self.pred_class), names="value")
+        self.pred_menu.observe(lambda c: self.set_filter(self.true_class, c["new"] or None), names="value")
         self.previous_button.on_click(lambda _: self.previous())
         self.next_button.on_click(lambda _: self.next())
         self.mark_button.on_click(lambda _: self.unmark() if self.is_marked() else self.mark(self.reason_menu.value))
