@@ -122,6 +122,15 @@ class ExclusionList:
         return f"ExclusionList({str(self.path)!r}, {len(self)} photo(s))"
 
 
+def as_exclusion_list(exclusions: str | Path | bool | ExclusionList) -> ExclusionList | None:
+    """``True``: the output folder's list; ``False``: none; a CSV path or an :class:`ExclusionList`: that one."""
+    if exclusions is False:
+        return None
+    if isinstance(exclusions, ExclusionList):
+        return exclusions
+    return ExclusionList(None if exclusions is True else exclusions)
+
+
 def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | bool | ExclusionList = True):
     """``split`` without the rows of ``table`` whose photo is on the exclusion list.
 
@@ -129,11 +138,8 @@ def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | bool | Ex
     CSV path / :class:`ExclusionList`. The other rows keep their part. Warns with
     :class:`ExcludedPhotosWarning` when photos were left out, so it never happens silently.
     """
-    if exclusions is False:
-        return split
-    listing = exclusions if isinstance(exclusions, ExclusionList) else (
-        ExclusionList(None if exclusions is True else exclusions))
-    marked = listing.paths()
+    listing = as_exclusion_list(exclusions)
+    marked = listing.paths() if listing is not None else set()
     if not marked:
         return split
     excluded = np.flatnonzero(table["file_path"].isin(marked).to_numpy())

@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 from .dashboard import dashboard_mode
 from .data import (CSVDataset, ImageLoadError, TransformSettings, _to_rgb, denormalize, eval_transform,
                    load_image, make_loader, scan_folder)
-from .exclusions import REASONS, ExclusionList
+from .exclusions import REASONS, ExclusionList, as_exclusion_list
 
 #: Bar colours per class (label order), as in the lessons' figures.
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
@@ -472,8 +472,7 @@ class MistakesBrowser:
                              "results['file_path'] = data.part('test')['file_path'].to_numpy()")
         self.results = with_loss(results.reset_index(drop=True))
         self.class_names = list(class_names)
-        self.exclusions = (exclusions if isinstance(exclusions, ExclusionList)
-                           else None if exclusions is False else ExclusionList(None if exclusions is True else exclusions))
+        self.exclusions = as_exclusion_list(exclusions)
         self.mode = mode
         self.sort, self.true_class, self.pred_class = sort, None, None
         self.index = 0
@@ -482,7 +481,8 @@ class MistakesBrowser:
 
     @classmethod
     def from_folder(cls, model: nn.Module, folder: str | Path, class_names: Sequence[str],
-                    settings: TransformSettings | None = None, batch_size: int = 32, **kwargs: Any) -> "MistakesBrowser":
+                    settings: TransformSettings | None = None, batch_size: int = 32,
+                    **kwargs: Any) -> "MistakesBrowser":
         """Predict every photo in a folder of class subfolders (say, the field test) and browse the results.
 
         The folder's subfolder names must be among ``class_names`` (the model's classes).
@@ -667,5 +667,6 @@ class MistakesBrowser:
                          f"{self.class_names[int(row['pred'])]} ({row['confidence']:.0%})",
                          color="tab:green" if right else "tab:red", fontsize=10)
             ax.axis("off")
+        fig.suptitle(f"The first {len(rows)}, {order}")
         plt.tight_layout()
         plt.show()
