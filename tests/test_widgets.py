@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from tlcourse.checkpoint import save_checkpoint
@@ -105,6 +105,23 @@ def test_photo_tester_upload_as_the_browser_sends_it(model, learner_folder):
                                         "content": memoryview(b"hello"), "last_modified": 0}]})
     assert tester.prediction is None
     assert "Cannot read notes.txt as an image" in tester.result.value and "tlcourse-error" in tester.result.value
+
+
+def test_photo_tester_turns_an_uploaded_phone_photo_upright(model, learner_folder):
+    """Phones store portraits sideways plus an EXIF rotation tag; the upload must honour it."""
+    photo = Image.open(_photos(learner_folder)[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", exif=exif)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue())))  # Pillow's reference
+    assert upright.size == photo.size[::-1]
+    tester = PhotoTester(model, ["dog", "hotdog"])
+    tester.build()
+    tester.upload.set_state({"value": [{"name": "IMG_0001.jpg", "type": "image/jpeg", "size": 1,
+                                        "content": memoryview(buffer.getvalue()), "last_modified": 0}]})
+    assert tester.prediction.image.size == upright.size
+    assert np.array_equal(np.asarray(tester.prediction.image), np.asarray(upright.convert("RGB")))
 
 
 def test_photo_tester_bad_path_shows_a_clear_message(model, tmp_path):
