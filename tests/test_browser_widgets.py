@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import nbformat
@@ -25,22 +26,23 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 def _notebook() -> nbformat.NotebookNode:
     cells = [
-        "import os\n"
         "import torch\n"
+        "from tlcourse.config import get_config\n"
         "from tlcourse.data import load_course_data\n"
         "from tlcourse.evaluation import predict\n"
         "from tlcourse.models import build_model\n"
         "from tlcourse.widgets import AugmentationExplorer, MistakesBrowser, PhotoTester\n"
+        "cfg = get_config()\n"
         "torch.manual_seed(0)\n"
         "model = build_model(2)  # the real ImageNet backbone with an untrained head\n"
-        "data = load_course_data(os.environ['TLCOURSE_DATA'], model.transform_settings, per_class=20)\n"
+        "data = load_course_data(cfg.data_dir, model.transform_settings, per_class=20, exclusions=cfg.excluded_csv)\n"
         "test = data.part('test')\n"
         "results = predict(model, data.loader('test'))\n"
         "results['file_path'] = test['file_path'].to_numpy()\n"
         "print('ready', len(results))",
-        "PhotoTester(model, data.classes).show()",
-        "AugmentationExplorer(test['file_path'][0], model.transform_settings).show()",
-        "MistakesBrowser(results, data.classes).show()",
+        "PhotoTester(model, data.classes, mode='widgets').show()",
+        "AugmentationExplorer(test['file_path'][0], model.transform_settings, mode='widgets').show()",
+        "MistakesBrowser(results, data.classes, exclusions=cfg.excluded_csv, mode='widgets').show()",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
@@ -100,10 +102,15 @@ def test_widgets_in_jupyterlab(lab, data_dir, tmp_path):
 
             # 1. Photo tester: upload through the real file input, see the prediction.
             tester = page.locator(".tlcourse-photo-tester")
-            try:
-                tester.wait_for(state="visible", timeout=300_000)
-            except Exception:
-                fail("The photo tester did not appear within 5 minutes of running the notebook.")
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                                  has_text=re.compile(r"Traceback|Error"))
+            started = time.monotonic()
+            while not tester.is_visible():  # a cell that fails says so at once, rather than after minutes
+                if errors.count():
+                    fail(f"A cell failed:\n{errors.first.text_content()}")
+                if time.monotonic() - started > 300:
+                    fail("The photo tester did not appear within 5 minutes of running the notebook.")
+                page.wait_for_timeout(500)
             # ipywidgets' upload button opens its own (detached) file input: answer its file chooser,
             # which sets the files on that real input element as set_input_files would.
             with page.expect_file_chooser(timeout=30_000) as chooser:

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from tlcourse.checkpoint import save_checkpoint
+from tlcourse.config import get_config
 from tlcourse.data import TransformSettings, load_course_data, load_image, scan_folder, train_transform
 from tlcourse.exclusions import EXCLUSIONS_FILE, ExcludedPhotosWarning, ExclusionList
 from tlcourse.models import build_model, weights_enum
@@ -292,12 +293,12 @@ def test_browser_from_a_folder_predicts_every_photo(model, learner_folder, tmp_p
     assert row["label"] == (1 if "/hotdog/" in row["file_path"] else 0)
     assert np.allclose([row["prob_0"], row["prob_1"]], _reference_probs(model, Path(row["file_path"])), atol=2e-3)
     with pytest.raises(ValueError, match="cat"):
-        MistakesBrowser.from_folder(model, learner_folder, ["cat", "dog"], exclusions=False)
+        MistakesBrowser.from_folder(model, learner_folder, ["cat", "dog"])
 
 
 def test_browser_fallback_prints_a_table(learner_folder, tmp_path, capsys):
     plt.close("all")
-    browser = MistakesBrowser(_results(learner_folder), ["dog", "hotdog"], exclusions=False, mode="text")
+    browser = MistakesBrowser(_results(learner_folder), ["dog", "hotdog"], mode="text")
     browser.show(n=3)
     out = capsys.readouterr().out
     assert f"{2 * PER_CLASS} photo(s), highest loss first" in out
@@ -310,9 +311,10 @@ def test_browser_fallback_prints_a_table(learner_folder, tmp_path, capsys):
 def test_marking_unmarking_and_reloading_leave_the_photos_untouched(model, learner_folder, output_dir):
     before = _checksums(learner_folder)
     settings = model.transform_settings
-    plain = load_course_data(learner_folder, settings, exclusions=False)
-    browser = MistakesBrowser(_results(learner_folder), ["dog", "hotdog"])  # the output folder's list
-    assert browser.exclusions.path == output_dir / EXCLUSIONS_FILE
+    excluded_csv = get_config().excluded_csv
+    assert excluded_csv == output_dir / EXCLUSIONS_FILE  # in the output folder, never in the photo folder
+    plain = load_course_data(learner_folder, settings)
+    browser = MistakesBrowser(_results(learner_folder), ["dog", "hotdog"], exclusions=excluded_csv)
     browser.build()
 
     # Mark the worst photo and the next one, from the browser's buttons.
@@ -324,13 +326,13 @@ def test_marking_unmarking_and_reloading_leave_the_photos_untouched(model, learn
         assert "left out of the data: not a photo of the class" in browser.info.value
         assert browser.mark_button.description.startswith("Unmark")
         browser.next_button.click()
-    listed = pd.read_csv(output_dir / EXCLUSIONS_FILE)
+    listed = pd.read_csv(excluded_csv)
     assert sorted(listed["file_path"]) == sorted(marked)
     assert set(listed["reason"]) == {"not a photo of the class"}
 
     # Reloading the data leaves exactly those out; every other photo keeps its part.
     with pytest.warns(ExcludedPhotosWarning, match="Left out 2 photo"):
-        honoured = load_course_data(learner_folder, settings)
+        honoured = load_course_data(learner_folder, settings, exclusions=excluded_csv)
     for part in ("train", "val", "test"):
         kept, all_of_part = set(honoured.part(part)["file_path"]), set(plain.part(part)["file_path"])
         assert kept == all_of_part - set(marked)
@@ -341,11 +343,11 @@ def test_marking_unmarking_and_reloading_leave_the_photos_untouched(model, learn
     assert browser.current["file_path"] == marked[1]
     browser.mark_button.click()
     assert browser.mark_button.description.startswith("Mark") and "left out" not in browser.info.value
-    assert ExclusionList().unmark(marked[0]) and not ExclusionList().unmark(marked[0])
-    assert len(ExclusionList()) == 0
+    assert ExclusionList(excluded_csv).unmark(marked[0]) and not ExclusionList(excluded_csv).unmark(marked[0])
+    assert len(ExclusionList(excluded_csv)) == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExcludedPhotosWarning)
-        again = load_course_data(learner_folder, settings)
+        again = load_course_data(learner_folder, settings, exclusions=excluded_csv)
     for part in ("train", "val", "test"):
         assert list(again.part(part)["file_path"]) == list(plain.part(part)["file_path"])
 

@@ -730,14 +730,14 @@ def load_course_data(
     seed: int = 0,
     per_class: int | None = None,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    exclusions: str | Path | bool = True,
+    exclusions: str | Path | None = None,
 ) -> CourseData:
     """Scan ``data_dir``, optionally keep ``per_class`` images per class, and split it from ``seed``.
 
-    Photos on the exclusion list (``exclusions``: ``True`` for ``<TLCOURSE_OUTPUT>/excluded.csv``,
-    a CSV path, or ``False``) are left out of every part; see :mod:`tlcourse.exclusions`.
+    Photos listed in the ``exclusions`` CSV (the course's is ``cfg.excluded_csv``) are left out
+    of every part, after the split; see :mod:`tlcourse.exclusions`.
     """
-    from .exclusions import drop_excluded  # late import: exclusions reads the config
+    from .exclusions import drop_excluded
 
     table = subset_per_class(scan_folder(data_dir), per_class, seed)
     classes = class_names(table)

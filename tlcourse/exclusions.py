@@ -6,7 +6,8 @@ model the wrong thing. Deleting or moving it would change the learner's folder
 CSV in the output folder (``<TLCOURSE_OUTPUT>/excluded.csv``) and
 :func:`tlcourse.data.load_course_data` leaves every listed photo out. Unmarking
 removes the line again. The photo files themselves are never opened for writing,
-moved or deleted.
+moved or deleted. The list's place comes from the course settings
+(``get_config().excluded_csv``); lessons and ``tlcourse train`` pass it on.
 
 Excluded photos are removed from the split *after* it is drawn, so every other
 photo stays in the same part (train, validation or test) as before: marking one
@@ -36,27 +37,21 @@ class ExcludedPhotosWarning(UserWarning):
     """Data loading left out photos listed in an exclusion list (says how many and where)."""
 
 
-def default_exclusions_path() -> Path:
-    """``<TLCOURSE_OUTPUT>/excluded.csv`` (``outputs/excluded.csv`` by default)."""
-    from .config import get_config  # late import: the setting is read when the list is used
-
-    return get_config().output_dir / EXCLUSIONS_FILE
-
-
 def _key(file_path: str | Path) -> str:
     """Photos are matched by absolute path, as :func:`tlcourse.data.scan_folder` writes them."""
     return str(Path(file_path).expanduser().resolve())
 
 
 class ExclusionList:
-    """The photos marked as "leave out of the data", stored as a CSV (default: in the output folder).
+    """The photos marked as "leave out of the data", stored as a CSV (the course's: ``cfg.excluded_csv``).
 
     Every call reads the file again, so two notebooks (or a notebook and
-    ``tlcourse train``) always see the same list. Writes are atomic.
+    ``tlcourse train``) always see the same list. Writes are atomic. A missing
+    file is an empty list.
     """
 
-    def __init__(self, path: str | Path | None = None):
-        self.path = default_exclusions_path() if path is None else Path(path).expanduser()
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
         if self.path.suffix.lower() != ".csv":
             raise ValueError(f"An exclusion list is a .csv file, got {self.path}. "
                              f"Use e.g. {self.path.with_name(EXCLUSIONS_FILE)} in the output folder.")
@@ -122,21 +117,19 @@ class ExclusionList:
         return f"ExclusionList({str(self.path)!r}, {len(self)} photo(s))"
 
 
-def as_exclusion_list(exclusions: str | Path | bool | ExclusionList) -> ExclusionList | None:
-    """``True``: the output folder's list; ``False``: none; a CSV path or an :class:`ExclusionList`: that one."""
-    if exclusions is False:
-        return None
-    if isinstance(exclusions, ExclusionList):
+def as_exclusion_list(exclusions: str | Path | ExclusionList | None) -> ExclusionList | None:
+    """An :class:`ExclusionList` for a CSV path (``None`` stays ``None``: no list)."""
+    if exclusions is None or isinstance(exclusions, ExclusionList):
         return exclusions
-    return ExclusionList(None if exclusions is True else exclusions)
+    return ExclusionList(exclusions)
 
 
-def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | bool | ExclusionList = True):
+def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | ExclusionList | None):
     """``split`` without the rows of ``table`` whose photo is on the exclusion list.
 
-    ``exclusions``: ``True`` for the output folder's list, ``False`` for none, or a
-    CSV path / :class:`ExclusionList`. The other rows keep their part. Warns with
-    :class:`ExcludedPhotosWarning` when photos were left out, so it never happens silently.
+    ``exclusions``: a CSV path or an :class:`ExclusionList` (``None``: leave ``split`` as it is).
+    The other rows keep their part. Warns with :class:`ExcludedPhotosWarning` when photos
+    were left out, so it never happens silently.
     """
     listing = as_exclusion_list(exclusions)
     marked = listing.paths() if listing is not None else set()
@@ -146,6 +139,6 @@ def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | bool | Ex
     if len(excluded) == 0:
         return split
     warnings.warn(f"Left out {len(excluded)} photo(s) marked in {listing.path} (the files are untouched; "
-                  "unmark them with tlcourse.exclusions.ExclusionList().unmark(path) or in the mistakes browser).",
+                  "unmark them in the mistakes browser or with tlcourse.exclusions.ExclusionList(that file).unmark(photo)).",
                   ExcludedPhotosWarning, stacklevel=3)
     return type(split)(*(np.setdiff1d(getattr(split, part), excluded) for part in ("train", "val", "test")))

@@ -9,8 +9,9 @@ Each is one line in a lesson::
 In JupyterLab, ``show()`` displays ipywidgets controls. Elsewhere (plain python,
 a terminal, or a notebook run without a browser, as nbval does) it draws the same
 content once as a static matplotlib figure and prints a table, so a lesson still
-makes sense. The choice follows :func:`tlcourse.dashboard.dashboard_mode`
-(``TLCOURSE_DASHBOARD=widgets|text|auto``).
+makes sense. ``mode`` chooses, as for the training dashboard: ``"widgets"``,
+``"text"`` or ``"auto"`` (widgets inside a Jupyter kernel); lessons pass
+``mode=cfg.dashboard`` (``TLCOURSE_DASHBOARD``), which headless runs set to ``text``.
 
 Each widget keeps its state in plain Python attributes (``prediction``,
 ``tiles``, ``current``, ...) and has methods that do what its buttons do, so it
@@ -45,7 +46,7 @@ from .exclusions import REASONS, ExclusionList, as_exclusion_list
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
-def _interactive(mode: str | None) -> bool:
+def _interactive(mode: str) -> bool:
     return dashboard_mode(mode) == "widgets"
 
 
@@ -121,7 +122,7 @@ class PhotoTester:
     """
 
     def __init__(self, model: nn.Module | str | Path, class_names: Sequence[str] | None = None,
-                 settings: TransformSettings | None = None, mode: str | None = None):
+                 settings: TransformSettings | None = None, mode: str = "auto"):
         if isinstance(model, (str, Path)):
             from .checkpoint import load_checkpoint
 
@@ -310,7 +311,7 @@ class AugmentationExplorer:
 
     def __init__(self, photos: str | Path | Sequence[str | Path], settings: TransformSettings = TransformSettings(),
                  augmentation: Augmentation = Augmentation(), n: int = 8, columns: int = 4, seed: int = 0,
-                 mode: str | None = None):
+                 mode: str = "auto"):
         self.photos = [Path(photos)] if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
         if not self.photos:
             raise ValueError("Give at least one photo path.")
@@ -459,13 +460,14 @@ class MistakesBrowser:
     ``results`` has one row per photo: ``file_path``, ``label``, ``pred`` and
     ``prob_<k>`` (as :func:`tlcourse.evaluation.predict` returns, plus the file
     paths). ``sort`` is ``"loss"`` (highest first: confident mistakes, then
-    close calls) or ``"confidence"`` (lowest first: the closest calls). Marking
-    adds the photo to the exclusion list (``exclusions``: ``True`` for the
-    output folder's, a CSV path, or an :class:`ExclusionList`); the file is not touched.
+    close calls) or ``"confidence"`` (lowest first: the closest calls). With
+    ``exclusions`` (a CSV path, the course's is ``cfg.excluded_csv``, or an
+    :class:`ExclusionList`) it offers to mark the photo shown as "leave out of the
+    data"; the file itself is not touched.
     """
 
     def __init__(self, results: pd.DataFrame, class_names: Sequence[str], sort: str = "loss",
-                 exclusions: ExclusionList | str | Path | bool = True, mode: str | None = None):
+                 exclusions: ExclusionList | str | Path | None = None, mode: str = "auto"):
         missing = {"file_path", "label", "pred"} - set(results.columns)
         if missing:
             raise ValueError(f"results lack column(s) {sorted(missing)}: add the photos' paths, e.g. "
