@@ -78,7 +78,7 @@ def test_photo_tester_path_box_shows_photo_and_probabilities(model, learner_fold
     tester.build()
     assert "Upload a photo" in tester.result.value and tester.prediction is None
 
-    tester.path_box.value = str(photo)  # what typing a path and pressing Enter does
+    tester.path_box.value = f'"{photo}"'  # what pasting a path (quoted, as Windows copies it) and Enter do
 
     got = np.array(list(tester.prediction.probabilities.values()))
     assert np.allclose(got, _reference_probs(model, photo), atol=2e-3)

@@ -164,7 +164,7 @@ class PhotoTester:
 
     def test_path(self, path: str | Path) -> PhotoPrediction | None:
         """What the path box does: predict the photo at ``path`` and show it (or the error)."""
-        path = str(path).strip()
+        path = str(path).strip().strip("'\"")  # "Copy as path" on Windows adds quotes
         if not path:
             return self._set(None, "Type the path of a photo, e.g. ~/Pictures/lunch.jpg")
         try:
