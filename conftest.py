@@ -19,13 +19,15 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def _find_weights() -> Path | None:
+    """The weights from an explicitly set TORCH_HOME, else from ../shared.
+
+    Never the host's default cache (~/.cache/torch): a test run must not depend on what
+    happens to be downloaded on the machine outside the clone.
+    """
     candidates = []
     if os.environ.get("TORCH_HOME"):
         candidates.append(Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / MOBILENET_FILE)
-    candidates += [
-        SHARED / "torch_home" / "hub" / "checkpoints" / MOBILENET_FILE,
-        Path.home() / ".cache" / "torch" / "hub" / "checkpoints" / MOBILENET_FILE,
-    ]
+    candidates.append(SHARED / "torch_home" / "hub" / "checkpoints" / MOBILENET_FILE)
     return next((c.resolve() for c in candidates if c.is_file()), None)
 
 
@@ -67,10 +69,17 @@ os.environ.setdefault("TLCOURSE_DASHBOARD", "text")
 
 
 def _require(condition: bool, what: str) -> None:
+    """Skip a test whose material is missing on a learner's machine; fail it in CI (CI=1, set by .ci/run)."""
     if not condition:
         if IN_CI:
             pytest.fail(f"{what} is missing in CI", pytrace=False)
         pytest.skip(f"{what} not available here")
+
+
+@pytest.fixture(scope="session")
+def require():
+    """``require(condition, what)``: skip outside CI, fail in CI, when ``what`` is missing."""
+    return _require
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@
 Starts JupyterLab on loopback in a temporary root with a small notebook, runs
 it (as "Run All": the training cell, then a cell that evaluates and prints),
 checks that the dashboard rendered (progress bars, the curves, the sample
-photo, the Stop button), saves screenshots to ``test-artifacts/``, clicks Stop
-and checks that training ended early and the next cell ran.
+photo, how to stop), saves screenshots to ``test-artifacts/``, presses the
+toolbar's Interrupt button and checks that training ended cleanly (best weights,
+summary) and the next cell ran.
 
 Needs Chromium (Debian's ``chromium``; ``CHROMIUM_PATH`` overrides
 ``/usr/bin/chromium``) and Python Playwright. Skipped where they are missing,
@@ -33,7 +34,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-EPOCHS = 40  # far more than the test waits for: it must still be training when Stop is clicked
+EPOCHS = 40  # far more than the test waits for: it must still be training when Interrupt is pressed
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
@@ -75,27 +76,28 @@ def _notebook(per_class: int, batch_size: int) -> nbformat.NotebookNode:
     """The notebook the browser runs; kernelspec metadata so JupyterLab asks no questions."""
     cells = [
         nbformat.v4.new_code_cell(
-            "import os\n"
+            "from tlcourse.config import get_config\n"
             "from tlcourse.dashboard import TrainingDashboard\n"
             "from tlcourse.data import load_course_data\n"
             "from tlcourse.models import build_model\n"
             "from tlcourse.recipes import train_frozen\n"
             "from tlcourse.training import evaluate\n"
-            "model = build_model(2)  # MobileNetV2 with its ImageNet weights\n"
-            f"data = load_course_data(os.environ['TLCOURSE_DATA'], model.transform_settings, per_class={per_class})\n"
+            "cfg = get_config()\n"
+            "model = build_model(2, offline=cfg.offline)  # MobileNetV2 with its ImageNet weights\n"
+            f"data = load_course_data(cfg.data_dir, model.transform_settings, per_class={per_class})\n"
             "print('ready', data.split.sizes())"
         ),
         nbformat.v4.new_code_cell(
-            "dash = TrainingDashboard(data.classes, settings=model.transform_settings,\n"
-            "                         dataset=data.dataset('train'), title='Weight freezing: training the new head')\n"
+            "dash = TrainingDashboard(data.classes, settings=model.transform_settings, dataset=data.dataset('train'),\n"
+            "                         title='Weight freezing: training the new head', mode=cfg.dashboard)\n"
             "# cache=False: the backbone runs on every batch of photos, so an epoch lasts long\n"
-            "# enough (seconds) for the test to click Stop in the middle of training.\n"
+            "# enough (seconds) for the test to press Interrupt in the middle of training.\n"
             f"history = train_frozen(model, data, epochs={EPOCHS}, lr=1e-3, batch_size={batch_size}, "
             "cache=False, callbacks=[dash])"
         ),
         nbformat.v4.new_code_cell(
             f"val = evaluate(model, data.loader('val', {batch_size}))\n"
-            "print(f\"stopped_early={history.stopped_early} epochs_run={len(history.epochs)} \"\n"
+            "print(f\"interrupted={history.interrupted} epochs_run={len(history.epochs)} \"\n"
             "      f\"best_epoch={history.best_epoch} val_acc={val['accuracy']:.3f}\")"
         ),
     ]
@@ -203,7 +205,8 @@ def _text(page, selector: str) -> str:
 
 
 def _epoch_shown(page) -> int:
-    match = re.search(r"epoch (\d+)/", _text(page, ".tlcourse-epochs-progress"))
+    """The epochs bar's count (tqdm's "3/40 [...]")."""
+    match = re.search(rf"(\d+)/{EPOCHS}\s\[", _text(page, ".tlcourse-dashboard"))  # tqdm's spaces are U+2007
     return int(match.group(1)) if match else 0
 
 
@@ -253,61 +256,58 @@ def test_dashboard_in_jupyterlab(lab):
             # Let it train into the third epoch, so both curves have points.
             started = time.monotonic()
             last_report = started
-            speed = re.compile(r"\d+/\d+ · [\d.]+ batch/s · ~.* left")
-            while _epoch_shown(page) < 3 or not speed.search(_text(page, ".tlcourse-batches-progress")):
+            speed = re.compile(r"\d+/\d+\s\[\d+:\d+<\d+:\d+")  # tqdm: done/total [elapsed<left, rate]
+            while _epoch_shown(page) < 2:
                 if time.monotonic() - started > 600:
                     fail("Training did not get into epoch 3 within 10 minutes.")
-                if "Done" in _text(page, ".tlcourse-dashboard"):
-                    fail(f"Training finished all {EPOCHS} epochs before the test could click Stop.")
+                if "Done" in _text(page, ".tlcourse-status"):
+                    fail(f"Training finished all {EPOCHS} epochs before the test could press Interrupt.")
                 if time.monotonic() - last_report > 20:  # progress in the log, for slow machines
                     last_report = time.monotonic()
-                    print(f"[browser test] {last_report - started:.0f} s: "
-                          f"{_text(page, '.tlcourse-epochs-progress')}", flush=True)
+                    print(f"[browser test] {last_report - started:.0f} s: {_text(page, '.tlcourse-dashboard')[:300]}",
+                          flush=True)
                 page.wait_for_timeout(500)
             page.wait_for_timeout(1500)  # let the next redraw of curves and photo land
 
-            # Rendered: two progress bars, the curves, the sample photo with labels, the Stop button.
-            for name in ("epochs", "batches"):
-                if page.locator(f".tlcourse-{name}-progress progress").count() != 1:
-                    fail(f"The {name} progress bar is missing.")
-            try:  # both plots drawn by the browser: train and validation lines, batches too
-                page.wait_for_function(
-                    "() => ['train_loss', 'val_loss', 'batch_loss', 'train_acc', 'val_acc'].every(s => {"
-                    " const l = document.querySelector(`svg.tlcourse-curves polyline[data-series=${s}]`);"
-                    " return !!l && l.getBBox().width > 0; })", timeout=60_000, polling=250)
-            except Exception:
-                fail("The loss and accuracy plots did not show their lines within a minute.")
-            try:  # an <img> whose picture has loaded (a new picture replaces it now and then)
-                page.wait_for_function(
-                    "() => { const i = document.querySelector('img.tlcourse-sample');"
-                    " return !!i && i.complete && i.naturalWidth > 0; }", timeout=60_000, polling=250)
-            except Exception:
-                fail("The sample photo did not show within a minute.")
+            # Rendered: two progress bars, the curves, the sample photo with labels, how to stop.
+            if page.locator(".tlcourse-dashboard .widget-hprogress").count() != 2:
+                fail("The two progress bars (epochs, batches) are missing.")
+            for name, what in (("curves", "loss and accuracy plots"), ("sample", "sample photo")):
+                try:  # an <img> whose picture has loaded (a new picture replaces it now and then)
+                    page.wait_for_function(
+                        f"() => {{ const i = document.querySelector('img.tlcourse-{name}');"
+                        " return !!i && i.complete && i.naturalWidth > 100; }", timeout=60_000, polling=250)
+                except Exception:
+                    fail(f"The {what} did not show within a minute.")
             text = _text(page, ".tlcourse-dashboard")
             if not re.search(r"true: \w+\s*predicted: \w+ \(\d+%\)", text):
                 fail(f"The sample photo's labels are missing; the dashboard says:\n{text}")
             if not speed.search(text):
-                fail(f"The batch progress shows no speed and time left; the dashboard says:\n{text}")
-            stop = page.locator("button.tlcourse-stop")
-            if not (stop.is_enabled() and "Stop" in (stop.text_content() or "")):
-                fail("The Stop button is missing or disabled.")
+                fail(f"The progress bars show no time elapsed and left; the dashboard says:\n{text}")
+            if "Interrupt the kernel" not in _text(page, ".tlcourse-summary"):
+                fail("The dashboard does not say how to stop early.")
             dashboard.screenshot(path=str(ARTIFACTS / "dashboard-mid-training.png"))
             page.screenshot(path=str(ARTIFACTS / "dashboard-mid-training-page.png"))
 
-            stop.click()
-            result = page.get_by_text(re.compile(r"stopped_early=\w+ epochs_run=\d+"))
+            # What a learner does: the notebook toolbar's Interrupt button (the square).
+            interrupt = page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']")
+            if interrupt.count() != 1:
+                fail("The notebook toolbar has no Interrupt button.")
+            interrupt.first.click()
+            result = page.get_by_text(re.compile(r"interrupted=\w+ epochs_run=\d+"))
             try:
                 result.wait_for(timeout=300_000)
             except Exception:
-                fail("After Stop, the next cell printed nothing within 5 minutes.")
+                fail("After Interrupt, the next cell printed nothing within 5 minutes.")
             line = result.text_content() or ""
-            match = re.search(r"stopped_early=(\w+) epochs_run=(\d+)", line)
+            match = re.search(r"interrupted=(\w+) epochs_run=(\d+)", line)
             if not (match.group(1) == "True" and 2 <= int(match.group(2)) < EPOCHS):
-                fail(f"Training did not end early after Stop: {line}")
+                fail(f"Training did not end cleanly after Interrupt: {line}")
             summary = _text(page, ".tlcourse-summary")
-            if not ("stopped early" in summary and "best epoch" in summary and "Stopped" in _text(page, ".tlcourse-dashboard")):
-                fail(f"The dashboard does not show the stopped run's summary: {summary}")
+            if not ("(interrupted)" in summary and "best epoch" in summary
+                    and "Interrupted" in _text(page, ".tlcourse-status")):
+                fail(f"The dashboard does not show the interrupted run's summary: {summary}")
             dashboard.scroll_into_view_if_needed()
-            dashboard.screenshot(path=str(ARTIFACTS / "dashboard-stopped.png"))
+            dashboard.screenshot(path=str(ARTIFACTS / "dashboard-interrupted.png"))
         finally:
             browser.close()

@@ -74,7 +74,7 @@ def test_round_trip_restores_predictions_and_everything_needed(tmp_path):
     assert info["transform"] == model.transform_settings == loaded.transform_settings
     assert dataclasses.asdict(info["history"]) == dataclasses.asdict(a_history())
     assert info["extra"] == {"lr": 1e-3, "note": "frozen"}
-    assert ckpt._head_shape(loaded) == {"hidden": 16, "dropout": 0.3}
+    assert loaded.arguments() == model.arguments() and (loaded.hidden, loaded.dropout) == (16, 0.3)
     # The optimizer state comes back too (so resumed training continues exactly, see test_interrupt).
     fresh = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
     fresh.load_state_dict(info["optimizer"])
@@ -89,6 +89,73 @@ def test_round_trip_without_history_or_optimizer(tmp_path):
     assert info["history"] is None and info["optimizer"] is None
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(outputs(loaded, x), outputs(model, x))
+
+
+# --------------------------------------------------------------------------- another device
+# A file torch.save wrote on a GPU machine records each tensor's device ("cuda:0") and, loaded without
+# map_location on a machine without CUDA, fails. This machine (and CI) has no GPU, so such a file is
+# made here: torch.save runs with an extra location tagger (torch.serialization.register_package, a
+# public API) that labels CPU tensors "cuda:0" while `_saved_as_on` is active. The bytes then say
+# "cuda:0" exactly as a GPU's torch.save writes it; what is simulated is only where the numbers came from.
+_SAVE_LOCATION: list[str] = []
+
+
+def _tag_as_other_device(storage):
+    if _SAVE_LOCATION and storage.device.type == "cpu":
+        return _SAVE_LOCATION[-1]
+    return None  # inactive: torch's own taggers decide
+
+
+torch.serialization.register_package(0, _tag_as_other_device, lambda storage, location: None)
+
+
+def save_as_if_on(location: str, obj, path: Path) -> Path:
+    """torch.save ``obj`` to ``path`` with every tensor recorded as being on ``location``."""
+    _SAVE_LOCATION.append(location)
+    try:
+        torch.save(obj, path)
+    finally:
+        _SAVE_LOCATION.pop()
+    return path
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_a_machine_without_one(tmp_path):
+    model = trained_looking_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    x = torch.randn(2, 3, 32, 32)
+    expected = outputs(model, x)
+    cpu_file = save_checkpoint(tmp_path / "cpu.pt", model, CLASSES, a_history(), optimizer=optimizer)
+    payload = torch.load(cpu_file, map_location="cpu", weights_only=True)
+    gpu_file = save_as_if_on("cuda:0", payload, tmp_path / "gpu.pt")
+    if not torch.cuda.is_available():  # the simulation is real: plain torch.load refuses this file here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(gpu_file, weights_only=True)
+
+    loaded, info = load_checkpoint(gpu_file)  # default device: the CPU
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    assert torch.equal(outputs(loaded, x), expected)
+    fresh = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
+    fresh.load_state_dict(info["optimizer"])  # the optimizer's state maps to the CPU too
+    assert all(t.device.type == "cpu" for s in fresh.state_dict()["state"].values() for t in s.values())
+    target = trained_looking_model(seed=1)
+    load_weights_into(target, gpu_file)  # the other way in, with a path
+    assert torch.equal(outputs(target, x), expected)
+
+
+def test_load_checkpoint_puts_the_model_on_the_device_asked_for(tmp_path):
+    """Saved on the CPU, loaded onto another device: 'meta' (shapes only, no numbers) stands for a GPU here;
+    on a machine with CUDA, CUDA is tried too and must predict as the original."""
+    model = trained_looking_model()
+    path = save_checkpoint(tmp_path / "m.pt", model, CLASSES)
+    on_meta, _ = load_checkpoint(path, device="meta")
+    assert {t.device.type for t in on_meta.state_dict().values()} == {"meta"}
+    assert not on_meta.training
+    if torch.cuda.is_available():
+        on_gpu, _ = load_checkpoint(path, device="cuda")
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(outputs(on_gpu, x.cuda()).cpu(), outputs(model, x))
 
 
 # --------------------------------------------------------------------------- atomic writes

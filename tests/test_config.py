@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tlcourse.config import SETTINGS, Config, course_root, get_config
+from tlcourse.errors import ConfigError
 
 
 @pytest.fixture
@@ -25,6 +26,8 @@ def test_defaults_with_an_empty_environment(course):
         smoke=False,
         seed=0,
         device="auto",
+        offline=False,
+        dashboard="auto",
     )
     # The README documents these defaults; SETTINGS is what it is generated from.
     assert {name: default for name, (default, _) in SETTINGS.items()} == {
@@ -34,6 +37,8 @@ def test_defaults_with_an_empty_environment(course):
         "TLCOURSE_SMOKE": "0",
         "TLCOURSE_SEED": "0",
         "TLCOURSE_DEVICE": "auto",
+        "TLCOURSE_OFFLINE": "0",
+        "TLCOURSE_DASHBOARD": "auto",
     }
 
 
@@ -46,6 +51,8 @@ def test_environment_overrides_every_setting(course, tmp_path):
         "TLCOURSE_SMOKE": "1",
         "TLCOURSE_SEED": "42",
         "TLCOURSE_DEVICE": "CPU",
+        "TLCOURSE_OFFLINE": "yes",
+        "TLCOURSE_DASHBOARD": "Text ",
     }
     config = get_config(env=env, root=course)
     assert config.data_dir == photos  # absolute paths are kept as they are
@@ -54,6 +61,8 @@ def test_environment_overrides_every_setting(course, tmp_path):
     assert config.smoke is True
     assert config.seed == 42
     assert config.device == "cpu"
+    assert config.offline is True
+    assert config.dashboard == "text"
 
 
 def test_get_config_reads_os_environ(course, monkeypatch):
@@ -70,8 +79,10 @@ def test_blank_values_fall_back_to_defaults(course):
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("Yes", True), ("on", True),
                                              ("0", False), ("false", False), ("no", False), ("off", False)])
-def test_smoke_flag_values(course, value, expected):
-    assert get_config(env={"TLCOURSE_SMOKE": value}, root=course).smoke is expected
+def test_flag_values(course, value, expected):
+    """Every true/false setting takes the same words."""
+    config = get_config(env={"TLCOURSE_SMOKE": value, "TLCOURSE_OFFLINE": value}, root=course)
+    assert config.smoke is expected and config.offline is expected
 
 
 def test_smoke_mode_shrinks_the_run(course):
@@ -124,9 +135,11 @@ def test_home_folder_is_expanded(course, monkeypatch, tmp_path):
     ("TLCOURSE_SEED", "1.5", ["TLCOURSE_SEED", "integer"]),
     ("TLCOURSE_DEVICE", "gpu", ["TLCOURSE_DEVICE", "auto, cpu, cuda or mps", "'gpu'"]),
     ("TLCOURSE_SMOKE", "maybe", ["TLCOURSE_SMOKE", "'maybe'", "1", "0"]),
+    ("TLCOURSE_OFFLINE", "ture", ["TLCOURSE_OFFLINE", "'ture'", "1", "0"]),
+    ("TLCOURSE_DASHBOARD", "fancy", ["TLCOURSE_DASHBOARD", "'fancy'", "auto, widgets or text"]),
 ])
 def test_bad_values_give_clear_errors(course, name, value, words):
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:  # a TLCourseError: the command prints it as one line
         get_config(env={name: value}, root=course)
     for word in words:
         assert word in str(info.value)

@@ -247,7 +247,9 @@ def test_load_course_data_puts_it_together(tmp_path):
     for cls in ("dog", "hotdog"):
         for i in range(25):
             make_image(tmp_path / "d" / cls / f"{i:02d}.png", color=(i, 0, 0))
-    data = load_course_data(tmp_path / "d", TransformSettings(resize=20, crop=16), seed=0, per_class=20)
+    # No normalisation (mean 0, std 1): a pixel's red value * 255 is then the photo's number, read back below.
+    settings = TransformSettings(resize=20, crop=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    data = load_course_data(tmp_path / "d", settings, seed=0, per_class=20)
     assert data.classes == ["dog", "hotdog"]
     assert len(data.table) == 40
     parts = {name: set(data.part(name)["file_path"]) for name in ("train", "val", "test")}
@@ -256,5 +258,21 @@ def test_load_course_data_puts_it_together(tmp_path):
     assert not (parts["val"] & parts["test"])
     assert data.split.sizes() == {"train": 32, "val": 4, "test": 4}
     x, y = next(iter(data.loader("val", batch_size=4)))
-    assert x.shape == (4, 3, 16, 16) and y.tolist() == sorted(y.tolist())  # val is not shuffled
+    assert x.shape == (4, 3, 16, 16)
     assert isinstance(data.split, Split)
+
+    def loader_order(loader) -> list[tuple[int, int]]:
+        """(label, photo number) in the order a loader yields them; the number is read from the pixels."""
+        return [(int(label), round(float(image[0].mean()) * 255)) for xs, ys in loader for image, label in zip(xs, ys)]
+
+    def table_order(name: str) -> list[tuple[int, int]]:
+        """(label, photo number) in the order of the part's table; the number is the file's name."""
+        part = data.part(name)
+        return [(int(label), int(Path(path).stem)) for path, label in zip(part["file_path"], part["label"])]
+
+    # Validation and test photos come in the table's order (not shuffled) ...
+    assert loader_order(data.loader("val", batch_size=3)) == table_order("val")
+    assert loader_order(data.loader("test", batch_size=3)) == table_order("test")
+    # ... training photos all come, in another order (shuffled): so the two checks above can fail.
+    train = loader_order(data.loader("train", batch_size=8))
+    assert sorted(train) == sorted(table_order("train")) and train != table_order("train")

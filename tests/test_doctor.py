@@ -85,11 +85,14 @@ def test_unreadable_files_are_named(small_data, real_weights, capsys):
     (small_data / "hotdog" / "notes.jpg").write_text("not a photo")
     checks = doctor.check_data(small_data)
     row = next(c for c in checks if c.name == "unreadable files")
-    assert row.status in (doctor.WARN, doctor.MISSING)
+    # A warning, not a problem: the lessons leave such files out, and 4 good photos per class remain.
+    assert row.status == doctor.WARN
+    assert row.found.startswith("2 skipped")
     assert "truncated.jpg" in row.fix and "notes.jpg" in row.fix
+    assert [c.status for c in checks if c.name == "classes"] == [doctor.OK]
     code, out = run_doctor(capsys, "--data", str(small_data))
     assert "truncated.jpg" in out and "notes.jpg" in out
-    assert (code == 1) == (row.status == doctor.MISSING)
+    assert code == 0 and "Ready:" in out, out  # the real weights are there: warnings alone do not fail
 
 
 def test_missing_package_gives_the_install_command(monkeypatch):

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -27,19 +28,10 @@ import pytest
 import torch
 
 from tlcourse import cli
-from tlcourse.download import (
-    MANIFEST_FILE,
-    DownloadError,
-    download_data,
-    download_weights_file,
-    hash_prefix,
-    prefetch_weights,
-    published_url,
-    read_manifest,
-)
+from tlcourse.download import MANIFEST_FILE, STAGING, DownloadError, download_data, published_url, read_manifest
+from tlcourse.weights import download_weights_file, hash_prefix, prefetch_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MANIFEST = ROOT.parent / "shared" / "data" / "dogs-vs-hotdogs" / "MANIFEST.tsv"
 MOBILENET = "mobilenet_v2-7ebf99e0.pth"
 
 
@@ -82,7 +74,7 @@ class MirrorServer:
                     if hold:
                         server.held += 1
                 if hold:
-                    server.release.wait(30)
+                    server.release.wait(30)  # bounded: a test that forgets to release still ends
                 with server.lock:
                     failing = server.fail.get(path, 0) > 0
                     if failing:
@@ -154,8 +146,9 @@ def assert_complete(dest: Path, rows: pd.DataFrame) -> None:
 
 
 def leftovers(dest: Path) -> list[Path]:
-    """Anything under dest that is not a finished photo: temporaries, partial files."""
-    return sorted(p for p in dest.rglob(".*") if p.is_file())
+    """Anything under dest that is not a photo under its final name (<class>/<file>): temporaries, partial files."""
+    return sorted(p for p in dest.rglob("*") if p.is_file()
+                  and (len(p.relative_to(dest).parts) != 2 or p.name.startswith((".", "tmp"))))
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -163,8 +156,13 @@ def test_packaged_manifest_is_the_example_set():
     table = read_manifest()
     assert len(table) == 1434
     assert table["class"].value_counts().to_dict() == {"dog": 717, "hotdog": 717}
-    if SHARED_MANIFEST.is_file():
-        assert MANIFEST_FILE.read_bytes() == SHARED_MANIFEST.read_bytes()
+
+
+def test_packaged_manifest_lists_the_photos_on_disk(data_dir):
+    """Checked unconditionally against the photos the tests use (data_dir skips where they are missing)."""
+    table = read_manifest()
+    for row in pd.concat([table.head(3), table.tail(3)]).itertuples():
+        assert sha256(data_dir / row[1] / row.file) == row.sha256
 
 
 def test_published_url_is_pinned_to_the_commit_without_the_annotation():
@@ -219,14 +217,14 @@ def test_interrupted_download_resumes_without_refetching(tmp_path, subset, serve
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     try:
-        while server.held == 0:  # wait until a request is held (bounded by the test's own timeout below)
+        deadline = time.monotonic() + 120  # every wait is bounded: a stuck client fails the test, not the suite
+        while server.held == 0:  # wait until a request is held
             assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the client never reached the held request"
             server.release.wait(0.05)
-        # Let the 4 released downloads finish their rename; files are tiny, but do not guess: poll.
-        for _ in range(200):
-            done = [p for p in dest.rglob("*.jpg") if not p.name.startswith(".")]
-            if len(done) >= 4:
-                break
+        # Let the 4 answered downloads get their final names; files are tiny, but do not guess: poll.
+        while len([p for p in dest.glob("*/*.jpg")]) < 4:
+            assert time.monotonic() < deadline, "the first 4 downloads never finished"
             server.release.wait(0.05)
         process.send_signal(signal.SIGINT)
         server.release.set()  # held requests now answer; the interrupted client must discard them
@@ -236,9 +234,9 @@ def test_interrupted_download_resumes_without_refetching(tmp_path, subset, serve
             process.kill()
     assert process.returncode == 130, err
     assert "resume" in err
-    finished = {f"{p.parent.name}/{p.name}" for p in dest.rglob("*.jpg") if not p.name.startswith(".")}
+    finished = {f"{p.parent.name}/{p.name}" for p in dest.glob("*/*.jpg")}
     assert 4 <= len(finished) < 10
-    assert leftovers(dest) == []  # no temporaries, nothing half-written
+    assert leftovers(dest) == [] and not (dest / STAGING).exists()  # no temporaries, nothing half-written
     for name in finished:  # every file under its final name is complete and verified
         row = rows[(rows["class"] + "/" + rows["file"]) == name].iloc[0]
         assert sha256(dest / name) == row["sha256"]
@@ -364,7 +362,7 @@ def test_a_different_file_under_a_photo_name_is_never_overwritten(tmp_path, subs
 def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path, subset):
     rows, mirror, _ = subset
     dest = tmp_path / "data"
-    stale = dest / "dog" / f".{rows['file'][0]}.deadbeef.tlcourse-part"
+    stale = dest / STAGING / "dog" / "tmpdeadbeef"  # where pooch writes before the hash is checked
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a photo")
     download_data(dest, manifest=rows, mirror=mirror, progress=False)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from PIL import Image, ImageOps
+from torchvision.models import MobileNet_V2_Weights
 
 from tlcourse.data import TransformSettings, eval_transform, load_course_data, load_image
 from tlcourse.features import (
@@ -73,6 +75,37 @@ def photo_folder(tmp_path, data_dir) -> Path:
 def differs(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Relative comparison: a random backbone's features are tiny (~1e-9), so no absolute tolerance."""
     return not torch.allclose(a, b, rtol=1e-3, atol=0)
+
+
+def assert_close_to_scale(got: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Equal up to float rounding, relative to the features' own size.
+
+    A random backbone's features are tiny (~1e-9): a fixed ``atol=1e-4`` would accept all zeros. Here the
+    absolute tolerance is ``rtol`` times the largest expected value, so zeros (or a wrong photo) fail.
+    """
+    scale = expected.abs().max()
+    assert scale > 0, "the reference features are all zero: nothing to compare"
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * scale.item())
+
+
+def torchvision_features(model, paths) -> torch.Tensor:
+    """An independent reference for a MobileNetV2 model's features, nothing of tlcourse's pipeline in it.
+
+    torchvision's own ``mobilenet_v2`` with the model's backbone weights and no classifier, fed with the
+    IMAGENET1K_V2 preset transform (resize 232, crop 224, as :data:`SETTINGS`) of each photo opened with
+    Pillow, one photo at a time.
+    """
+    net = torchvision.models.mobilenet_v2(weights=None)
+    net.classifier = torch.nn.Identity()
+    net.load_state_dict(model.backbone.state_dict())
+    net.eval()
+    preset = MobileNet_V2_Weights.IMAGENET1K_V2.transforms()
+    rows = []
+    with torch.no_grad():
+        for path in paths:
+            with Image.open(path) as img:
+                rows.append(net(preset(ImageOps.exif_transpose(img).convert("RGB")).unsqueeze(0)))
+    return torch.cat(rows)
 
 
 def files_of(folder: Path) -> tuple[list[str], list[int]]:
@@ -150,7 +183,7 @@ def test_fast_forward_matches_plain_features_for_other_backbones(backbone):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model.features(x)
-    torch.testing.assert_close(FastBackbone(model)(x), expected, rtol=1e-4, atol=1e-4)
+    assert_close_to_scale(FastBackbone(model)(x), expected)
 
 
 # --------------------------------------------------------------------------- keys
@@ -193,11 +226,8 @@ def test_second_call_reuses_memory_then_disk(small_model, photo_folder, tmp_path
     assert (from_disk.n_computed, from_disk.n_from_memory, from_disk.n_from_disk) == (0, 0, 4)
     assert torch.equal(from_disk.features, first.features)
     assert from_disk.labels.tolist() == labels and from_disk.file_paths == paths
-    # And the cached vectors are the backbone's features of the eval transform's inputs.
-    small_model.freeze().eval()
-    with torch.no_grad():
-        torch.testing.assert_close(first.features, small_model.features(reference_inputs(paths)),
-                                   rtol=1e-4, atol=1e-4)
+    # And the cached vectors are the photos' features, as torchvision's own model and transforms compute them.
+    assert_close_to_scale(first.features, torchvision_features(small_model, paths))
 
 
 def test_an_edited_photo_is_recomputed_and_a_renamed_one_is_not(small_model, photo_folder, tmp_path):
@@ -216,8 +246,8 @@ def test_an_edited_photo_is_recomputed_and_a_renamed_one_is_not(small_model, pho
     assert (after.n_computed, after.n_from_disk) == (1, 3)
     assert differs(after.features[0], before.features[0])
     assert torch.equal(after.features[1:], before.features[1:])
-    torch.testing.assert_close(after.features[:1], extract_features(small_model, [paths[0]], SETTINGS),
-                               rtol=0, atol=0)
+    # The recomputed vector is the edited photo's (an independent reference, not the package's extractor).
+    assert_close_to_scale(after.features[:1], torchvision_features(small_model, [paths[0]]))
 
 
 def test_a_touched_but_unchanged_photo_is_not_recomputed(small_model, photo_folder, tmp_path):
@@ -284,8 +314,10 @@ def test_a_damaged_cache_file_is_rebuilt(small_model, photo_folder, tmp_path):
 
 
 def test_default_cache_dir_is_under_the_output_folder(small_model, photo_folder, output_dir):
+    from tlcourse.config import get_config
+
     paths, labels = files_of(photo_folder)
-    result = features_for_files(small_model, paths, labels, None, SETTINGS)
+    result = features_for_files(small_model, paths, labels, get_config().feature_cache, SETTINGS)
     assert result.cache_file.parent == output_dir / "feature-cache"
     assert result.cache_file.is_file()
 
@@ -300,7 +332,7 @@ def test_memory_only_writes_nothing(small_model, photo_folder, output_dir, tmp_p
 def test_photo_folder_is_never_written(small_model, photo_folder, output_dir):
     paths, labels = files_of(photo_folder)
     before = {p: Path(p).read_bytes() for p in paths}
-    features_for_files(small_model, paths, labels, None, SETTINGS)
+    features_for_files(small_model, paths, labels, output_dir / "feature-cache", SETTINGS)
     assert sorted(str(p) for p in photo_folder.rglob("*") if p.is_file()) == sorted(before)
     assert all(Path(p).read_bytes() == b for p, b in before.items())
 

@@ -128,12 +128,54 @@ def test_interrupt_save_resume_continues_the_epoch_numbering(tmp_path):
     model.freeze()
     optimizer = head_optimizer(model)
     optimizer.load_state_dict(info["optimizer"])
-    resumed = fit(model, train, optimizer, epochs=2, val_loader=val, history=info["history"])
+    recorder = Recorder(model)
+    resumed = fit(model, train, optimizer, epochs=2, val_loader=val, history=info["history"], callbacks=[recorder])
     assert [r["epoch"] for r in resumed.epochs] == [0, 1, 2, 3]
     assert not resumed.interrupted
-    best = resumed.best()
-    assert best["val_acc"] >= best_before["val_acc"]  # the best can only stay or improve
+    # Here the two new epochs do not beat the saved best epoch (worked out by hand from the records) ...
+    assert best_by_hand(resumed.epochs) == best_before["epoch"] == resumed.best_epoch == 0
+    # ... so the weights at the end are exactly the checkpoint's (read with torch.load, not load_checkpoint),
+    # although training did change them in between.
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert same_weights(model, saved)
+    assert not same_weights(model, recorder.at_epoch_end[3])
     assert os.listdir(tmp_path / "outputs") == ["model.pt"]  # no temp files left behind
+
+
+def best_by_hand(records) -> int:
+    """The best epoch as fit's docstring defines it: highest validation accuracy, then lowest validation loss."""
+    return max(records, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
+
+
+def linear_model():
+    """A plain linear classifier on the pixels: its validation score moves from epoch to epoch (a random
+    frozen backbone's hardly does), so a resumed run can be made to beat the old best or not."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2))
+
+
+@pytest.mark.parametrize("first_lr, resumed_lr, beaten", [
+    (1e-4, 1e-2, True),  # a new epoch (the first resumed one) beats the old best; later ones are worse again
+    (1e-2, 1.0, False),  # too high a learning rate: the new epochs are worse (one ties on accuracy, higher loss)
+])
+def test_resuming_keeps_the_old_best_weights_unless_beaten(first_lr, resumed_lr, beaten):
+    train, val = loaders()
+    model = linear_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=first_lr)
+    history = fit(model, train, optimizer, epochs=1, val_loader=val)
+    start = copy.deepcopy(model.state_dict())  # what a checkpoint saved now would hold: epoch 0's weights
+    for group in optimizer.param_groups:
+        group["lr"] = resumed_lr
+    recorder = Recorder(model)
+    resumed = fit(model, train, optimizer, epochs=3, val_loader=val, history=history, callbacks=[recorder])
+
+    best = best_by_hand(resumed.epochs)
+    assert resumed.best_epoch == best and (best > 0) == beaten  # this case really is the one it is named after
+    # Every resumed epoch changed the weights, so "which weights are kept" is a real question ...
+    assert all(any(not torch.equal(t, start[k]) for k, t in recorder.at_epoch_end[e].items()) for e in (1, 2, 3))
+    # ... and the answer is the best epoch's: the new one that beat the old best, else the starting weights.
+    expected = recorder.at_epoch_end[best] if beaten else start
+    assert same_weights(model, expected)
 
 
 def test_resuming_from_a_checkpoint_gives_the_same_weights_as_one_run(tmp_path):

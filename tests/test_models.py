@@ -93,11 +93,18 @@ def test_feature_size_is_what_torchvision_model_computes(built):
         assert built.features(torch.zeros(2, 3, 224, 224)).shape == (2, expected)
 
 
-def test_model_records_what_it_was_built_from(built):
+#: The torchvision class each backbone name builds (the backbone is that model with its classifier removed).
+TORCHVISION_CLASS = {"vgg11": torchvision.models.VGG, "resnet18": torchvision.models.ResNet,
+                     "mobilenet_v2": torchvision.models.MobileNetV2}
+
+
+def test_model_records_what_it_was_built_from(built, request):
+    requested = request.node.callspec.params["built"]
     assert built.n_classes == N_CLASSES
     assert built.weights_name is None
     assert built.transform_settings == TransformSettings()
-    assert built.backbone_name in BACKBONES
+    assert built.backbone_name == requested
+    assert type(built.backbone) is TORCHVISION_CLASS[requested]  # and it really is that network
 
 
 def test_hidden_layer_head():
@@ -319,9 +326,8 @@ def assert_clear_weights_message(message: str, torch_home: Path) -> None:
 
 def test_missing_weights_offline_fail_at_once_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("TLCOURSE_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailableError) as info:
-        build_model(2, "mobilenet_v2", weights="DEFAULT")
+    with pytest.raises(WeightsUnavailableError) as info:  # the caller passes get_config().offline
+        build_model(2, "mobilenet_v2", weights="DEFAULT", offline=True)
     assert_clear_weights_message(str(info.value), tmp_path)
     assert "TLCOURSE_OFFLINE" in str(info.value)
     assert not list(tmp_path.rglob("*.pth*"))
@@ -359,7 +365,7 @@ def test_missing_weights_without_offline_flag_fail_without_hanging(tmp_path):
     # No TLCOURSE_OFFLINE: a real download attempt (this machine and CI have no internet).
     result = run_build(tmp_path, {})
     if result.returncode == 0 and "LOADED" in result.stdout:
-        pytest.skip("this machine has internet: the download worked")
+        pytest.skip("this machine has internet, so the download worked (cannot happen in CI: no internet)")
     assert result.returncode == 3, result.stderr
     assert_clear_weights_message(result.stdout, tmp_path)
     assert "download.pytorch.org" in result.stdout  # says the download was tried and failed
@@ -387,7 +393,8 @@ def silent_proxy():
     thread.start()
     yield f"http://127.0.0.1:{server.getsockname()[1]}"
     stop.set()
-    thread.join()
+    thread.join(timeout=10)  # the loop checks `stop` every 0.2 s
+    assert not thread.is_alive(), "the silent proxy's accept loop did not stop"
     for conn in connections:
         conn.close()
     server.close()

@@ -373,8 +373,39 @@ def test_choose_device_honours_an_explicit_preference():
             choose_device("cuda")
 
 
+class DeviceSpy(nn.Module):
+    """Wraps a model and records the device of every batch it is given."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.device.type)
+        return self.inner(x)
+
+
 def test_fit_trains_on_the_models_device():
-    model = tiny_model()
-    history = fit(model, DataLoader(tiny_data(), batch_size=BATCH), torch.optim.SGD(model.parameters(), lr=0.1), 1,
-                  device=choose_device("cpu"))
-    assert len(history.epochs) == 1
+    """Each batch is moved to the device (the model's, or the one given), and fit takes the same steps as a
+    plain loop written out here. Every device this machine has is tried (CI: the CPU only)."""
+    data = tiny_data()
+    reference = tiny_model()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    loss_sum = 0.0
+    for x, y in DataLoader(data, batch_size=BATCH):  # the reference: torchvision's train_one_epoch, by hand
+        loss = F.cross_entropy(reference(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for given in (None, choose_device(device)):  # the model's own device, or named explicitly
+            model = DeviceSpy(tiny_model()).to(device)
+            history = fit(model, DataLoader(data, batch_size=BATCH), torch.optim.SGD(model.parameters(), lr=0.1),
+                          1, device=given)
+            assert model.seen == [device] * 3  # 4 + 4 + 2 examples, each batch on the device
+            assert history.epochs[0]["train_loss"] == pytest.approx(loss_sum / N)
+            for name, value in reference.state_dict().items():
+                torch.testing.assert_close(model.inner.state_dict()[name].cpu(), value)

@@ -1,40 +1,21 @@
-"""Checkpoints: save a trained model with everything needed to use it again, load it back.
-
-A checkpoint holds the weights plus the backbone name, class names, head
-shape, transform settings and training history, so :func:`load_checkpoint`
-rebuilds the model without the pretrained weights file and gives identical
-predictions. Writes are atomic: the file is written beside the target and
-renamed over it, so an interruption never leaves half a file as the only copy.
+"""Checkpoints: a trained model with everything needed to use it again (weights, the model's
+constructor arguments, class names, history), written atomically.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .data import IMAGE_EXTENSIONS, TransformSettings
-from .models import TransferClassifier, build_model
+from .data import IMAGE_EXTENSIONS
+from .errors import CheckpointError, DataError, DataNotFoundError
+from .files import atomic_write
+from .models import TransferClassifier, rebuild
 from .training import History
 
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable or does not fit the model it is loaded into."""
-
-
-def _head_shape(model: TransferClassifier) -> dict[str, Any]:
-    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
-    dropouts = [m for m in model.head if isinstance(m, torch.nn.Dropout)]
-    return {
-        "hidden": linears[0].out_features if len(linears) > 1 else None,
-        "dropout": dropouts[0].p if dropouts else 0.0,
-    }
+FORMAT_VERSION = 2  # 2: the model's constructor arguments are stored as they are
 
 
 def save_checkpoint(
@@ -45,49 +26,26 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
-    """Save ``model`` and what is needed to use it to ``path`` (atomically).
-
-    Stored: the weights, backbone name, class names, head shape, transform
-    settings, the training ``history``, ``extra`` (plain Python values) and, when
-    given, the ``optimizer``'s state, so training can resume exactly where it
-    stopped (Adam's running averages included). The file is written next to
-    ``path`` under a temporary name and renamed over it only when complete: an
-    interruption or a full disk leaves the previous checkpoint intact and no
-    temporary file behind.
+    """Save ``model``, its arguments, ``class_names``, ``history``, ``extra`` (plain values) and the
+    ``optimizer``'s state to ``path``. An interruption leaves the previous file intact.
     """
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # a typo must not overwrite a learner's photo
-        raise ValueError(f"Refusing to save a checkpoint as {path}: that is an image file name. "
-                         "Save it under the output folder (TLCOURSE_OUTPUT), e.g. outputs/model.pt.")
+        raise DataError(f"Refusing to save a checkpoint as {path}: that is an image file name. "
+                        "Save it under the output folder (TLCOURSE_OUTPUT), e.g. outputs/model.pt.")
     if len(class_names) != model.n_classes:
-        raise ValueError(f"{len(class_names)} class names for a model with {model.n_classes} outputs")
+        raise DataError(f"{len(class_names)} class names for a model with {model.n_classes} outputs")
     payload = {
         "format_version": FORMAT_VERSION,
-        "backbone": getattr(model, "backbone_name", None),
-        "weights": getattr(model, "weights_name", None),
+        "model": model.arguments(),
         "class_names": list(class_names),
-        "n_features": model.n_features,
-        "head": _head_shape(model),
-        "transform": dataclasses.asdict(getattr(model, "transform_settings", TransformSettings())),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "history": history.to_dict() if history is not None else None,
         "extra": extra or {},
-        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,  # read back onto the CPU
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique hidden name beside the target (same file system, so the rename is atomic);
-    # opened with "xb" rather than tempfile.mkstemp, whose 0600 permissions the
-    # checkpoint would keep after the rename.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
     return path
 
 
@@ -95,43 +53,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint's contents (weights as CPU tensors) with a clear error for a bad file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}. Train and save one first (tlcourse train).")
+        raise DataNotFoundError(f"Checkpoint not found: {path}. Train and save one first (tlcourse train).")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a damaged file
         raise CheckpointError(f"{path} is not a readable tlcourse checkpoint ({error}). Save it again.") from error
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a tlcourse checkpoint (format {FORMAT_VERSION}).")
+        raise CheckpointError(f"{path} is not a tlcourse checkpoint (format {FORMAT_VERSION}); "
+                              "train and save it again with this version.")
     return payload
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
-    """Rebuild the model saved at ``path``. Returns ``(model, info)``.
+    """Rebuild the model saved at ``path`` (in eval mode). Returns ``(model, info)``.
 
-    ``info`` has ``class_names``, ``history`` (a :class:`History` or ``None``),
-    ``transform`` (:class:`TransformSettings`), ``backbone``, ``extra`` and ``optimizer``
-    (the optimizer's state dict, or ``None``). The model is in eval mode.
-
-    To resume training, build the same optimizer over the loaded model, call
-    ``optimizer.load_state_dict(info["optimizer"])`` and pass
-    ``history=info["history"]`` to :func:`tlcourse.training.fit`, which continues
-    the epoch numbering.
+    ``info``: ``class_names``, ``history``, ``transform``, ``backbone``, ``extra`` and ``optimizer``.
+    To resume, load ``info["optimizer"]`` into the same optimizer and pass ``history=info["history"]`` to fit.
     """
     payload = read_checkpoint(path)
-    model = build_model(
-        n_classes=len(payload["class_names"]),
-        backbone=payload["backbone"],
-        weights=None,  # the checkpoint carries every weight; no download needed
-        hidden=payload["head"]["hidden"],
-        dropout=payload["head"]["dropout"],
-    )
-    model.weights_name = payload["weights"]
-    model.transform_settings = TransformSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                                    for k, v in payload["transform"].items()})
+    model = rebuild(payload["model"])  # the checkpoint carries every weight; no download needed
     load_weights_into(model, payload, source=path)
     model.to(device).eval()
     history = History.from_dict(payload["history"]) if payload["history"] else None
-    info = {"class_names": payload["class_names"], "history": history, "backbone": payload["backbone"],
+    info = {"class_names": payload["class_names"], "history": history, "backbone": model.backbone_name,
             "transform": model.transform_settings, "extra": payload["extra"],
             "optimizer": payload.get("optimizer")}
     return model, info
@@ -140,20 +84,17 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
 def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | str | Path,
                       source: str | Path | None = None,
                       class_names: Sequence[str] | None = None) -> TransferClassifier:
-    """Put a checkpoint's weights into an existing model, checking that it is the same setup.
-
-    Raises :class:`CheckpointError`, naming both setups and the fix, when the
-    backbone, the number of classes, the class names (when ``class_names`` is
-    given) or the head's layers differ.
+    """Put a checkpoint's weights into an existing model; :class:`CheckpointError` (naming both setups
+    and the fix) when the backbone, the classes or the head's layers differ.
     """
     if not isinstance(checkpoint, dict):
         source, checkpoint = checkpoint, read_checkpoint(checkpoint)
     where = source or "checkpoint"
-    mine = getattr(model, "backbone_name", None)
-    if checkpoint["backbone"] != mine:
+    theirs = checkpoint["model"]["backbone_name"]
+    if theirs != model.backbone_name:
         raise CheckpointError(
-            f"{where} was trained with backbone {checkpoint['backbone']!r}, but this model uses {mine!r}. "
-            f"Build the model with backbone={checkpoint['backbone']!r} or use load_checkpoint()."
+            f"{where} was trained with backbone {theirs!r}, but this model uses {model.backbone_name!r}. "
+            f"Build the model with backbone={theirs!r} or use load_checkpoint()."
         )
     n = len(checkpoint["class_names"])
     if n != model.n_classes:
@@ -170,21 +111,10 @@ def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | st
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
-        mine = _head_shape(model)
+        head = {k: checkpoint["model"][k] for k in ("hidden", "dropout")}
         raise CheckpointError(
-            f"{where} does not fit this model's layers (checkpoint head: {checkpoint['head']}, this model: "
-            f"{mine}). Build the model with the checkpoint's settings or use load_checkpoint(). "
+            f"{where} does not fit this model's layers (checkpoint head: {head}, this model: "
+            f"{ {'hidden': model.hidden, 'dropout': model.dropout} }). Build the model with the checkpoint's settings or use load_checkpoint(). "
             f"Details: {error}"
         ) from error
     return model
-
-
-def _to_cpu(value: Any) -> Any:
-    """A copy of a (nested) state dict with every tensor on the CPU, so any machine can load it."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value

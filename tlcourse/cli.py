@@ -1,16 +1,6 @@
-"""The ``tlcourse`` command: set up a machine for the course and run the reference solution from a terminal.
-
-Commands::
-
-    tlcourse download-data [--dest data] [--mirror URL_OR_DIR]
-    tlcourse prefetch-weights [BACKBONE ...] [--from DIR]
-    tlcourse doctor [--data DIR]
-    tlcourse train DATA_DIR [--backbone NAME] [--method freeze|discriminative] [--epochs N] [--out FILE]
-    tlcourse evaluate CHECKPOINT DATA_DIR [--json]
-    tlcourse predict CHECKPOINT IMAGE ...
-
-Also runs as ``python -m tlcourse``. Heavy imports (torch) happen inside the
-commands that need them, so ``--help`` and ``download-data`` start quickly.
+"""The ``tlcourse`` command (also ``python -m tlcourse``): set up a machine for the course and run the
+reference solution from a terminal. Heavy imports (torch) happen inside the commands that need them,
+so ``--help`` and ``download-data`` start quickly.
 """
 
 from __future__ import annotations
@@ -26,37 +16,47 @@ from typing import Sequence
 
 from . import __version__
 from .config import get_config
+from .errors import TLCourseError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130
+MIRROR_HELP = """Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>
+(a finished data/ folder). Serve it on the local network with
+    cd data && python -m http.server 8000
+and on each machine run
+    tlcourse download-data --mirror http://TEACHER-IP:8000
+or copy from a USB stick: tlcourse download-data --mirror /media/usb/data"""
 
 
 def _err(message: str) -> None:
     print(f"tlcourse: error: {message}", file=sys.stderr)
 
 
-def _device(preference: str):
-    """The torch device to use; a device this machine lacks is a user error (exit 1 with the fix), not a crash."""
-    from .training import choose_device
+def _device(preference: str | None):
+    from .training import choose_device  # torch loads only for the commands that need it
 
-    try:
-        return choose_device(preference)
-    except RuntimeError as error:
-        raise ValueError(str(error)) from None
+    return choose_device(preference or get_config().device)
+
+
+def _report_skipped(skipped) -> None:
+    """Name each file a folder scan left out that looks meant as a photo, with the reason."""
+    from .data import worth_warning
+
+    for item in worth_warning(skipped):
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- download-data
 def cmd_download_data(args: argparse.Namespace) -> int:
-    from .download import DownloadError, download_data
+    from .download import download_data
 
     where = args.mirror or "the published addresses (raw.githubusercontent.com, pinned by commit)"
     print(f"Downloading the example set into {args.dest} from {where}", file=sys.stderr)
     try:
         report = download_data(args.dest, manifest=args.manifest, mirror=args.mirror, workers=args.workers,
                                retries=args.retries, timeout=args.timeout, progress=not args.quiet)
-    except DownloadError as error:
-        _err(str(error))
-        return EXIT_FAIL
     except OSError as error:  # the destination cannot be created or written (permissions, full disk)
+        if isinstance(error, TLCourseError):
+            raise
         _err(f"cannot write the photos into {args.dest}: {error}")
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -71,16 +71,12 @@ def cmd_download_data(args: argparse.Namespace) -> int:
 def cmd_prefetch_weights(args: argparse.Namespace) -> int:
     import torch.hub
 
-    from .download import DownloadError, prefetch_weights
+    from .weights import prefetch_weights
 
-    backbones = args.backbones or [get_config().backbone]
+    config = get_config()
     print(f"Torch cache: {Path(torch.hub.get_dir()) / 'checkpoints'}", file=sys.stderr)
-    try:
-        results = prefetch_weights(backbones, source_dir=args.source, timeout=args.timeout,
-                                   progress=not args.quiet)
-    except (DownloadError, ValueError) as error:
-        _err(str(error))
-        return EXIT_FAIL
+    results = prefetch_weights(args.backbones or [config.backbone], source_dir=args.source, timeout=args.timeout,
+                               progress=not args.quiet, offline=config.offline)
     for result in results:
         print(f"{result.backbone}: {result.action}, verified (loads into {result.backbone}), "
               f"sha256 {result.sha256[:16]}... -> {result.path}")
@@ -99,71 +95,47 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- train
-def _text_progress(callback_base: type, stream=None):
-    """A training callback that prints progress as text (built here so torch loads only for ``train``)."""
-
-    class TextProgress(callback_base):
-        """A batch counter on a terminal, one line per epoch always (readable in CI logs)."""
-
-        def __init__(self):
-            self.stream = stream or sys.stderr
-            self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-
-        def on_batch_end(self, state) -> None:
-            if self.tty:
-                total = state.batches or "?"
-                self.stream.write(f"\r  epoch {state.epoch + 1}/{state.epochs} batch {state.batch + 1}/{total} "
-                                  f"loss {state.loss:.4f}")
-                self.stream.flush()
-
-        def on_epoch_end(self, state) -> None:
-            record = state.history.epochs[-1]
-            line = (f"epoch {record['epoch'] + 1}/{state.epochs}: train loss {record['train_loss']:.4f} "
-                    f"acc {record['train_acc']:.3f}")
-            if "val_acc" in record:
-                line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.3f}"
-            line += f" ({record['seconds']:.1f} s)"
-            self.stream.write(("\r" if self.tty else "") + line + " " * 10 + "\n")
-            self.stream.flush()
-
-    return TextProgress()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
+    from .dashboard import TextProgress
     from .data import find_classes, load_course_data
     from .models import build_model
     from .recipes import train_discriminative, train_frozen
-    from .training import Callback, evaluate, seed_everything
+    from .training import evaluate, seed_everything
 
     config = get_config()
     backbone = args.backbone or config.backbone
     seed = config.seed if args.seed is None else args.seed
     epochs = args.epochs if args.epochs is not None else (5 if args.method == "freeze" else 2)
     out = Path(args.out) if args.out else config.output_dir / f"{backbone}-{args.method}.pt"
-    device = _device(args.device or config.device)
+    device = _device(args.device)
 
     seed_everything(seed)
     # Build the model first: its weights define the input transform (sizes, normalisation).
     classes = find_classes(args.data_dir)
-    model = build_model(len(classes), backbone=backbone, weights="DEFAULT").to(device)
-    data = load_course_data(args.data_dir, model.transform_settings, seed=seed, per_class=args.per_class)
+    model = build_model(len(classes), backbone=backbone, weights="DEFAULT", offline=config.offline).to(device)
+    # Every photo decoded once up front: a truncated file is skipped and named now, not found mid-training.
+    skipped: list = []
+    data = load_course_data(args.data_dir, model.transform_settings, seed=seed, per_class=args.per_class,
+                            check="decode", skipped=skipped)
+    _report_skipped(skipped)
     sizes = data.split.sizes()
     print(f"Training {backbone} ({'weight freezing' if args.method == 'freeze' else 'discriminative learning rates'}) "
           f"on {device}: {len(data.table)} photos of {', '.join(data.classes)}; split train {sizes['train']}, "
           f"val {sizes['val']}, test {sizes['test']} (seed {seed}); {epochs} epoch(s)", file=sys.stderr)
-    progress = _text_progress(Callback)
+    progress = TextProgress(file=sys.stderr)
     started = time.perf_counter()
     # Progress (ours and the recipes' own messages) goes to stderr; stdout keeps only the results.
     with contextlib.redirect_stdout(sys.stderr):
         if args.method == "freeze":
             # Cached features (the recipe's default): each photo goes through the backbone once.
             history = train_frozen(model, data, epochs=epochs, lr=args.lr or 1e-3, batch_size=args.batch_size,
-                                   callbacks=[progress], seed=seed)
+                                   callbacks=[progress], seed=seed, cache_dir=config.feature_cache)
         else:
             # Head first, on the frozen backbone (fast, cached): fine-tuning from a random head would send
             # large random gradients into the pretrained layers. Then everything, the backbone 10x slower.
-            train_frozen(model, data, epochs=5, batch_size=args.batch_size, callbacks=[progress], seed=seed)
+            train_frozen(model, data, epochs=5, batch_size=args.batch_size, callbacks=[progress], seed=seed,
+                         cache_dir=config.feature_cache)
             history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-4,
                                            batch_size=args.batch_size, callbacks=[progress], seed=seed)
     seconds = time.perf_counter() - started
@@ -184,27 +156,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def _folder_table(data_dir: Path, class_names: Sequence[str]):
-    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices.
-
-    Unlike training, evaluation accepts a folder with only some of the classes
-    (e.g. only hotdogs). Files the course cannot read are skipped and listed.
+    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices; a folder with only
+    some of the classes is fine. Unreadable files are skipped and named.
     """
     from .data import find_classes, inspect_folder
+    from .errors import DataError
 
     find_classes(data_dir)  # a missing folder or one without class subfolders: clear error, with the fix
     scan = inspect_folder(data_dir, check="header")
     table = scan.table
     if table.empty:
-        raise scan.errors[0] if scan.errors else ValueError(f"No images in the class folders of {data_dir}.")
+        raise scan.errors[0] if scan.errors else DataError(f"No images in the class folders of {data_dir}.")
     unknown = sorted(set(scan.classes) - set(class_names))
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"{data_dir} has class folder(s) {unknown} that the checkpoint does not know; it was trained on "
             f"{list(class_names)}. Evaluate on a folder whose subfolders are named like those classes."
         )
-    for skipped in scan.skipped:
-        if not skipped.quiet:
-            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    _report_skipped(scan.skipped)
     table = table.copy()
     table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)}).astype(int)
     return table.reset_index(drop=True)
@@ -215,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
 
-    device = _device(args.device or get_config().device)
+    device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     table = _folder_table(Path(args.data_dir), names)
@@ -227,13 +196,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     confusion = confusion_frame(frame["label"], frame["pred"], names)
     counts = table["class_name"].value_counts().to_dict()
     if args.json:
+        correct = int((frame["label"] == frame["pred"]).sum())
         print(json.dumps({
-            "checkpoint": str(args.checkpoint),
-            "data_dir": str(args.data_dir),
-            "n": int(len(frame)),
-            "correct": int((frame["label"] == frame["pred"]).sum()),
-            "accuracy": acc,
-            "class_names": list(names),
+            "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "n": int(len(frame)),
+            "correct": correct, "accuracy": acc, "class_names": list(names),
             "counts": {name: int(counts.get(name, 0)) for name in names},
             # null for a class with no photos in the folder (JSON has no NaN)
             "per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
@@ -257,22 +223,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_checkpoint
     from .data import eval_transform, load_image
+    from .errors import ImageLoadError
     from .models import predict_proba
 
-    device = _device(args.device or get_config().device)
+    device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     transform = eval_transform(info["transform"])
     results, failures = [], 0
     for image in args.images:
-        if not Path(image).is_file():
-            _err(f"image not found: {image}. Give the path of a photo file (jpg, png, ...).")
-            failures += 1
-            continue
         try:
             x = transform(load_image(image)).unsqueeze(0)
-        except (OSError, ValueError) as error:  # not an image, truncated, unsupported format
-            _err(f"cannot read {image} as an image: {error}")
+        except ImageLoadError as error:  # missing, not an image, truncated: say so and go on with the others
+            _err(str(error))
             failures += 1
             continue
         probs = predict_proba(model, x)[0].cpu()
@@ -292,32 +255,35 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all commands (also used to test every ``--help``)."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="tlcourse",
+        prog="tlcourse", formatter_class=formatter,
         description="Transfer-learning course: set up a machine (data, weights, checks) and run the "
                     "reference solution from a terminal.",
         epilog="Typical setup: tlcourse download-data && tlcourse prefetch-weights && tlcourse doctor\n"
                "Run `tlcourse COMMAND --help` for a command's options.",
-        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"tlcourse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser(
-        "download-data", formatter_class=formatter,
-        help="download the example photos (dog/hotdog), verified by sha256",
-        description="Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and "
-                    "DEST/hotdog. Each photo is fetched from where it is published (a GitHub repository "
-                    "pinned to a commit) or from a classroom mirror, and checked against the sha256 in "
-                    "the manifest shipped with tlcourse. Downloads run in parallel; transient failures are "
-                    "retried; an interrupted run resumes without fetching verified files again; a file "
-                    "with the wrong hash is rejected and never left under its final name.",
-        epilog="Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>\n"
-               "(a finished data/ folder). Serve it on the local network with\n"
-               "    cd data && python -m http.server 8000\n"
-               "and on each machine run\n"
-               "    tlcourse download-data --mirror http://TEACHER-IP:8000\n"
-               "or copy from a USB stick: tlcourse download-data --mirror /media/usb/data",
-    )
+    def command(name: str, func, summary: str, description: str, epilog: str | None = None,
+                options: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=formatter)
+        p.set_defaults(func=func)
+        if "quiet" in options:
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if "json" in options:
+            p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if "device" in options:
+            p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
+        return p
+
+    p = command(
+        "download-data", cmd_download_data, "download the example photos (dog/hotdog), verified by sha256",
+        "Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and DEST/hotdog. Each "
+        "photo is fetched from where it is published (a GitHub repository pinned to a commit) or from a classroom "
+        "mirror, and checked against the sha256 in the manifest shipped with tlcourse. Downloads run in parallel; "
+        "transient failures are retried; an interrupted run resumes without fetching verified files again; a file "
+        "with the wrong hash is rejected and never left under its final name.",
+        MIRROR_HELP, options=["quiet"])
     p.add_argument("--dest", default="data", help="folder to fill (default: data)")
     p.add_argument("--mirror", metavar="URL_OR_DIR",
                    help="take the files from an http(s) address or a local folder laid out as <mirror>/<class>/<file>")
@@ -327,92 +293,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=3, help="retries per file for transient failures (default: 3)")
     p.add_argument("--timeout", type=float, default=15.0,
                    help="seconds to wait for a connection or for data before giving up on a try (default: 15)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_download_data)
 
-    p = sub.add_parser(
-        "prefetch-weights", formatter_class=formatter,
-        help="put pretrained weights into the torch cache (TORCH_HOME) for offline use",
-        description="Download the ImageNet weights of each BACKBONE into the torch cache "
-                    "($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints), checked with "
-                    "torchvision's hash, so the lessons then work offline. With --from DIR, install them from "
-                    "a folder instead (a USB stick, or another machine's TORCH_HOME). Every file is verified "
-                    "by loading it into the model.",
-        epilog="Examples:\n"
-               "    tlcourse prefetch-weights                      # the configured backbone (TLCOURSE_BACKBONE)\n"
-               "    tlcourse prefetch-weights mobilenet_v2 resnet18 vgg11\n"
-               "    tlcourse prefetch-weights --from /media/usb/weights",
-    )
+    p = command(
+        "prefetch-weights", cmd_prefetch_weights, "put pretrained weights into the torch cache (TORCH_HOME) for offline use",
+        "Download the ImageNet weights of each BACKBONE into the torch cache ($TORCH_HOME/hub/checkpoints, default "
+        "~/.cache/torch/hub/checkpoints), checked with torchvision's hash, so the lessons then work offline. With "
+        "--from DIR, install them from a folder instead (a USB stick, or another machine's TORCH_HOME). Every file "
+        "is verified by loading it into the model.",
+        "Examples:\n"
+        "    tlcourse prefetch-weights                      # the configured backbone (TLCOURSE_BACKBONE)\n"
+        "    tlcourse prefetch-weights mobilenet_v2 resnet18 vgg11\n"
+        "    tlcourse prefetch-weights --from /media/usb/weights", options=["quiet"])
     p.add_argument("backbones", nargs="*", metavar="BACKBONE",
                    help="torchvision model names (default: TLCOURSE_BACKBONE, mobilenet_v2)")
     p.add_argument("--from", dest="source", metavar="DIR",
                    help="install from this folder (file names as torchvision's, e.g. mobilenet_v2-7ebf99e0.pth)")
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds (default: 30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prefetch_weights)
 
-    p = sub.add_parser(
-        "doctor", formatter_class=formatter,
-        help="check that this machine is ready for the lessons",
-        description="Print one table: Python, torch, torchvision, JupyterLab and ipywidgets versions, the "
-                    "widget front end, the device (CUDA, MPS or CPU), the data folder (classes, counts, "
-                    "unreadable files) and which backbones have cached weights. Exits with status 1 when "
-                    "something a lesson needs is missing, and prints the fix for each problem.",
-    )
+    p = command(
+        "doctor", cmd_doctor, "check that this machine is ready for the lessons",
+        "Print one table: Python, torch, torchvision, JupyterLab and ipywidgets versions, the widget front end, the "
+        "device (CUDA, MPS or CPU), the data folder (classes, counts, unreadable files) and which backbones have "
+        "cached weights. Exits with status 1 when something a lesson needs is missing, and prints the fix for each "
+        "problem.")
     p.add_argument("--data", metavar="DIR", help="photo folder to check (default: TLCOURSE_DATA, data)")
     p.add_argument("--quick", action="store_true", help="do not open every image to look for unreadable files")
-    p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser(
-        "train", formatter_class=formatter,
-        help="train the reference solution and save a checkpoint",
-        description="Train the course's reference solution on DATA_DIR (one subfolder per class): a "
-                    "pretrained backbone with a new head, by weight freezing (only the head learns) or "
-                    "discriminative learning rates (the head is trained on the frozen backbone first, then everything "
-                    "learns, the backbone 10x more slowly). "
-                    "Splits the photos 80/10/10 from the seed, prints progress, the final validation and "
-                    "test accuracy, and writes a checkpoint for `tlcourse evaluate` and `tlcourse predict`.",
-    )
+    p = command(
+        "train", cmd_train, "train the reference solution and save a checkpoint",
+        "Train the course's reference solution on DATA_DIR (one subfolder per class): a pretrained backbone with a "
+        "new head, by weight freezing (only the head learns) or discriminative learning rates (the head is trained "
+        "on the frozen backbone first, then everything learns, the backbone 10x more slowly). Every photo is "
+        "decoded first; unreadable ones are skipped and named. Splits the photos 80/10/10 from the seed, prints "
+        "progress, the final validation and test accuracy, and writes a checkpoint for `tlcourse evaluate` and "
+        "`tlcourse predict`.", options=["device"])
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
     p.add_argument("--backbone", help="torchvision backbone (default: TLCOURSE_BACKBONE, mobilenet_v2)")
     p.add_argument("--method", choices=["freeze", "discriminative"], default="freeze",
                    help="fine-tuning method (default: freeze)")
     p.add_argument("--epochs", type=int, help="epochs (default: 5 for freeze; 2 for discriminative, after 5 head-only epochs)")
-    p.add_argument("--out", metavar="FILE",
-                   help="checkpoint to write (default: TLCOURSE_OUTPUT/<backbone>-<method>.pt)")
-    p.add_argument("--lr", type=float, help="learning rate of the head (default: 1e-3 for freeze, 1e-4 when fine-tuning; backbone 1e-5)")
+    p.add_argument("--out", metavar="FILE", help="checkpoint to write (default: TLCOURSE_OUTPUT/<backbone>-<method>.pt)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate of the head (default: 1e-3 for freeze, 1e-4 when fine-tuning; backbone 1e-5)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--per-class", type=int, metavar="N", help="use at most N photos per class (quick runs)")
     p.add_argument("--seed", type=int, help="seed for the split and training (default: TLCOURSE_SEED, 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "evaluate", formatter_class=formatter,
-        help="accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
-        description="Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's "
-                    "subfolders must be named like the checkpoint's classes (a folder with only some of "
-                    "them is fine). Prints accuracy, per-class accuracy and the confusion matrix.",
-    )
+    p = command(
+        "evaluate", cmd_evaluate, "accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
+        "Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's subfolders must be "
+        "named like the checkpoint's classes (a folder with only some of them is fine). Prints accuracy, per-class "
+        "accuracy and the confusion matrix (--json: one JSON object with accuracy, n, per_class, confusion_matrix, "
+        "...).", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (accuracy, n, per_class, confusion_matrix, ...) instead of text")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
-        "predict", formatter_class=formatter,
-        help="class and probability for each image",
-        description="Print the predicted class and its probability for each IMAGE, one line each: "
-                    "IMAGE<TAB>CLASS<TAB>PROBABILITY.",
-    )
+    p = command(
+        "predict", cmd_predict, "class and probability for each image",
+        "Print the predicted class and its probability for each IMAGE, one line each: IMAGE<TAB>CLASS<TAB>PROBABILITY "
+        "(--json: a JSON list with every class's probability).", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to classify")
-    p.add_argument("--json", action="store_true", help="print a JSON list with every class's probability")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
-    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -424,18 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:
-        # The package's errors (CheckpointError is a ValueError, NonFiniteLossError a FloatingPointError)
-        # say what is wrong and how to fix it; a traceback would hide that.
-        _err(str(error))
-        return EXIT_FAIL
-    except RuntimeError as error:
-        from .download import DownloadError
-        from .models import WeightsUnavailableError
-
-        if not isinstance(error, (DownloadError, WeightsUnavailableError)):
-            raise  # a real bug: keep the traceback
-        _err(str(error))
+    except TLCourseError as error:
+        # Expected errors name the fix; a traceback would hide it. Anything else is a bug and keeps its traceback.
+        _err(" ".join(str(error).split()))
         return EXIT_FAIL
 
 

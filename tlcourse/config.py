@@ -1,11 +1,12 @@
-"""Course settings, read from environment variables with sensible defaults.
+"""Course settings: every ``TLCOURSE_*`` environment variable, read in one place.
 
-Every lesson and command starts from :func:`get_config`, so one variable changes
-the whole course (for example ``TLCOURSE_BACKBONE=vgg11`` to follow the original
-notebook's VGG11). Relative paths are resolved against the *course root*: the
-nearest folder, from the current one upwards, that holds a ``notebooks/``
-folder (so a lesson running in ``notebooks/`` and a terminal in the repository
-root see the same ``data/``), or the current folder when there is none.
+Lessons and the ``tlcourse`` command start from :func:`get_config` and pass the
+values on; library functions never read the environment themselves. One
+variable changes the whole course (``TLCOURSE_BACKBONE=vgg11`` follows the
+original notebook's VGG11). Relative paths are resolved against the *course
+root*: the nearest folder, from the current one upwards, that holds a
+``notebooks/`` folder (so a lesson in ``notebooks/`` and a terminal in the
+repository root see the same ``data/``), or the current folder when there is none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
 
 #: Environment variables the course reads, with their defaults and meaning.
 SETTINGS = {
@@ -22,10 +26,15 @@ SETTINGS = {
     "TLCOURSE_SMOKE": ("0", "1 = quick run on a small subset with fewer epochs"),
     "TLCOURSE_SEED": ("0", "seed for the split, the head's initial weights and shuffling"),
     "TLCOURSE_DEVICE": ("auto", "auto, cpu, cuda or mps"),
+    "TLCOURSE_OFFLINE": ("0", "1 = never download; missing weights are an error naming the fix"),
+    "TLCOURSE_DASHBOARD": ("auto", "training display: widgets, text, or auto (widgets in Jupyter)"),
 }
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+#: The words every true/false setting accepts (compared in lower case).
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DASHBOARD_MODES = ("auto", "widgets", "text")
 
 
 def course_root(start: Path | None = None) -> Path:
@@ -47,11 +56,18 @@ class Config:
     smoke: bool = False
     seed: int = 0
     device: str = "auto"
+    offline: bool = False
+    dashboard: str = "auto"
 
     @property
     def labels_csv(self) -> Path:
         """Where the labels CSV is written (never inside the learner's photo folder)."""
         return self.output_dir / "labels.csv"
+
+    @property
+    def feature_cache(self) -> Path:
+        """Where cached backbone features are kept on disk."""
+        return self.output_dir / "feature-cache"
 
     @property
     def excluded_csv(self) -> Path:
@@ -73,35 +89,37 @@ def _resolve(value: str, root: Path) -> Path:
     return path if path.is_absolute() else (root / path)
 
 
-def get_config(env: dict[str, str] | None = None, root: Path | None = None) -> Config:
-    """Read the course settings from ``env`` (default: ``os.environ``).
+def _choice(name: str, value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        # A typo such as TLCOURSE_SMOKE=ture must not silently start a full-length run.
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return value
 
-    See :data:`SETTINGS` for the variables, their defaults and what they mean.
-    """
+
+def get_config(env: Mapping[str, str] | None = None, root: Path | None = None) -> Config:
+    """Read the course settings from ``env`` (default: ``os.environ``); see :data:`SETTINGS`."""
     env = os.environ if env is None else env
     root = course_root(root)
 
     def get(name: str) -> str:
-        value = env.get(name, "").strip()
-        return value or SETTINGS[name][0]
+        return env.get(name, "").strip() or SETTINGS[name][0]
 
-    seed_text = get("TLCOURSE_SEED")
+    def flag(name: str) -> bool:
+        words = f"1 (or {'/'.join(TRUE_WORDS[1:])}) or 0 (or {'/'.join(FALSE_WORDS[1:])})"
+        return _choice(name, get(name).lower(), TRUE_WORDS + FALSE_WORDS, words) in TRUE_WORDS
+
     try:
-        seed = int(seed_text)
+        seed = int(get("TLCOURSE_SEED"))
     except ValueError:
-        raise ValueError(f"TLCOURSE_SEED must be an integer, got {seed_text!r}") from None
-    smoke_text = get("TLCOURSE_SMOKE").lower()
-    if smoke_text not in _TRUE | _FALSE:
-        # A typo such as TLCOURSE_SMOKE=ture must not silently start a full-length run.
-        raise ValueError(f"TLCOURSE_SMOKE must be 1 (or true/yes/on) or 0 (or false/no/off), got {smoke_text!r}")
-    device = get("TLCOURSE_DEVICE").lower()
-    if device not in {"auto", "cpu", "cuda", "mps"}:
-        raise ValueError(f"TLCOURSE_DEVICE must be auto, cpu, cuda or mps, got {device!r}")
+        raise ConfigError(f"TLCOURSE_SEED must be an integer, got {get('TLCOURSE_SEED')!r}") from None
     return Config(
         data_dir=_resolve(get("TLCOURSE_DATA"), root),
         backbone=get("TLCOURSE_BACKBONE"),
         output_dir=_resolve(get("TLCOURSE_OUTPUT"), root),
-        smoke=smoke_text in _TRUE,
+        smoke=flag("TLCOURSE_SMOKE"),
         seed=seed,
-        device=device,
+        device=_choice("TLCOURSE_DEVICE", get("TLCOURSE_DEVICE").lower(), DEVICES, "auto, cpu, cuda or mps"),
+        offline=flag("TLCOURSE_OFFLINE"),
+        dashboard=_choice("TLCOURSE_DASHBOARD", get("TLCOURSE_DASHBOARD").lower(), DASHBOARD_MODES,
+                          "auto, widgets or text (auto: widgets in Jupyter, text elsewhere)"),
     )

@@ -1,14 +1,5 @@
-"""Data: from a folder of class subfolders to a labels table, a Dataset, transforms and a split.
-
-The course's data lives in a folder with one subfolder per class::
-
-    data/
-      dog/     001.jpg 002.jpg ...
-      hotdog/  001.jpg ...
-
-:func:`scan_folder` turns it into a table of ``(file_path, label, class_name)``;
-:func:`write_labels_csv` / :func:`read_labels_csv` store that table;
-:class:`CSVDataset` serves ``(image tensor, label)`` pairs from it.
+"""Data: from a folder of class subfolders (``data/dog/*.jpg``, ``data/hotdog/*.jpg``) to a labels
+table, a Dataset, transforms and a seeded split.
 """
 
 from __future__ import annotations
@@ -27,6 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .errors import DataError, DataNotFoundError, ImageLoadError
+from .files import atomic_write
+
 #: ImageNet channel statistics; used only when no weights are given.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,19 +29,8 @@ LABEL_COLUMNS = ["file_path", "label", "class_name"]
 
 
 # --------------------------------------------------------------------------- scanning
-#
-# A learner's photo folder is never clean. What scanning does with each kind of file
-# (the README's "Preparing your own photos" has the same table):
-#
-# * used: .jpg/.jpeg/.png/.bmp/.gif/.webp/... in any letter case, in the class folder or in
-#   nested subfolders of it (they belong to the class), names with spaces or non-ASCII letters;
-#   grayscale, palette, RGBA, CMYK and 16-bit images (converted to RGB by load_image);
-# * skipped quietly (listed in the report, no warning): hidden files and folders (.DS_Store,
-#   .ipynb_checkpoints, ._photo.jpg) and system files (Thumbs.db, desktop.ini);
-# * skipped with a warning naming file and reason: other endings (.txt, .heic, ...), empty
-#   files, files that are not readable images, images smaller than MIN_IMAGE_SIDE, images over
-#   Pillow's decompression-bomb limit, and (check="decode") corrupt or truncated images;
-# * clear error: missing folder, no class folders, a single class, a class with no usable image.
+# A learner's photo folder is never clean: the README's "Preparing your own photos" lists what is
+# used, skipped quietly (hidden and system files), skipped with a warning, or a clear error.
 
 #: File endings the course reads as images (compared case-insensitively).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff") + (
@@ -70,24 +53,8 @@ _KNOWN_OTHER_ENDINGS = {
     ".heif": "unsupported format: HEIF photo, Pillow cannot read it; convert it to JPEG",
     ".svg": "unsupported format: vector drawing, not a photo; export it as PNG",
     ".pdf": "not an image: a PDF document",
-    ".raw": "unsupported format: camera RAW file; export it as JPEG",
-    ".cr2": "unsupported format: camera RAW file; export it as JPEG",
-    ".nef": "unsupported format: camera RAW file; export it as JPEG",
-    ".dng": "unsupported format: camera RAW file; export it as JPEG",
+    **dict.fromkeys((".raw", ".cr2", ".nef", ".dng"), "unsupported format: camera RAW file; export it as JPEG"),
 }
-
-
-class ImageLoadError(OSError):
-    """An image file cannot be used; the message names the file, the reason and the fix.
-
-    A subclass of ``OSError`` (as Pillow's own errors are), so existing handlers still
-    catch it. The constructor takes a single message so that a DataLoader worker can
-    re-raise it in the main process unchanged.
-    """
-
-    def __init__(self, message: str, path: str | Path | None = None):
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
 
 
 class SkippedFilesWarning(UserWarning):
@@ -96,10 +63,8 @@ class SkippedFilesWarning(UserWarning):
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file (or hidden folder) that scanning left out, and why.
-
-    ``reason`` reads ``"<kind>: <details and fix>"``; ``quiet`` marks hidden and
-    system files, which are skipped without a warning.
+    """A file (or hidden folder) that scanning left out: ``reason`` reads ``"<kind>: <details and fix>"``;
+    ``quiet`` marks hidden and system files, skipped without a warning.
     """
 
     path: Path
@@ -113,15 +78,14 @@ class SkippedFile:
         return self.reason.split(":", 1)[0]
 
 
+def worth_warning(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
+    """The skipped files that look meant as photos (not hidden or system files), sorted by path."""
+    return sorted((s for s in skipped if not s.quiet), key=lambda s: s.path)
+
+
 @dataclass
 class FolderScan:
-    """Everything :func:`inspect_folder` found; it never raises for a folder's content.
-
-    ``table`` has the :data:`LABEL_COLUMNS` plus ``width``, ``height``, ``mode`` and
-    ``format`` (empty with ``check="none"``); ``errors`` are the folder-level problems
-    that stop training (missing folder, fewer than two classes, a class without usable
-    images) as exceptions, first one first.
-    """
+    """Everything :func:`inspect_folder` found; ``errors``: folder-level problems that stop training."""
 
     root: Path
     classes: list[str]
@@ -135,25 +99,13 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _missing_folder_error(root: Path) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"Data folder not found: {root}. Create it with one subfolder per class "
-        f"(e.g. {root / 'dog'}, {root / 'hotdog'}), run `tlcourse download-data --dest {root}`, "
-        "or point TLCOURSE_DATA at your folder."
-    )
-
-
 def find_classes(root: str | Path) -> list[str]:
-    """Return the class names: the non-hidden subfolders of ``root``, sorted.
-
-    Sorting makes the class -> label mapping the same on every machine (the
-    original used ``os.scandir`` order, which depends on the file system).
-    Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` when it
-    has no class subfolders, both naming the folder and the fix.
-    """
+    """The class names: the non-hidden subfolders of ``root``, sorted (the same labels on every machine)."""
     root = Path(root)
     if not root.is_dir():
-        raise _missing_folder_error(root)
+        raise DataNotFoundError(
+            f"Data folder not found: {root}. Create it with one subfolder per class (e.g. {root / 'dog'}, "
+            f"{root / 'hotdog'}), run `tlcourse download-data --dest {root}`, or point TLCOURSE_DATA at your folder.")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
     if not classes:
         loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -162,7 +114,7 @@ def find_classes(root: str | Path) -> list[str]:
             f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead."
             if loose else ""
         )
-        raise ValueError(
+        raise DataError(
             f"No class subfolders in {root}. Put each class's images in its own subfolder, "
             f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}"
         )
@@ -170,10 +122,8 @@ def find_classes(root: str | Path) -> list[str]:
 
 
 def _walk(class_dir: Path, class_name: str | None) -> tuple[list[Path], list[SkippedFile]]:
-    """Candidate image files under ``class_dir`` (nested folders included) and what was left out.
-
-    Hidden folders are not entered (``.ipynb_checkpoints`` holds copies, not new
-    photos). Symbolic links are followed, with a guard against link loops.
+    """Candidate image files under ``class_dir`` (nested folders too; hidden ones not entered, link loops
+    guarded) and what was left out.
     """
     files: list[Path] = []
     skipped: list[SkippedFile] = []
@@ -224,21 +174,10 @@ def _too_large_reason(width: int, height: int) -> str | None:
 def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, object] | None, str | None]:
     """Look at one image file: ``(info, None)`` when it is usable, ``(None, reason)`` when not.
 
-    ``info`` has ``width``, ``height``, ``mode`` and ``format``. ``check`` says how much is read:
-
-    * ``"none"``: only that the file is not empty (no decoding; ``info`` values are ``None``);
-    * ``"header"``: the image header (format, size): catches empty files, files that are
-      not images, images smaller than :data:`MIN_IMAGE_SIDE` and images over Pillow's
-      decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``). About 0.2-0.6 ms a photo
-      (0.3-0.9 s for the 1,434 example photos on a 2-core machine).
-    * ``"decode"``: also decodes the pixels and converts them the way :func:`load_image`
-      does (JPEGs at 1/8 scale, which still reads every byte): catches corrupt and
-      truncated files too. About 2.5-4 ms a photo (4-6 s for the example photos),
-      roughly 60% of what full :func:`load_image` calls cost.
-
-    Images over the decompression-bomb limit are skipped, not loaded: Pillow only warns
-    between the limit and twice the limit, but such a file costs hundreds of MB per load
-    and is almost always a mistake (or an attack) in a training folder.
+    ``check``: ``"none"`` (only that it is not empty), ``"header"`` (format and size: empty, not an
+    image, smaller than :data:`MIN_IMAGE_SIDE`, over Pillow's decompression-bomb limit) or ``"decode"``
+    (also the pixels, as :func:`load_image` converts them: corrupt and truncated files too).
+    Images over the bomb limit are skipped, not loaded: such a file is almost always a mistake.
     """
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
@@ -285,19 +224,15 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
 
 
 def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
-    """Scan ``root`` like :func:`scan_folder`, but collect every problem instead of raising.
-
-    Used by :func:`scan_folder` and by :func:`tlcourse.verify.verify_folder`.
-    """
+    """Scan ``root`` like :func:`scan_folder`, but collect every problem instead of raising."""
     root = Path(root)
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
-    extra = ["width", "height", "mode", "format"]
-    empty_table = pd.DataFrame(columns=LABEL_COLUMNS + extra)
+    columns = LABEL_COLUMNS + ["width", "height", "mode", "format"]
     try:
         classes = find_classes(root)
-    except (FileNotFoundError, ValueError) as error:
-        return FolderScan(root, [], empty_table, [], [error], check)
+    except (DataError, DataNotFoundError) as error:
+        return FolderScan(root, [], pd.DataFrame(columns=columns), [], [error], check)
     skipped: list[SkippedFile] = [
         SkippedFile(p, "hidden folder: not a class", None, quiet=True)
         for p in sorted(root.iterdir()) if p.is_dir() and _is_hidden(p)
@@ -317,10 +252,10 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
                 skipped.append(SkippedFile(path, reason, name))
             else:
                 rows.append({"file_path": str(path.resolve()), "label": label, "class_name": name, **info})
-    table = pd.DataFrame(rows, columns=LABEL_COLUMNS + extra)
+    table = pd.DataFrame(rows, columns=columns)
     errors: list[Exception] = []
     if len(classes) == 1:
-        errors.append(ValueError(
+        errors.append(DataError(
             f"Only one class folder ({classes[0]}) in {root}: a classifier needs at least two classes. "
             f"Add a folder for each other class next to {root / classes[0]}, or point TLCOURSE_DATA at "
             "the folder that holds all the class folders."
@@ -328,10 +263,10 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
     used = set(table["class_name"])
     for name in classes:
         if name not in used:
-            left_out = [s for s in skipped if s.class_name == name and not s.quiet]
+            left_out = worth_warning([s for s in skipped if s.class_name == name])
             detail = (f" ({len(left_out)} file(s) skipped, e.g. {left_out[0].path.name}: {left_out[0].reason})"
                       if left_out else "")
-            errors.append(ValueError(
+            errors.append(DataError(
                 f"Class folder without usable images in {root}: {name}{detail}. "
                 "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."
             ))
@@ -341,27 +276,17 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
 def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
     """Scan a folder of class subfolders into a table ``file_path, label, class_name``.
 
-    Labels are the positions of the class names in sorted order. Images in
-    nested folders inside a class folder belong to that class. ``file_path`` is absolute.
-
-    Files that cannot be used are left out and reported: appended to ``skipped``
-    (a list you pass, as :class:`SkippedFile` records) and, except for hidden and
-    system files, named in one :class:`SkippedFilesWarning`. ``check`` (see
-    :func:`inspect_image`) is ``"header"`` by default: quick, and it catches empty,
-    non-image, tiny and oversized files. Corrupt or truncated photos are only
-    found by decoding them: use ``check="decode"`` or
-    :func:`tlcourse.verify.verify_folder` before a long training run.
-
-    Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for a
-    folder without class subfolders, with a single class, or with a class that has
-    no usable image; each message names the folder and the fix.
+    Labels follow the sorted class names; images in nested folders belong to their class. Files
+    that cannot be used (see :func:`inspect_image` for ``check``) are appended to ``skipped`` and,
+    except hidden and system files, named in one :class:`SkippedFilesWarning`. Folder-level
+    problems raise with the folder and the fix.
     """
     scan = inspect_folder(root, check)
     if skipped is not None:
         skipped.extend(scan.skipped)
     if scan.errors:
         raise scan.errors[0]
-    loud = sorted((s for s in scan.skipped if not s.quiet), key=lambda s: s.path)
+    loud = worth_warning(scan.skipped)
     if loud:
         shown = "; ".join(f"{s.path.relative_to(scan.root)} ({s.reason})" for s in loud[:10])
         more = f"; and {len(loud) - 10} more" if len(loud) > 10 else ""
@@ -376,23 +301,18 @@ def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFi
 
 def write_labels_csv(table: pd.DataFrame, out_csv: str | Path) -> Path:
     """Write a labels table to CSV, creating its folder; the write is atomic."""
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(out_csv.name + ".tmp")
-    table[LABEL_COLUMNS].to_csv(tmp, index=False)
-    tmp.replace(out_csv)  # atomic: a reader never sees half a file
-    return out_csv
+    with atomic_write(out_csv) as handle:
+        table[LABEL_COLUMNS].to_csv(handle, index=False)
+    return Path(out_csv)
 
 
 def create_csv(root: str | Path, out_csv: str | Path) -> pd.DataFrame:
-    """The original notebook's ``create_csv``, fixed: scan ``root`` and write the table to ``out_csv``.
-
-    The CSV goes to ``out_csv`` (by default the course's ``outputs/`` folder),
-    not into the photo folder, so nothing of the learner's is touched.
+    """The original notebook's ``create_csv``, fixed: scan ``root`` and write the table to ``out_csv``,
+    never into the photo folder.
     """
     root, out_csv = Path(root).resolve(), Path(out_csv).resolve()
     if root in out_csv.parents:
-        raise ValueError(
+        raise DataError(
             f"Refusing to write {out_csv} inside the photo folder {root}: derived files "
             "belong in the output folder (TLCOURSE_OUTPUT, default outputs/)."
         )
@@ -405,11 +325,11 @@ def read_labels_csv(csv_path: str | Path) -> pd.DataFrame:
     """Read a labels CSV written by :func:`create_csv`, checking its columns."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"Labels CSV not found: {csv_path}. Create it with tlcourse.data.create_csv.")
+        raise DataNotFoundError(f"Labels CSV not found: {csv_path}. Create it with tlcourse.data.create_csv.")
     table = pd.read_csv(csv_path)
     missing = [c for c in LABEL_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{csv_path} lacks column(s) {missing}; expected {LABEL_COLUMNS}. Recreate it with create_csv."
         )
     return table[LABEL_COLUMNS]
@@ -425,17 +345,12 @@ def class_names(table: pd.DataFrame) -> list[str]:
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (phones store portraits sideways plus a rotate tag)."""
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # a damaged EXIF block must not cost the learner the photo itself
-        return img
-
-
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow image to 8-bit RGB, upright, transparency composited on white."""
-    img = _upright(img)
+    try:  # phones store portraits sideways plus a rotate tag
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block must not cost the learner the photo itself
+        pass
     if img.mode in _SIXTEEN_BIT_MODES:
         # Pillow's own convert() clips 16-bit values at 255, turning a 16-bit photo
         # white; scale the 0..65535 range to 0..255 instead.
@@ -452,19 +367,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB, upright, whatever its format and mode.
+    """Open an image as 8-bit RGB, upright (EXIF), whatever its format and mode.
 
-    * EXIF orientation is applied, so phone photos come out upright.
-    * Grayscale, palette, CMYK and 16-bit images are converted to RGB (16-bit values
-      are scaled, not clipped).
-    * Transparent images (RGBA, LA, palette or RGB with a transparent colour) are
-      composited on white, so a transparent background does not turn black.
-    * Animated GIF/WebP: the first frame.
-
-    Raises :class:`ImageLoadError` naming the file, the reason and the fix when
-    the file is missing, empty, not an image, corrupt, truncated, or over twice
-    Pillow's decompression-bomb limit (between 1x and 2x Pillow only warns and
-    the image loads; :func:`scan_folder` skips those for training).
+    16-bit images are scaled, not clipped; transparency is composited on white; animations give
+    their first frame. Raises :class:`ImageLoadError` naming the file, the reason and the fix.
     """
     path = Path(path)
     try:
@@ -486,14 +392,7 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 class CSVDataset(Dataset):
-    """A ``Dataset`` of ``(image, label)`` pairs backed by a labels table or CSV.
-
-    ``transform`` is applied to the image only: labels need no transforming
-    (the original passed ``(image, label)`` tuples through every transform).
-    A file that cannot be loaded raises :class:`ImageLoadError` naming it (also
-    from inside DataLoader workers), rather than a bare Pillow error mid-epoch;
-    :func:`tlcourse.verify.verify_folder` finds such files before training.
-    """
+    """``(image, label)`` pairs from a labels table or CSV; ``transform`` applies to the image only."""
 
     def __init__(self, table: pd.DataFrame | str | Path, transform: Callable | None = None):
         self.table = read_labels_csv(table) if isinstance(table, (str, Path)) else table.reset_index(drop=True)
@@ -522,10 +421,8 @@ class CSVDataset(Dataset):
 class SquareCrop:
     """The original's hand-written transform, fixed: resize the short side to ``size``, crop a square.
 
-    PIL's ``image.size`` is ``(width, height)``; the original read it as
-    ``(height, width)``. ``random=False`` (evaluation) takes the centre crop,
-    exactly as ``torchvision``'s ``Resize(size)`` + ``CenterCrop(size)`` do;
-    ``random=True`` (training) takes a random square.
+    PIL's ``image.size`` is ``(width, height)``; the original read it as ``(height, width)``.
+    ``random=False`` takes the centre crop (as torchvision's ``Resize`` + ``CenterCrop``).
     """
 
     def __init__(self, size: int, random: bool = False):
@@ -581,10 +478,8 @@ class TransformSettings:
 
 
 def eval_transform(settings: TransformSettings = TransformSettings()) -> v2.Compose:
-    """Deterministic evaluation transform: resize, centre crop, tensor, normalise.
-
-    No randomness here: random crops at test time (as in the original) make the
-    test accuracy change from run to run.
+    """Deterministic evaluation transform: resize, centre crop, tensor, normalise (random crops at test
+    time, as in the original, make the test accuracy change from run to run).
     """
     return v2.Compose(
         [
@@ -638,9 +533,8 @@ def stratified_split(
 ) -> Split:
     """Split indices into disjoint train/val/test parts, keeping each class's share, from a seed.
 
-    Each class is shuffled with ``numpy.random.default_rng(seed)`` and cut at
-    ``round(n * val)`` and ``round(n * test)``; the rest is training data. The
-    same seed and labels give the same split on every machine.
+    Each class is shuffled with ``numpy.random.default_rng(seed)`` and cut at ``round(n * val)`` and
+    ``round(n * test)``: the same seed and labels give the same split on every machine.
     """
     labels = np.asarray(labels)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
@@ -653,7 +547,7 @@ def stratified_split(
         n_test = max(1, round(len(idx) * fractions[2])) if fractions[2] > 0 else 0
         if len(idx) - n_val - n_test < 1:
             name = class_names[label] if class_names is not None else label
-            raise ValueError(
+            raise DataError(
                 f"Class {name!r} has only {len(idx)} image(s): too few for a {fractions} "
                 f"train/val/test split (it needs at least {n_val + n_test + 1}; aim for 20 or more). "
                 "Add images to that class folder."
@@ -682,10 +576,8 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader with a seeded shuffle.
-
-    ``num_workers=0`` by default: worker processes in notebooks misbehave on
-    Windows and macOS (they re-import the notebook's code).
+    """A DataLoader with a seeded shuffle; ``num_workers=0`` by default, as worker processes re-import
+    the notebook on Windows and macOS.
     """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -730,16 +622,20 @@ def load_course_data(
     seed: int = 0,
     per_class: int | None = None,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    check: str = "header",
+    skipped: list[SkippedFile] | None = None,
     exclusions: str | Path | None = None,
 ) -> CourseData:
-    """Scan ``data_dir``, optionally keep ``per_class`` images per class, and split it from ``seed``.
-
-    Photos listed in the ``exclusions`` CSV (the course's is ``cfg.excluded_csv``) are left out
-    of every part, after the split; see :mod:`tlcourse.exclusions`.
+    """Scan ``data_dir`` (``check`` and ``skipped`` as :func:`scan_folder`'s), optionally keep ``per_class``
+    images per class, and split it from ``seed``. Photos listed in the ``exclusions`` CSV (the course's:
+    ``cfg.excluded_csv``) are then left out of every part; see :mod:`tlcourse.exclusions`.
     """
     from .exclusions import drop_excluded
 
-    table = subset_per_class(scan_folder(data_dir), per_class, seed)
+    with warnings.catch_warnings():
+        if skipped is not None:  # the caller reports them
+            warnings.simplefilter("ignore", SkippedFilesWarning)
+        table = subset_per_class(scan_folder(data_dir, check, skipped), per_class, seed)
     classes = class_names(table)
     split = stratified_split(table["label"].to_numpy(), fractions, seed, classes)
     split = drop_excluded(table, split, exclusions)  # after the split: other photos keep their part

@@ -1,14 +1,8 @@
 """``tlcourse doctor``: is this machine ready for the lessons? One table, and the fix for each problem.
 
-Each check gives a :class:`Check` with a status:
-
-* ``ok``: fine;
-* ``info``: worth knowing, not needed by a lesson (an optional backbone without cached weights);
-* ``warn``: lessons work, but something should be fixed (photos the lessons have to skip);
-* ``missing``: a lesson will fail; the check carries the command or step that fixes it.
-
-:func:`run_checks` collects them and :func:`format_table` prints them; the
-command exits non-zero when any check is ``missing``.
+Each :class:`Check` is ``ok``, ``info`` (worth knowing, not needed), ``warn`` (lessons work, something
+should be fixed) or ``missing`` (a lesson will fail; the check names the fix). The command exits
+non-zero when any check is ``missing``.
 """
 
 from __future__ import annotations
@@ -21,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, get_config
+from .config import Config
+from .errors import DeviceError
 
 OK, INFO, WARN, MISSING = "ok", "info", "warn", "missing"
 
@@ -93,25 +88,17 @@ def check_device(config: Config) -> Check:
         import torch
 
         from .training import choose_device
-
-        try:
-            device = choose_device(config.device)
-        except RuntimeError as error:  # a device asked for that this machine does not have
-            return Check("device", f"{config.device} asked for (TLCOURSE_DEVICE) but not available", MISSING,
-                         str(error))
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                return Check("device", "cuda asked for (TLCOURSE_DEVICE) but not available", MISSING,
-                             "set TLCOURSE_DEVICE=auto (or cpu)")
-            return Check("device", f"cuda ({torch.cuda.get_device_name(0)})", OK)
-        if device.type == "mps":
-            if not torch.backends.mps.is_available():
-                return Check("device", "mps asked for (TLCOURSE_DEVICE) but not available", MISSING,
-                             "set TLCOURSE_DEVICE=auto (or cpu)")
-            return Check("device", "mps (Apple GPU)", OK)
-        return Check("device", f"cpu ({os.cpu_count()} cores); every lesson runs on a CPU", OK)
     except ImportError:
         return Check("device", "unknown (torch is not installed)", MISSING, _INSTALL)
+    try:
+        device = choose_device(config.device)
+    except DeviceError as error:  # asked for (TLCOURSE_DEVICE) but not on this machine
+        return Check("device", f"{config.device} asked for (TLCOURSE_DEVICE) but not available", MISSING, str(error))
+    if device.type == "cuda":
+        return Check("device", f"cuda ({torch.cuda.get_device_name(0)})", OK)
+    if device.type == "mps":
+        return Check("device", "mps (Apple GPU)", OK)
+    return Check("device", f"cpu ({os.cpu_count()} cores); every lesson runs on a CPU", OK)
 
 
 def _listing(items: list[tuple[str, str]], limit: int = 5) -> str:
@@ -120,11 +107,8 @@ def _listing(items: list[tuple[str, str]], limit: int = 5) -> str:
 
 
 def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
-    """The photo folder: classes, images per class, unreadable files.
-
-    Uses :func:`tlcourse.verify.verify_folder`, so the doctor and the lessons
-    agree on which files are usable; files it skips are a warning (lessons
-    leave them out), folder-level problems are missing.
+    """The photo folder through :func:`tlcourse.verify.verify_folder` (so doctor and lessons agree):
+    skipped files are a warning, folder-level problems are missing.
     """
     fix = f"tlcourse download-data --dest {data_dir}  (or point TLCOURSE_DATA at your photo folder)"
     if not data_dir.is_dir() or not any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
@@ -141,7 +125,7 @@ def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
         rows.append(Check("classes", found, MISSING, " ".join(report.errors) + f" Or: {fix}"))
     else:
         rows.append(Check("classes", found, OK))
-    loud = report.problems[~report.problems["quiet"].astype(bool)]
+    loud = report.loud
     checked = f"{'decoded' if verify_images else 'headers read'}"
     if len(loud):
         listing = _listing(list(zip(loud["file_path"], loud["reason"])))
@@ -182,12 +166,9 @@ def check_weights(config: Config) -> list[Check]:
     return rows
 
 
-def run_checks(config: Config | None = None, data_dir: str | Path | None = None,
-               verify_images: bool = True) -> list[Check]:
-    """Every check, in the order of the table."""
-    config = config or get_config()
-    data_dir = Path(data_dir) if data_dir is not None else config.data_dir
-    checks = [
+def run_checks(config: Config, data_dir: str | Path | None = None, verify_images: bool = True) -> list[Check]:
+    """Every check, in the order of the table (``data_dir``: default the configured one)."""
+    return [
         check_python(),
         _package("torch", MINIMUM["torch"], _INSTALL),
         _package("torchvision", MINIMUM["torchvision"], _INSTALL),
@@ -195,10 +176,9 @@ def run_checks(config: Config | None = None, data_dir: str | Path | None = None,
         _package("ipywidgets", MINIMUM["ipywidgets"], _INSTALL),
         check_widget_frontend(),
         check_device(config),
-        *check_data(data_dir, verify_images),
+        *check_data(Path(data_dir or config.data_dir), verify_images),
         *check_weights(config),
     ]
-    return checks
 
 
 def format_table(checks: list[Check]) -> str:

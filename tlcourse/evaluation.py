@@ -9,25 +9,20 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .models import eval_mode
+
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
-    """Run ``model`` over ``loader`` (eval mode, no gradients).
-
-    Returns one row per example: ``label`` (true), ``pred`` and ``prob_<k>``
-    for each class ``k`` (softmax of the logits), in loader order. Use a loader
-    without shuffling to line rows up with the dataset.
+    """Run ``model`` over ``loader`` (eval mode, no gradients): one row per example, in loader order,
+    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``.
     """
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     labels, probs = [], []
-    try:
+    with eval_mode(model):
         for batch in loader:  # (x, y) or (x, y, index)
             probs.append(torch.softmax(model(batch[0].to(device)), dim=1).cpu())
             labels.append(torch.as_tensor(batch[1]))
-    finally:
-        model.train(was_training)
     prob = torch.cat(probs).numpy()
     frame = pd.DataFrame(prob, columns=[f"prob_{k}" for k in range(prob.shape[1])])
     frame.insert(0, "pred", prob.argmax(1))

@@ -1,54 +1,20 @@
 """Feature caching for the frozen method, and a fast backbone forward on the CPU.
 
-With a frozen backbone, the backbone's output for a photo never changes while
-the head learns, so it only needs computing **once**. The tutorial-style loop
-recomputes it every epoch: on a laptop CPU that is ~99% of the training time.
-This module computes each photo's feature vector once, keeps it in memory and
-on disk, and hands the head a loader of cached vectors.
-
-What is cached, and what is not
--------------------------------
-Features are computed from the deterministic **evaluation transform**
-(:func:`tlcourse.data.eval_transform`: resize, centre crop, normalise). No
-augmentation is applied to cached features: a random crop or flip would give a
-different feature vector every epoch, which is exactly what a cache cannot
-store. For a frozen backbone this costs little (the head sees the same photos
-every epoch, as in the uncached frozen recipe, which also uses the evaluation
-transform); if you want augmentation with a frozen backbone, train uncached
-(``train_frozen(..., cache=False, augment=True)``) and pay the per-epoch
-backbone cost.
-
-Cache keys
-----------
-A cached vector is found by two things:
-
-* the **store key**: backbone name, weights name, a sha256 fingerprint of the
-  backbone's parameters and buffers (so a backbone changed by fine-tuning is
-  never confused with the pretrained one), the transform settings (resize,
-  crop, mean, std), and the Pillow/torchvision versions (they decode and
-  resize the pixels);
-* the photo's **content**: the sha256 of the file's bytes (not its name or
-  modification time, so an edited photo is recomputed and a copied or renamed
-  one is not).
-
-Each store key has one file on disk, ``<cache_dir>/<backbone>-<weights>-<key>.pt``
-(default ``cache_dir``: ``<TLCOURSE_OUTPUT>/feature-cache/``), mapping content
-hashes to vectors; it is written atomically and merged with what another
-process may have added meanwhile.
-
-The fast forward
-----------------
-:class:`FastBackbone` and :func:`extract_features` make the one pass as quick
-as the CPU allows. Measured on the course's 2-core machine (MobileNetV2,
-224 x 224, batch 32; figures from ``benchmarks/run.py``, which prints them
-again on your machine) -- see the comments at each choice below.
+A frozen backbone gives a photo the same feature vector every epoch, so it is computed once,
+kept in memory and on disk, and the head gets a loader of cached vectors. Vectors come from the
+deterministic evaluation transform (a random crop or flip would change them every epoch, which a
+cache cannot hold). A vector is found by its store key (backbone, weights, a fingerprint of the
+backbone's tensors, transform settings, Pillow/torchvision versions) and the sha256 of the photo's
+bytes (an edited photo is recomputed, a renamed one is not). Each store key has one file,
+``<cache_dir>/<backbone>-<weights>-<key>.pt``, written atomically and merged with what another
+process added meanwhile.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
-import os
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -65,45 +31,26 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from torchvision.transforms import v2
 
 from .data import CourseData, TransformSettings, eval_transform, load_image
+from .files import atomic_write, sha256_file
 
 #: Bump when the stored layout or the way features are computed changes: old stores are then ignored.
 FORMAT_VERSION = 1
 
-#: Default images per backbone batch. Measured on the 2-core machine (FastBackbone, 1 thread): batch 16:
-#: 16.2 photos/s, 32: 20.3, 64: 15.1 (64 also doubles the activations' memory).
+#: Images per backbone batch: the fastest of 16, 32 and 64 in benchmarks/run.py.
 DEFAULT_BATCH_SIZE = 32
 
-#: Threads that decode and transform photos while the backbone runs. Pillow and torch release the GIL,
-#: so one thread overlaps the per-photo work (decode ~2 ms, EXIF/RGB ~2 ms, resize + crop ~3-6 ms,
-#: normalise ~1 ms, measured) with the forward pass (~50 ms/photo on one busy core). On the busy 2-core
-#: machine, with no core to spare, it made no measurable difference (17.7 vs 18.7 photos/s, noise);
-#: where a core is free it takes that work off the backbone's thread. Threads rather than DataLoader
-#: worker processes: workers misbehave in notebooks on Windows and macOS (they re-import the notebook).
+#: Threads that decode and transform photos while the backbone runs (Pillow and torch release
+#: the GIL). Threads, not DataLoader worker processes: those re-import the notebook on Windows and macOS.
 DEFAULT_DECODE_THREADS = 1
+
+#: The cache keys photos by content (sha256 of the bytes), never by name or modification time.
+file_sha256 = sha256_file
 
 
 # --------------------------------------------------------------------------- keys
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex). The cache keys photos by content, never by name or mtime."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    except OSError as error:
-        raise FileNotFoundError(
-            f"Cannot read the photo {path} ({error.strerror or error}). Check that the file exists and is "
-            "readable, or rebuild the labels table with tlcourse.data.create_csv if photos were moved."
-        ) from error
-    return digest.hexdigest()
-
-
 def backbone_fingerprint(backbone: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and values of a module's parameters and buffers.
-
-    Two backbones with the same fingerprint compute the same features; a backbone
-    changed in any weight (for example by ``train_discriminative``) gets a new one.
-    Costs ~30 ms for MobileNetV2 (14 MB of weights).
+    """sha256 over the names, shapes, dtypes and values of a module's tensors: a backbone changed in
+    any weight (say by ``train_discriminative``) gets a new one.
     """
     digest = hashlib.sha256(type(backbone).__name__.encode())
     for name, tensor in backbone.state_dict().items():
@@ -137,53 +84,26 @@ class FeatureKey:
 
 
 def feature_key(model: nn.Module, settings: TransformSettings | None = None) -> FeatureKey:
-    """The :class:`FeatureKey` of a :class:`~tlcourse.models.TransferClassifier`'s backbone.
-
-    ``settings`` default to the model's own ``transform_settings`` (those of its weights).
-    """
-    settings = settings or getattr(model, "transform_settings", None) or TransformSettings()
+    """The :class:`FeatureKey` of a model's backbone (``settings``: default the model's own)."""
     return FeatureKey(
-        backbone=str(getattr(model, "backbone_name", type(model.backbone).__name__)),
-        weights=str(getattr(model, "weights_name", None) or "random"),
+        backbone=model.backbone_name,
+        weights=model.weights_name or "random",
         fingerprint=backbone_fingerprint(model.backbone),
-        settings=settings,
+        settings=settings or model.transform_settings,
     )
-
-
-def default_cache_dir() -> Path:
-    """``<TLCOURSE_OUTPUT>/feature-cache`` (``outputs/feature-cache`` by default)."""
-    from .config import get_config  # late import: the setting is read when a cache is used
-
-    return get_config().output_dir / "feature-cache"
 
 
 # --------------------------------------------------------------------------- the fast forward
 class FastBackbone:
     """A copy of a model's backbone prepared for fast inference; the model itself is not changed.
 
-    Three things, measured on the course's 2-core machine (busy: load average ~8) against a plain
-    ``model(x)`` (autograd on, contiguous tensors, 2 threads: 3.2 photos/s), batch 32, interleaved
-    (``benchmarks/run.py --quick``, "What each option is worth"):
-
-    * ``torch.inference_mode``: no autograd bookkeeping; 1.10x.
-    * ``channels_last`` memory format: oneDNN's depthwise and 1x1 convolutions
-      (most of MobileNetV2) are faster in NHWC; 2.6x.
-    * BatchNorm folded into the preceding convolution (``torch.fx`` ``fuse``):
-      one op instead of two per layer, same maths (eval-mode BatchNorm is an
-      affine map); 1.8x.
-    * all three: 3.25x with 2 threads, 6.3x with 1 thread (see
-      :func:`extraction_threads`); batch 16 or 64 instead of 32: 5.0x, 4.7x.
-
-    The outputs differ from the plain forward only by float rounding (max
-    abs. difference ~2e-5 on MobileNetV2 features of magnitude ~5); the tests
-    check this against ``model.features``. Fusing falls back to the unfused
-    copy for a backbone ``torch.fx`` cannot trace.
+    ``torch.inference_mode`` (no autograd bookkeeping), ``channels_last`` (oneDNN's depthwise and 1x1
+    convolutions are faster in NHWC) and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``;
+    the same affine map). Outputs match ``model.features`` to float rounding (the tests check it).
     """
 
     def __init__(self, model: nn.Module, channels_last: bool = True, fuse: bool = True):
-        backbone = copy.deepcopy(model.backbone).eval()
-        for param in backbone.parameters():
-            param.requires_grad_(False)
+        backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
         self.fused = False
         if fuse:
             try:
@@ -219,17 +139,10 @@ def batches_of_inputs(
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode_threads: int = DEFAULT_DECODE_THREADS,
 ) -> Iterator[torch.Tensor]:
-    """Yield normalised input batches for ``paths``, in order, decoding ahead in background threads.
+    """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
 
-    Each batch is ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``
-    (the tests check it bit for bit). The whole per-photo transform runs in the
-    decoding thread: Pillow's decode and resize and torch's float conversion
-    and normalisation all release the GIL, so they overlap with the backbone.
-    (Normalising the stacked batch at once instead was measured *slower* with
-    one torch thread: 2.9 ms vs 1.0 ms per photo, as a 19 MB batch does not
-    stay in the CPU cache.) At most two batches are decoded ahead, so memory
-    stays at a few batches whatever the number of photos. With
-    ``decode_threads=0`` everything runs in the calling thread.
+    Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
+    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
     """
     transform = eval_transform(settings)
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
@@ -274,15 +187,8 @@ def using_threads(n: int) -> Iterator[None]:
 
 
 def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
-    """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder stays free.
-
-    On the course's 2-core machine that is 1 torch thread + 1 decoding thread. Measured there while other
-    programs used the CPU (load average ~8), extracting 64 photos, two interleaved rounds:
-    1 torch thread: 13-20 photos/s; 2 torch threads: 6-10 photos/s. PyTorch's 2 OpenMP threads wait for
-    each other at every layer, so whenever one of them loses its core (to the decoder or to another
-    program) both stall; one thread per core avoids that. On a laptop with 8 threads this gives 7.
-    On the same machine when quiet (load average ~1, ``make bench``) it is the other way round:
-    2 torch threads 45 photos/s, this choice 34 (see the README's Performance section).
+    """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder
+    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all).
     """
     return max(1, torch.get_num_threads() - max(0, decode_threads))
 
@@ -296,18 +202,13 @@ def extract_features(
     fast: FastBackbone | None = None,
     torch_threads: int | None = None,
 ) -> torch.Tensor:
-    """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching.
-
-    Equals ``model.features(eval_transform(settings)(load_image(p)))`` for each
-    path up to float rounding. ``torch_threads`` (default
-    :func:`extraction_threads`) applies during the call only.
-    """
-    settings = settings or getattr(model, "transform_settings", None) or TransformSettings()
+    """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
+    settings = settings or model.transform_settings
     fast = fast or FastBackbone(model)
     with using_threads(torch_threads or extraction_threads(decode_threads)):
         out = [fast(batch) for batch in batches_of_inputs(paths, settings, batch_size, decode_threads)]
     if not out:
-        return torch.empty(0, getattr(model, "n_features", 0))
+        return torch.empty(0, model.n_features)
     return torch.cat(out)
 
 
@@ -348,18 +249,13 @@ def _write_store(path: Path, key: FeatureKey, store: dict[str, torch.Tensor]) ->
         "sha256": hashes,
         "features": torch.stack([merged[h] for h in hashes]) if hashes else torch.empty(0),
     }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    with atomic_write(path) as handle:
+        torch.save(blob, handle)
 
 
 @dataclass
 class FeatureSet:
-    """Cached backbone features of a list of photos, with their labels.
-
-    Row ``i`` belongs to row ``i`` of the table it was made from (for
-    :func:`compute_features`, ``data.part(part)``).
-    """
+    """Cached backbone features of a list of photos, with their labels, row for row."""
 
     features: torch.Tensor  # N x n_features, float32, CPU
     labels: torch.Tensor  # N, int64
@@ -379,13 +275,8 @@ class FeatureSet:
         return FeatureDataset(self.features, self.labels)
 
     def loader(self, batch_size: int = 32, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        """A DataLoader of ``(features, y, index)`` batches; ``index`` = row of the part's table.
-
-        Same samplers and seeded generator as :func:`~tlcourse.data.make_loader`
-        (which the image loaders use), so with the same ``seed`` it visits rows
-        in the same order as the uncached loader. But a batch is one indexing
-        of the feature matrix instead of ``batch_size`` single rows collated
-        one by one: measured ~3x less loader time per epoch.
+        """A DataLoader of ``(features, y, index)`` batches in the same order as the image loader with the
+        same ``seed`` (same samplers and generator), each batch one indexing of the feature matrix.
         """
         dataset = self.dataset()
         generator = torch.Generator().manual_seed(seed)
@@ -417,31 +308,23 @@ def features_for_files(
     model: nn.Module,
     file_paths: Sequence[str],
     labels: Sequence[int] | torch.Tensor,
-    cache_dir: str | Path | None | bool = None,
+    cache_dir: str | Path | None = None,
     settings: TransformSettings | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode_threads: int = DEFAULT_DECODE_THREADS,
     verbose: bool = False,
 ) -> FeatureSet:
-    """Features for photo files: from memory, else from disk, else computed once (and stored in both).
-
-    ``cache_dir``: ``None`` = the default ``<TLCOURSE_OUTPUT>/feature-cache``;
-    a path = that folder; ``False`` = memory only, nothing on disk. Rows of
-    the result follow ``file_paths``; the counts say where each row came from.
+    """Features for photo files: from memory, else from ``cache_dir`` (``None``: memory only), else
+    computed once and stored. Rows follow ``file_paths``; the counts say where each came from.
     """
     started = time.perf_counter()
-    settings = settings or getattr(model, "transform_settings", None) or TransformSettings()
+    settings = settings or model.transform_settings
     key = feature_key(model, settings)
-    if cache_dir is False:
-        folder = None
-    elif cache_dir is None or cache_dir is True:
-        folder = default_cache_dir()
-    else:
-        folder = Path(cache_dir)
+    folder = Path(cache_dir) if cache_dir not in (None, False) else None
     path = folder / key.filename if folder is not None else None
     memory = _MEMORY.setdefault(key.digest, {})
 
-    hashes = [file_sha256(p) for p in file_paths]  # ~0.1 s for the 83 MB of course photos
+    hashes = [sha256_file(p) for p in file_paths]
     in_memory = {h for h in hashes if h in memory}
     from_disk: set[str] = set()
     if path is not None and len(in_memory) < len(set(hashes)):
@@ -456,7 +339,7 @@ def features_for_files(
             missing.setdefault(h, str(p))  # identical files are computed once
     if missing:
         if verbose:
-            print(f"Computing {model_label(key)} features of {len(missing)} photo(s), once"
+            print(f"Computing {key.backbone} ({key.weights.rsplit('.', 1)[-1]}) features of {len(missing)} photo(s), once"
                   + (f" (cached in {folder})" if folder is not None else "") + "...", flush=True)
         computed = extract_features(model, list(missing.values()), settings, batch_size, decode_threads)
         for h, vector in zip(missing, computed):
@@ -466,7 +349,7 @@ def features_for_files(
     features = torch.stack([memory[h] for h in hashes]) if hashes else torch.empty(0)
     result = FeatureSet(
         features=features,
-        labels=torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels, dtype=torch.long),
+        labels=torch.as_tensor(labels, dtype=torch.long),
         sha256=hashes,
         file_paths=[str(p) for p in file_paths],
         n_computed=sum(h in missing for h in hashes),
@@ -481,26 +364,17 @@ def features_for_files(
     return result
 
 
-def model_label(key: FeatureKey) -> str:
-    """Short human label of a store key, e.g. ``mobilenet_v2 (IMAGENET1K_V2)``."""
-    return f"{key.backbone} ({key.weights.rsplit('.', 1)[-1]})"
-
-
 def compute_features(
     model: nn.Module,
     data: CourseData,
     parts: str | Sequence[str] = ("train", "val", "test"),
-    cache_dir: str | Path | None | bool = None,
+    cache_dir: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode_threads: int = DEFAULT_DECODE_THREADS,
     verbose: bool = False,
 ) -> dict[str, FeatureSet]:
-    """Features of one or more parts of a :class:`~tlcourse.data.CourseData`, computed in one pass.
-
-    Returns ``{part: FeatureSet}``; each set's rows line up with
-    ``data.part(part)``. Photos already cached (memory or ``cache_dir``, see
-    :func:`features_for_files`) are not recomputed. Uses the evaluation
-    transform of ``data.settings``: no augmentation (see the module notes).
+    """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
+    rows in the order of ``data.part(part)``.
     """
     parts = [parts] if isinstance(parts, str) else list(parts)
     tables = {name: data.part(name) for name in parts}
@@ -509,19 +383,9 @@ def compute_features(
     everything = features_for_files(model, paths, labels, cache_dir, data.settings, batch_size,
                                     decode_threads, verbose)
     out, start = {}, 0
-    for name, table in tables.items():
-        stop = start + len(table)
-        out[name] = FeatureSet(
-            features=everything.features[start:stop],
-            labels=everything.labels[start:stop],
-            sha256=everything.sha256[start:stop],
-            file_paths=everything.file_paths[start:stop],
-            seconds=everything.seconds,
-            cache_file=everything.cache_file,
-        )
-        start = stop
-    # Counts describe the whole call; put them on every part so each reports where its data came from.
-    for fs in out.values():
-        fs.n_computed, fs.n_from_memory, fs.n_from_disk = (
-            everything.n_computed, everything.n_from_memory, everything.n_from_disk)
+    for name, table in tables.items():  # the counts describe the whole call, on every part
+        rows = slice(start, start + len(table))
+        out[name] = dataclasses.replace(everything, features=everything.features[rows], labels=everything.labels[rows],
+                                        sha256=everything.sha256[rows], file_paths=everything.file_paths[rows])
+        start = rows.stop
     return out

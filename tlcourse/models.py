@@ -1,24 +1,23 @@
-"""Models: a pretrained torchvision backbone as a feature extractor with a new classification head.
+"""Models: a pretrained torchvision backbone as a feature extractor with a new head that outputs logits.
 
-The head outputs *logits* (raw scores). There is no Softmax inside the model:
-``F.cross_entropy`` applies log-softmax itself, and a Softmax before it (as in
-the original notebook) squashes the gradients and slows learning. Use
-:func:`predict_proba` when you want probabilities.
+No Softmax inside the model: ``F.cross_entropy`` applies log-softmax itself, and a Softmax before
+it (as in the original notebook) squashes the gradients. :func:`predict_proba` gives probabilities.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.error import URLError
+from typing import Any, Iterator
 
 import torch
 import torchvision
 from torch import nn
 
 from .data import TransformSettings
+from .errors import DataError, WeightsUnavailableError
 
 #: Backbones the course is tested with; any torchvision classification model name also works.
 SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
@@ -27,15 +26,22 @@ SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
 _HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Raised when pretrained weights are neither cached nor downloadable."""
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode (dropout off, BatchNorm frozen), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
     """Return the torchvision weights enum member for ``backbone`` (``None`` for no weights)."""
     # Checked also for weights=None, so a typo in TLCOURSE_BACKBONE gets the same clear message.
     if backbone not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(
+        raise DataError(
             f"Unknown backbone {backbone!r}. Use a torchvision classification model name, "
             f"for example one of {', '.join(SUPPORTED_BACKBONES)}."
         )
@@ -45,7 +51,7 @@ def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
     try:
         return enum[weights]
     except KeyError:
-        raise ValueError(
+        raise DataError(
             f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
             f"{', '.join(member.name for member in enum)}, or None for random weights."
         ) from None
@@ -56,16 +62,12 @@ def weights_path(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def load_state_dict(weights, timeout: float = 15.0) -> dict[str, torch.Tensor]:
-    """Load the state dict for ``weights`` from the torch cache, downloading it if allowed.
-
-    Without internet, a download would fail (or hang for minutes); this gives
-    up after ``timeout`` seconds and says which file is missing and where it
-    was looked for. ``TLCOURSE_OFFLINE=1`` skips the download attempt.
+def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> dict[str, torch.Tensor]:
+    """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``
+    (giving up after ``timeout`` seconds); the error names the file and where it was looked for.
     """
     path = weights_path(weights)
     if not path.is_file():
-        offline = os.environ.get("TLCOURSE_OFFLINE", "").lower() in {"1", "true", "yes"}
         hint = (
             f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
             f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
@@ -74,14 +76,12 @@ def load_state_dict(weights, timeout: float = 15.0) -> dict[str, torch.Tensor]:
         )
         if offline:
             raise WeightsUnavailableError(hint + " (TLCOURSE_OFFLINE is set, so no download was tried.)")
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout)
+        from .weights import DownloadError, download_weights_file
+
         try:
-            return weights.get_state_dict(progress=False, check_hash=True)
-        except (URLError, OSError, TimeoutError) as error:
+            download_weights_file(weights.url, path, timeout=timeout, progress=False)
+        except DownloadError as error:
             raise WeightsUnavailableError(f"{hint} (Download from {weights.url} failed: {error})") from error
-        finally:
-            socket.setdefaulttimeout(old)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -97,28 +97,25 @@ def _split_backbone(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def feature_size(backbone: nn.Module, crop: int = 224) -> int:
     """Length of the feature vector the backbone outputs for one ``3 x crop x crop`` image (computed, not hard-coded)."""
-    was_training = backbone.training
-    backbone.eval()  # eval: a dummy forward must not touch BatchNorm running statistics
-    out = backbone(torch.zeros(1, 3, crop, crop))
-    backbone.train(was_training)
-    return int(out.flatten(1).shape[1])
+    with eval_mode(backbone):  # a dummy forward must not touch BatchNorm running statistics
+        return int(backbone(torch.zeros(1, 3, crop, crop)).flatten(1).shape[1])
 
 
 class TransferClassifier(nn.Module):
     """A pretrained backbone (feature extractor) followed by a new head that outputs logits.
 
-    Build one with :func:`build_model`. ``freeze()`` stops the backbone from
-    learning: its parameters get no gradients and its BatchNorm layers stay in
-    eval mode (so their running statistics do not change either), even when
-    the whole model is put in train mode.
+    The model knows what it is: its constructor arguments (:meth:`arguments`) name the backbone,
+    its weights, the input transform and the head's shape; a checkpoint stores them. ``freeze()``
+    stops the backbone from learning, BatchNorm statistics included, even in train mode.
     """
 
     def __init__(self, backbone: nn.Module, n_features: int, n_classes: int, hidden: int | None = None,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, backbone_name: str = "", weights_name: str | None = None,
+                 transform_settings: TransformSettings = TransformSettings()):
         super().__init__()
         self.backbone = backbone
-        self.n_features = n_features
-        self.n_classes = n_classes
+        self.n_features, self.n_classes, self.hidden, self.dropout = n_features, n_classes, hidden, dropout
+        self.backbone_name, self.weights_name, self.transform_settings = backbone_name, weights_name, transform_settings
         self.frozen = False
         self.update_batchnorm = True  # BatchNorm statistics follow train/eval mode once unfrozen
         layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(dropout)]
@@ -127,6 +124,12 @@ class TransferClassifier(nn.Module):
             n_features = hidden
         layers.append(nn.Linear(n_features, n_classes))  # logits: no Softmax here
         self.head = nn.Sequential(*layers)
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments that describe this model (plain values, for a checkpoint)."""
+        return {"backbone_name": self.backbone_name, "weights_name": self.weights_name, "n_classes": self.n_classes,
+                "hidden": self.hidden, "dropout": self.dropout,
+                "transform_settings": dataclasses.asdict(self.transform_settings)}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone output for a batch, flattened to ``N x n_features``."""
@@ -137,8 +140,7 @@ class TransferClassifier(nn.Module):
 
     def freeze(self) -> "TransferClassifier":
         """Freeze the backbone: no gradients, no weight updates, no BatchNorm statistics updates."""
-        for param in self.backbone.parameters():
-            param.requires_grad = False
+        self.backbone.requires_grad_(False)
         self.frozen = True
         self.backbone.eval()
         return self
@@ -146,15 +148,10 @@ class TransferClassifier(nn.Module):
     def unfreeze(self, update_batchnorm: bool = True) -> "TransferClassifier":
         """Let the backbone learn again: all its parameters get gradients.
 
-        ``update_batchnorm=False`` keeps the backbone's BatchNorm layers in eval
-        mode: their scale and shift still learn, but their running mean and
-        variance stay the pretrained ones. That is the usual choice when
-        fine-tuning on a small dataset with small batches: statistics from 32
-        photos are noisy, and in train mode every batch would be normalised with
-        them instead of with the statistics the later layers were trained on.
+        ``update_batchnorm=False`` keeps BatchNorm's running statistics the pretrained ones: those
+        of small batches of a small dataset are noisy, and the later layers were trained on the others.
         """
-        for param in self.backbone.parameters():
-            param.requires_grad = True
+        self.backbone.requires_grad_(True)
         self.frozen = False
         self.update_batchnorm = update_batchnorm
         return self.train(self.training)
@@ -178,35 +175,37 @@ def build_model(
     weights: str | None = "DEFAULT",
     hidden: int | None = None,
     dropout: float = 0.2,
+    offline: bool = False,
 ) -> TransferClassifier:
     """Build a :class:`TransferClassifier` from a torchvision backbone name.
 
-    ``weights="DEFAULT"`` loads the best ImageNet weights torchvision has for
-    that backbone through the weights-enum API (from the torch cache, see
-    :func:`load_state_dict`); ``weights=None`` gives random weights (quick to
-    build, for tests). The feature size is measured with a dummy forward pass.
+    ``weights="DEFAULT"``: the best ImageNet weights torchvision has (from the torch cache, downloaded
+    unless ``offline``); ``None``: random weights (quick, for tests).
     """
     enum = weights_enum(backbone, weights)
-    model = torchvision.models.get_model(backbone, weights=None)
+    model = rebuild({"backbone_name": backbone, "weights_name": None if enum is None else str(enum),
+                     "n_classes": n_classes, "hidden": hidden, "dropout": dropout,
+                     "transform_settings": dataclasses.asdict(TransformSettings.from_weights(enum))})
     if enum is not None:
-        model.load_state_dict(load_state_dict(enum))
-    crop = TransformSettings.from_weights(enum).crop
-    backbone_net = _split_backbone(model)
-    n_features = feature_size(backbone_net, crop)
-    classifier = TransferClassifier(backbone_net, n_features, n_classes, hidden=hidden, dropout=dropout)
-    classifier.backbone_name = backbone
-    classifier.weights_name = None if enum is None else str(enum)
-    classifier.transform_settings = TransformSettings.from_weights(enum)
-    return classifier
+        state = load_state_dict(enum, offline=offline)
+        model.backbone.load_state_dict({k: v for k, v in state.items() if k in model.backbone.state_dict()})
+    return model
+
+
+def rebuild(arguments: dict[str, Any]) -> TransferClassifier:
+    """A model with these :meth:`TransferClassifier.arguments` and untrained weights (a checkpoint fills them)."""
+    arguments = dict(arguments)
+    settings = TransformSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in arguments.pop("transform_settings").items()})
+    backbone = _split_backbone(torchvision.models.get_model(arguments["backbone_name"], weights=None))
+    return TransferClassifier(backbone, feature_size(backbone, settings.crop), transform_settings=settings,
+                              **arguments)
 
 
 def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
                  weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """Optimizer parameter groups for discriminative learning rates.
-
-    The new head learns at ``head_lr``; the pretrained backbone at the smaller
-    ``backbone_lr`` so its features change only a little. Every trainable
-    parameter is in exactly one group; frozen parameters are left out.
+    """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
+    pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out.
     """
     groups = [
         {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},
@@ -226,9 +225,5 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Class probabilities for a batch: softmax of the logits, in eval mode, without gradients."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    probs = torch.softmax(model(x.to(device)), dim=1)
-    model.train(was_training)
-    return probs
+    with eval_mode(model):
+        return torch.softmax(model(x.to(next(model.parameters()).device)), dim=1)

@@ -23,35 +23,18 @@ def train_frozen(
     seed: int = 0,
     *,
     cache: bool = True,
-    cache_dir: str | Path | None | bool = None,
+    cache_dir: str | Path | None = None,
     augment: bool = False,
     verbose: bool = True,
 ) -> History:
     """Method 1, weight freezing: freeze the backbone and train only the new head.
 
-    The course's fast recipe (``cache=True``, the default): a frozen backbone
-    gives a photo the same feature vector every epoch, so each photo's
-    features are computed **once** (fast forward, see
-    :mod:`tlcourse.features`), kept in memory and on disk (``cache_dir``:
-    ``None`` = ``<TLCOURSE_OUTPUT>/feature-cache``, a folder, or ``False`` for
-    memory only), and the head is trained on them with the same
-    :func:`~tlcourse.training.fit`, so callbacks and dashboards work as usual.
-    Their batches are ``(features, y, index)``: ``state.x`` holds feature
-    vectors, and ``state.index`` the rows of ``data.part("train")``, i.e. which
-    photos they are. Validation runs on cached features too. On a 2-core CPU
-    this takes all 1,434 course photos to a trained head in well under a
-    minute, where recomputing the backbone takes ~1 minute per epoch.
-
-    Cached features come from the deterministic evaluation transform: **no
-    augmentation** is applied to them (a random crop or flip would change the
-    vector every epoch, which a cache cannot hold). The uncached frozen loop
-    uses the same transform, so both train the same head on the same inputs
-    and give the same predictions (to float rounding; the tests check it).
-    After training, ``model(x)`` on images predicts exactly as
-    ``model.head(features)``.
-
-    ``cache=False`` runs the plain loop that recomputes the backbone every
-    batch; only then can ``augment=True`` add random crops and flips.
+    With ``cache=True`` (the default) each photo's backbone features are computed once (a frozen
+    backbone gives the same vector every epoch), kept in memory and, given a ``cache_dir`` (lessons
+    pass ``get_config().feature_cache``), on disk; the head trains on them with the same
+    :func:`~tlcourse.training.fit`. Batches are ``(features, y, index)``: ``state.index`` says which
+    photos they are. Cached features come from the evaluation transform, so there is no augmentation;
+    ``cache=False`` recomputes the backbone every batch and allows ``augment=True``.
     """
     seed_everything(seed)
     model.freeze()
@@ -68,9 +51,7 @@ def train_frozen(
     # Computing features draws no random numbers, so the head's dropout and the shuffling
     # see the same random streams as in the uncached loop.
     sets = compute_features(model, data, ("train", "val"), cache_dir=cache_dir, verbose=verbose)
-    # One torch thread for the head: its matrices are tiny (32 x n_features), so a second thread has
-    # nothing to share but its waiting. Measured on the 2-core machine while busy, 10 epochs on
-    # 1,147 cached vectors: 2 threads 46-48 s, 1 thread 4-7 s.
+    # One torch thread for the head: its matrices are tiny, so a second thread only adds waiting.
     with using_threads(1):
         history = fit(model.head, sets["train"].loader(batch_size, shuffle=True, seed=seed), optimizer, epochs,
                       val_loader=sets["val"].loader(batch_size), callbacks=callbacks)
@@ -91,13 +72,9 @@ def train_discriminative(
 ) -> History:
     """Method 2, discriminative learning rates: the whole network learns, the backbone more slowly.
 
-    Meant to run after the head has been trained with :func:`train_frozen`
-    (a random head would send large, random gradients into the pretrained
-    layers): the head goes on at ``head_lr``, the backbone at the 10x smaller
-    ``backbone_lr``. BatchNorm keeps its pretrained running statistics unless
-    ``update_batchnorm`` (see :meth:`TransferClassifier.unfreeze`). Uses
-    training augmentation (random crop and flip), since the backbone now
-    changes and benefits from varied inputs.
+    Run it after :func:`train_frozen` (a random head would send large random gradients into the
+    pretrained layers). BatchNorm keeps its pretrained statistics unless ``update_batchnorm``;
+    training uses augmentation, since the backbone now changes.
     """
     seed_everything(seed)
     model.unfreeze(update_batchnorm=update_batchnorm)

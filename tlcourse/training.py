@@ -1,23 +1,15 @@
 """Training: a loop with correct loss handling, an evaluation pass, callbacks, device and seed helpers.
 
-Loss handling, the part the original got wrong:
-
-* The model outputs logits and the loss is ``F.cross_entropy(logits, y)``,
-  which applies log-softmax itself (numerically stable); a Softmax in the
-  model before it would apply softmax twice.
-* The epoch loss is the sum of per-example losses divided by the number of
-  examples, so a short last batch counts exactly as much as it should
-  (averaging per-batch means would over-weight it).
-* ``.item()`` is called on tensors only, once per batch.
-
-The loop knows nothing about displays: a dashboard or progress bar follows
-training through :class:`Callback` methods and can ask it to stop by setting
-``state.stop_requested = True``.
+The model outputs logits and the loss is ``F.cross_entropy`` (log-softmax inside, numerically
+stable); the epoch loss is the sum of per-example losses over the number of examples, so a short
+last batch counts as much as it should. The loop knows nothing about displays: callbacks follow it
+and may set ``state.stop_requested``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import random
@@ -31,39 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or infinite.
-
-    The message names the likely cause and the fix; ``history`` holds the
-    :class:`History` up to the last finished step, so nothing measured is lost.
-    """
-
-    history: "History | None" = None
+from .errors import DataError, DeviceError, NonFiniteLossError
+from .models import eval_mode
 
 
 # --------------------------------------------------------------------------- helpers
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) so a run can be repeated.
+    """Seed Python, NumPy and PyTorch so a run can be repeated.
 
-    What the same seed repeats:
-
-    * everywhere: the split (NumPy, from the seed alone), the head's initial
-      weights, the shuffling order and the augmentation draws;
-    * on a CPU, with the same software and thread count: the trained weights and
-      every metric, bit for bit (tests/test_reproducibility.py checks it);
-    * on a GPU, by default: not exactly. cuDNN may choose convolution algorithms
-      whose backward pass adds numbers in a varying order (floating-point sums
-      then differ in the last digits) and the differences grow over the epochs:
-      metrics usually agree closely, weights do not match.
-
-    ``deterministic=True`` asks PyTorch for deterministic algorithms
-    (``torch.use_deterministic_algorithms``, cuDNN without benchmarking, a fixed
-    cuBLAS workspace): on the same GPU and software, training with a frozen
-    backbone (method 1) then repeats exactly, somewhat more slowly. Fine-tuning
-    the backbone (method 2) also back-propagates through adaptive average
-    pooling, which has no deterministic CUDA version: PyTorch warns and small
-    differences remain. CPU and GPU, or two GPU models, never give identical numbers.
+    On a CPU with the same software and thread count, the same seed repeats the split, the
+    weights and every metric bit for bit. On a GPU cuDNN may add numbers in a varying order;
+    ``deterministic=True`` asks PyTorch for deterministic algorithms (slower; fine-tuning's
+    adaptive pooling still has none on CUDA, so small differences remain there).
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -79,28 +50,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def choose_device(preference: str = "auto") -> torch.device:
-    """Pick CUDA if available, else Apple's MPS, else the CPU (or the one asked for).
-
-    Asking for a device this machine does not have raises at once, with the fix,
-    instead of failing later inside ``.to(device)`` with a less helpful message.
+    """Pick CUDA if available, else Apple's MPS, else the CPU (or the one asked for: raises at once,
+    with the fix, if this machine lacks it).
     """
-    if preference != "auto":
-        device = torch.device(preference)
-        available = {
-            "cuda": torch.cuda.is_available(),
-            "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-        }
-        if not available.get(device.type, True):
-            raise RuntimeError(
-                f"{device.type.upper()} was asked for (TLCOURSE_DEVICE={preference}) but is not available "
-                "on this machine. Set TLCOURSE_DEVICE=auto (or cpu) to use what is there."
-            )
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if preference == "auto":
+        return torch.device(next((kind for kind, ok in available.items() if ok), "cpu"))
+    device = torch.device(preference)
+    if not available.get(device.type, True):
+        raise DeviceError(f"{device.type.upper()} was asked for (TLCOURSE_DEVICE={preference}) but is not available "
+                          "on this machine. Set TLCOURSE_DEVICE=auto (or cpu) to use what is there.")
+    return device
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -130,7 +90,7 @@ class History:
         return next(r for r in self.epochs if r["epoch"] == self.best_epoch)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "History":
@@ -169,34 +129,21 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None: ...
 
 
-class _Callbacks:
-    def __init__(self, callbacks: Iterable[Callback]):
-        self.callbacks = list(callbacks)
-
-    def __call__(self, event: str, state: TrainState) -> None:
-        for callback in self.callbacks:
-            getattr(callback, event)(state)
-
-
 # --------------------------------------------------------------------------- evaluation pass
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict[str, float]:
     """Mean cross-entropy loss and accuracy over a whole loader, in eval mode without gradients."""
     device = device or _device_of(model)
-    was_training = model.training
-    model.eval()
     loss_sum, correct, n = 0.0, 0, 0
-    try:
+    with eval_mode(model):
         for batch in loader:
             x, y = batch[0].to(device), batch[1].to(device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
-    finally:
-        model.train(was_training)
     if n == 0:
-        raise ValueError("evaluate() got an empty loader")
+        raise DataError("evaluate() got an empty loader: the part of the data it was given has no photos")
     return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
 
 
@@ -215,29 +162,13 @@ def fit(
 ) -> History:
     """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
 
-    Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` (the dataset rows of
-    the batch) is passed on to callbacks as ``state.index``, so a dashboard can
-    show the photo behind a cached feature vector.
-
-    After each epoch the model is evaluated on ``val_loader``. With
-    ``keep_best`` the weights of the best epoch (validation accuracy, ties broken by
-    the lower validation loss) are kept and put back at the end (also when training is stopped or
-    interrupted). A Stop request from a callback, or the kernel's Interrupt
-    button (KeyboardInterrupt, caught when ``catch_interrupt``), ends training
-    after the current batch with the history complete up to that point. Pass
-    an earlier ``history`` to continue its epoch numbering (resuming).
-
-    Interrupting leaves valid weights: the best epoch's when one finished (with
-    ``keep_best``), otherwise those after the last finished step; ``history.batches``
-    ends at the last finished step and ``history.epochs`` at the last finished
-    epoch, and ``history.interrupted`` is set. When resuming with ``keep_best``,
-    the starting weights count as those of ``history``'s best epoch (what a
-    checkpoint saved after ``fit`` holds), so they are put back at the end unless
-    a new epoch beats that epoch's score.
-
-    A NaN or infinite loss stops training with :class:`NonFiniteLossError`, whose
-    message names the likely cause (a too-high learning rate, or bad inputs); the
-    best weights so far are put back first.
+    Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` reaches callbacks as ``state.index``.
+    After each epoch the model is evaluated on ``val_loader``; with ``keep_best`` the best epoch's
+    weights (validation accuracy, then lower loss) are put back at the end, also after a stop or an
+    interrupt. A callback's stop request, or the kernel's Interrupt (KeyboardInterrupt, caught when
+    ``catch_interrupt``), ends training after the current batch with the history complete so far.
+    An earlier ``history`` continues its epoch numbering (resuming; its best epoch must be beaten).
+    A NaN or infinite loss raises :class:`NonFiniteLossError` naming the likely cause.
     """
     device = device or _device_of(model)
     history = history if history is not None else History()
@@ -248,7 +179,12 @@ def fit(
     except TypeError:
         batches = 0
     state = TrainState(epochs=first_epoch + epochs, batches=batches, history=history)
-    notify = _Callbacks(callbacks)
+    callbacks = list(callbacks)
+
+    def notify(event: str, state: TrainState) -> None:
+        for callback in callbacks:
+            getattr(callback, event)(state)
+
     best_state, best_score = None, (-math.inf, -math.inf)
     if history.best_epoch is not None:  # resuming: new epochs must beat the best one so far
         best_score = _score(history.best())
@@ -322,10 +258,8 @@ def fit(
 
 
 def _score(record: dict[str, float]) -> tuple[float, float]:
-    """How good an epoch is: validation accuracy, then (on a tie) lower validation loss.
-
-    With a small validation set many epochs tie on accuracy; the loss still
-    tells which one is more confident in its right answers.
+    """How good an epoch is: validation accuracy, then (on a tie, common with a small validation set)
+    lower validation loss.
     """
     if "val_acc" in record:
         return record["val_acc"], -record["val_loss"]

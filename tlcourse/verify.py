@@ -1,19 +1,8 @@
-"""Check a photo folder before training: every file decoded once, a summary table, clear verdict.
+"""Check a photo folder before training: every file decoded once, a summary table, a clear verdict.
 
-A learner's own folder holds things a 10-minute training run should not discover
-halfway through: a truncated download, a ``.heic`` phone photo, an empty class.
-:func:`verify_folder` reads every file the way training will (Pillow decode,
-EXIF rotation, conversion to RGB) and reports, per class, how many images are
-usable and why the others are skipped, plus the folder-level problems that stop
-training (missing folder, one class, an empty class, too few images to split)::
-
-    from tlcourse.verify import verify_folder
-    report = verify_folder("data")
-    print(report)            # the table, the skipped files, the verdict
-    report.summary()         # pandas DataFrame, one row per class
-    report.problems          # pandas DataFrame, one row per skipped file
-
-Nothing is written anywhere: the folder is only read.
+``print(verify_folder("data"))`` shows, per class, how many images are usable and why the others
+are skipped, plus the problems that stop training (missing folder, one class, an empty class, too
+few images to split). The folder is only read.
 """
 
 from __future__ import annotations
@@ -24,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import LABEL_COLUMNS, inspect_folder, stratified_split
+from .data import LABEL_COLUMNS, SkippedFile, inspect_folder, stratified_split, worth_warning
 
 #: Fewer images than this in a class gets a warning (training still runs).
 RECOMMENDED_PER_CLASS = 20
@@ -39,17 +28,9 @@ PROBLEM_COLUMNS = ["file_path", "class_name", "kind", "reason", "quiet"]
 class FolderReport:
     """The result of :func:`verify_folder`.
 
-    Attributes:
-        root: the folder checked.
-        classes: class names (sorted; a label is a position in this list).
-        images: usable images, one row each: ``file_path, label, class_name, width, height,
-            mode, format``.
-        problems: skipped files, one row each: ``file_path, class_name, kind, reason, quiet``
-            (``quiet``: hidden or system files, skipped as a matter of course).
-        errors: problems that stop training, each naming the fix. Empty when :attr:`ok`.
-        warnings: things worth fixing that do not stop training (few images, imbalance).
-        check: how each file was read (``"decode"``: fully, see :func:`tlcourse.data.inspect_image`).
-        seconds: how long the check took.
+    ``images``: usable images (``file_path, label, class_name, width, height, mode, format``);
+    ``problems``: skipped files (``file_path, class_name, kind, reason, quiet``; ``quiet``: hidden or
+    system files); ``errors``: what stops training, each with the fix; ``warnings``: what is worth fixing.
     """
 
     root: Path
@@ -61,11 +42,17 @@ class FolderReport:
     check: str
     seconds: float
     exceptions: list[Exception] = field(default_factory=list, repr=False)
+    skipped: list[SkippedFile] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
         """True when nothing stops training (skipped files and warnings are allowed)."""
         return not self.errors
+
+    @property
+    def loud(self) -> pd.DataFrame:
+        """The :attr:`problems` worth fixing: skipped files that look meant as photos."""
+        return _frame(worth_warning(self.skipped))
 
     @property
     def table(self) -> pd.DataFrame:
@@ -76,7 +63,7 @@ class FolderReport:
         """One row per class plus a ``total`` row: usable ``images``, ``skipped`` files (hidden and
         system files not counted), ``in_subfolders`` (usable images in nested folders) and the
         skip ``reasons`` counted by kind."""
-        loud = self.problems[~self.problems["quiet"].astype(bool)]
+        loud = self.loud
         rows = []
         for name in self.classes:
             mine = self.images[self.images["class_name"] == name]
@@ -103,7 +90,7 @@ class FolderReport:
                  f"{len(self.images):,} usable image(s), in {self.seconds:.1f} s."]
         if self.classes:
             lines += ["", self.summary().to_string()]
-        loud = self.problems[~self.problems["quiet"].astype(bool)]
+        loud = self.loud
         if len(loud):
             lines += ["", f"Skipped files ({len(loud)}):"]
             lines += [f"  {_relative(p, self.root)}: {r}" for p, r in zip(loud["file_path"], loud["reason"])]
@@ -123,6 +110,11 @@ class FolderReport:
         return str(self)
 
 
+def _frame(skipped: list[SkippedFile]) -> pd.DataFrame:
+    return pd.DataFrame([{"file_path": str(s.path), "class_name": s.class_name, "kind": s.kind, "reason": s.reason,
+                          "quiet": s.quiet} for s in skipped], columns=PROBLEM_COLUMNS)
+
+
 def _count_kinds(problems: pd.DataFrame) -> str:
     counts = problems["kind"].value_counts(sort=True)
     return ", ".join(f"{n} {kind}" for kind, n in counts.items())
@@ -139,23 +131,16 @@ def _relative(path: str | Path, root: Path) -> str:
 
 
 def verify_folder(
-    root: str | Path | None = None,
+    root: str | Path,
     check: str = "decode",
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> FolderReport:
     """Check a folder of class subfolders before training, without changing anything in it.
 
-    ``root`` defaults to the course's data folder (``TLCOURSE_DATA``). Every image is
-    decoded as training will decode it (``check="decode"``; ``"header"`` is 6-15x quicker
-    but misses corrupt and truncated files). Never raises for the folder's content:
-    a missing folder, a single class, a class without usable images, or a class too
-    small for the train/val/test ``fractions`` are listed in :attr:`FolderReport.errors`
-    with their fixes. ``print(report)`` shows the summary table and every skipped file.
+    Every image is decoded as training will decode it (``check="decode"``; ``"header"`` is quicker but
+    misses truncated files). Never raises for the folder's content: problems are listed in
+    :attr:`FolderReport.errors` with their fixes.
     """
-    if root is None:
-        from .config import get_config  # only here: the helper works without any settings
-
-        root = get_config().data_dir
     started = time.perf_counter()
     scan = inspect_folder(root, check)
     exceptions = list(scan.errors)
@@ -175,19 +160,15 @@ def verify_folder(
         warnings.append(
             f"Classes are unbalanced ({', '.join(f'{k} {v}' for k, v in counts.sort_index().items())}): "
             "accuracy then mostly reflects the big class; add images to the small one(s).")
-    problems = pd.DataFrame(
-        [{"file_path": str(s.path), "class_name": s.class_name, "kind": s.kind, "reason": s.reason,
-          "quiet": s.quiet} for s in sorted(scan.skipped, key=lambda s: s.path)],
-        columns=PROBLEM_COLUMNS,
-    )
     return FolderReport(
         root=Path(root),
         classes=scan.classes,
         images=scan.table.reset_index(drop=True),
-        problems=problems,
+        problems=_frame(sorted(scan.skipped, key=lambda s: s.path)),
         errors=[str(e) for e in exceptions],
         warnings=warnings,
         check=check,
         seconds=time.perf_counter() - started,
         exceptions=exceptions,
+        skipped=list(scan.skipped),
     )
