@@ -16,13 +16,15 @@ photo does not reshuffle the test set.
 
 from __future__ import annotations
 
-import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .errors import DataError, DataNotFoundError
+from .files import atomic_write
 
 #: File name of the exclusion list inside the output folder.
 EXCLUSIONS_FILE = "excluded.csv"
@@ -53,7 +55,7 @@ class ExclusionList:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         if self.path.suffix.lower() != ".csv":
-            raise ValueError(f"An exclusion list is a .csv file, got {self.path}. "
+            raise DataError(f"An exclusion list is a .csv file, got {self.path}. "
                              f"Use e.g. {self.path.with_name(EXCLUSIONS_FILE)} in the output folder.")
 
     def table(self) -> pd.DataFrame:
@@ -63,10 +65,10 @@ class ExclusionList:
         try:
             table = pd.read_csv(self.path, dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise ValueError(f"{self.path} is not a readable exclusion list ({error}). "
+            raise DataError(f"{self.path} is not a readable exclusion list ({error}). "
                              "Fix or delete that file; your photos are not affected.") from error
         if "file_path" not in table.columns:
-            raise ValueError(f"{self.path} has no file_path column, so it is not an exclusion list. "
+            raise DataError(f"{self.path} has no file_path column, so it is not an exclusion list. "
                              "Fix or delete that file; your photos are not affected.")
         return table.reindex(columns=COLUMNS, fill_value="")
 
@@ -90,7 +92,7 @@ class ExclusionList:
         """Add a photo to the list (marking it again only updates the reason)."""
         path = Path(file_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"Cannot mark {path}: there is no such photo.")
+            raise DataNotFoundError(f"Cannot mark {path}: there is no such photo.")
         key = _key(path)
         row = {"file_path": key, "class_name": class_name, "reason": reason,
                "marked_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -108,10 +110,8 @@ class ExclusionList:
         return True
 
     def _write(self, table: pd.DataFrame) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        table[COLUMNS].to_csv(tmp, index=False)
-        os.replace(tmp, self.path)  # atomic: a reader never sees half a list
+        with atomic_write(self.path) as handle:  # a reader never sees half a list
+            table[COLUMNS].to_csv(handle, index=False)
 
     def __repr__(self) -> str:
         return f"ExclusionList({str(self.path)!r}, {len(self)} photo(s))"
@@ -138,7 +138,7 @@ def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | Exclusion
     excluded = np.flatnonzero(table["file_path"].isin(marked).to_numpy())
     if len(excluded) == 0:
         return split
-    warnings.warn(f"Left out {len(excluded)} photo(s) marked in {listing.path} (the files are untouched; "
-                  "unmark them in the mistakes browser or with tlcourse.exclusions.ExclusionList(that file).unmark(photo)).",
+    warnings.warn(f"Left out {len(excluded)} photo(s) marked in {listing.path} (the files are untouched; unmark "
+                  "them in the mistakes browser or with tlcourse.exclusions.ExclusionList(that file).unmark(photo)).",
                   ExcludedPhotosWarning, stacklevel=3)
     return type(split)(*(np.setdiff1d(getattr(split, part), excluded) for part in ("train", "val", "test")))

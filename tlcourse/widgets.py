@@ -38,9 +38,11 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .dashboard import dashboard_mode
-from .data import (CSVDataset, ImageLoadError, TransformSettings, _to_rgb, denormalize, eval_transform,
-                   load_image, make_loader, scan_folder)
+from .data import (CSVDataset, TransformSettings, _to_rgb, denormalize, eval_transform, load_image, make_loader,
+                   scan_folder)
+from .errors import ConfigError, DataError, ImageLoadError
 from .exclusions import REASONS, ExclusionList, as_exclusion_list
+from .models import eval_mode
 
 #: Bar colours per class (label order), as in the lessons' figures.
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
@@ -129,7 +131,7 @@ class PhotoTester:
             model, info = load_checkpoint(model)
             class_names = class_names or info["class_names"]
         if class_names is None:
-            raise ValueError("Pass class_names (in label order) with an in-memory model, "
+            raise ConfigError("Pass class_names (in label order) with an in-memory model, "
                              "e.g. PhotoTester(model, data.classes).")
         self.model = model
         self.class_names = list(class_names)
@@ -150,16 +152,12 @@ class PhotoTester:
         else:
             image = load_image(Path(photo).expanduser())  # raises ImageLoadError naming the file
             source = source or str(photo)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             device = next(self.model.parameters()).device
             logits = self.model(self.transform(image).unsqueeze(0).to(device))
-        finally:
-            self.model.train(was_training)
         probs = torch.softmax(logits, dim=1)[0].cpu().tolist()
         if len(probs) != len(self.class_names):
-            raise ValueError(f"The model has {len(probs)} outputs but {len(self.class_names)} class names were given.")
+            raise ConfigError(f"The model has {len(probs)} outputs but {len(self.class_names)} class names were given.")
         return PhotoPrediction(source or "photo", image, dict(zip(self.class_names, probs)))
 
     def test_path(self, path: str | Path) -> PhotoPrediction | None:
@@ -314,7 +312,7 @@ class AugmentationExplorer:
                  mode: str = "auto"):
         self.photos = [Path(photos)] if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
         if not self.photos:
-            raise ValueError("Give at least one photo path.")
+            raise DataError("Give at least one photo path.")
         self.settings, self.augmentation, self.n, self.columns, self.seed = settings, augmentation, n, columns, seed
         self.mode = mode
         self.photo_path = self.photos[0]
@@ -470,7 +468,7 @@ class MistakesBrowser:
                  exclusions: ExclusionList | str | Path | None = None, mode: str = "auto"):
         missing = {"file_path", "label", "pred"} - set(results.columns)
         if missing:
-            raise ValueError(f"results lack column(s) {sorted(missing)}: add the photos' paths, e.g. "
+            raise DataError(f"results lack column(s) {sorted(missing)}: add the photos' paths, e.g. "
                              "results['file_path'] = data.part('test')['file_path'].to_numpy()")
         self.results = with_loss(results.reset_index(drop=True))
         self.class_names = list(class_names)
@@ -495,7 +493,7 @@ class MistakesBrowser:
         table = scan_folder(folder)
         unknown = sorted(set(table["class_name"]) - set(class_names))
         if unknown:
-            raise ValueError(f"{folder} has class folder(s) {unknown} the model does not know; "
+            raise DataError(f"{folder} has class folder(s) {unknown} the model does not know; "
                              f"its classes are {class_names}.")
         table["label"] = table["class_name"].map(class_names.index)
         settings = settings or getattr(model, "transform_settings", TransformSettings())
@@ -506,7 +504,7 @@ class MistakesBrowser:
     # ---- state
     def _apply(self) -> None:
         if self.sort not in SORTS:
-            raise ValueError(f"sort must be one of {list(SORTS)}, got {self.sort!r}")
+            raise ConfigError(f"sort must be one of {list(SORTS)}, got {self.sort!r}")
         column, ascending = SORTS[self.sort]
         view = self.results
         if self.true_class is not None:
@@ -525,7 +523,7 @@ class MistakesBrowser:
         """Show only photos of this true and/or predicted class (``None``: any)."""
         for name in (true_class, pred_class):
             if name is not None and name not in self.class_names:
-                raise ValueError(f"Unknown class {name!r}; the classes are {self.class_names}.")
+                raise DataError(f"Unknown class {name!r}; the classes are {self.class_names}.")
         self.true_class, self.pred_class = true_class, pred_class
         self._apply()
 
