@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -369,3 +370,20 @@ def test_exclusion_list_errors_name_the_file(tmp_path, learner_folder):
     listing.mark(photo, "wrong label", "dog")
     listing.mark(photo, "not a photo of the class", "dog")  # marking again updates the reason
     assert len(listing) == 1 and listing.reason(photo) == "not a photo of the class" and photo in listing
+
+
+def test_tlcourse_train_leaves_out_the_marked_photos(learner_folder, output_dir, real_weights, tmp_path, capsys):
+    from tlcourse import cli
+
+    before = _checksums(learner_folder)
+    listing = ExclusionList(get_config().excluded_csv)
+    for photo in _photos(learner_folder)[:2]:
+        listing.mark(photo)
+    with pytest.warns(ExcludedPhotosWarning, match="Left out 2 photo"):
+        code = cli.main(["train", str(learner_folder), "--epochs", "1", "--device", "cpu",
+                         "--out", str(tmp_path / "model.pt")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    sizes = [int(n) for n in re.search(r"split train (\d+), val (\d+), test (\d+)", err).groups()]
+    assert sum(sizes) == 2 * PER_CLASS - 2
+    assert _checksums(learner_folder) == before
