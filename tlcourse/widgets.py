@@ -2,9 +2,9 @@
 
 Each is one line in a lesson::
 
-    PhotoTester("outputs/models/dogs_vs_hotdogs_mobilenet_v2.pt").show()
-    AugmentationExplorer(photo_path, settings).show()
-    MistakesBrowser(results, data.classes).show()
+    PhotoTester(checkpoint_path, mode=cfg.dashboard).show()
+    AugmentationExplorer(photo_path, settings, mode=cfg.dashboard).show()
+    MistakesBrowser(results, data.classes, exclusions=cfg.excluded_csv, mode=cfg.dashboard).show()
 
 In JupyterLab, ``show()`` displays ipywidgets controls. Elsewhere (plain python,
 a terminal, or a notebook run without a browser, as nbval does) it draws the same
