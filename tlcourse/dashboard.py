@@ -32,12 +32,8 @@ STOP_HINT = ("To stop early, press ■ (Interrupt the kernel) in the toolbar: tr
 
 def in_kernel() -> bool:
     """True inside a Jupyter (IPython) kernel, as opposed to plain python or a terminal IPython."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    ipython = sys.modules.get("IPython")  # a kernel has imported it; no need to import it here
+    return getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None
 
 
 def dashboard_mode(requested: str = "auto") -> str:
