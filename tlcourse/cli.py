@@ -183,6 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
+    from .fieldtest import field_report
 
     device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
@@ -195,6 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     per_class = per_class_accuracy(frame["label"], frame["pred"], names)
     confusion = confusion_frame(frame["label"], frame["pred"], names)
     counts = table["class_name"].value_counts().to_dict()
+    report = field_report(frame, list(table["file_path"]), names)  # intervals, balanced accuracy, mistakes
     if args.json:
         correct = int((frame["label"] == frame["pred"]).sum())
         print(json.dumps({
@@ -205,6 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
             "confusion_matrix": confusion.to_numpy().tolist(),
             "confusion_matrix_axes": "rows: true class, columns: predicted class, in class_names order",
+            **report.to_dict(),
         }))
         return EXIT_OK
     print(f"accuracy: {acc:.4f} ({int((frame['label'] == frame['pred']).sum())} of {len(frame)} correct)")
@@ -214,6 +217,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  {name}: {shown} ({counts.get(name, 0)} photos)")
     print("confusion matrix (rows: true, columns: predicted):")
     print(confusion.to_string())
+    print(f"95 % intervals (Wilson):\n{report.summary()}")
+    if len(report.mistakes):
+        print(f"mistakes ({len(report.mistakes)}, most confident first):")
+        print(report.mistakes.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return EXIT_OK
 
 
@@ -343,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", cmd_evaluate, "accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
         "Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's subfolders must be "
         "named like the checkpoint's classes (a folder with only some of them is fine). Prints accuracy, per-class "
-        "accuracy and the confusion matrix (--json: one JSON object with accuracy, n, per_class, confusion_matrix, "
-        "...).", options=["json", "device"])
+        "accuracy and the confusion matrix, then recall per class and accuracy with 95 % (Wilson) intervals, balanced "
+        "accuracy and the mistakes (--json: one JSON object with accuracy, n, per_class, confusion_matrix, "
+        "balanced_accuracy, accuracy_interval, recall, mistakes: file, true, predicted, probability, ...). Use it on "
+        "photos from another source than the training photos (a field test) to see how the model does in the "
+        "real world.", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
