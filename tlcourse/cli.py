@@ -96,6 +96,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    from .calibration import calibrate, collect_logits
     from .checkpoint import save_checkpoint
     from .dashboard import TextProgress
     from .data import find_classes, load_course_data
@@ -141,15 +142,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     val = evaluate(model, data.loader("val", args.batch_size), device)
     test = evaluate(model, data.loader("test", args.batch_size), device)
+    # Temperature and the "unsure" threshold for `predict`, fitted on the validation photos (never the test ones).
+    calibration = calibrate(*collect_logits(model, data.loader("val", args.batch_size), device))
     save_checkpoint(out, model, data.classes, history, extra={
         "method": args.method, "epochs": epochs, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
         "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+        "calibration": calibration.to_dict(),
     })
     if history.interrupted:
         print("Training was interrupted; the checkpoint holds the best weights so far.", file=sys.stderr)
     print(f"trained in {seconds:.1f} s")
     print(f"validation accuracy: {val['accuracy']:.4f} ({val['n']} photos)")
     print(f"test accuracy: {test['accuracy']:.4f} ({test['n']} photos)")
+    print(f"calibration (validation): temperature {calibration.temperature:.3f}, expected calibration error "
+          f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}; predict answers 'unsure' below "
+          f"{calibration.threshold:.3f}")
     print(f"checkpoint: {out}")
     return EXIT_OK
 
@@ -253,15 +260,21 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
+    from .calibration import Calibration
     from .checkpoint import load_checkpoint
     from .data import eval_transform, load_image
     from .errors import ImageLoadError
-    from .models import predict_proba
 
     device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     transform = eval_transform(info["transform"])
+    # Calibrated probabilities and the "unsure" threshold, both fitted on validation by `tlcourse train`;
+    # an older checkpoint without them gives the plain softmax and never says unsure.
+    stored = info["extra"].get("calibration")
+    calibration = Calibration.from_dict(stored) if stored else None
+    temperature = calibration.temperature if calibration else 1.0
+    threshold = args.threshold if args.threshold is not None else (calibration.threshold if calibration else 0.0)
     results, failures = [], 0
     for image in args.images:
         try:
@@ -270,15 +283,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _err(str(error))
             failures += 1
             continue
-        probs = predict_proba(model, x)[0].cpu()
+        with torch.no_grad():
+            probs = torch.softmax(model(x.to(device)).float().cpu()[0] / temperature, dim=0)
         best = int(torch.argmax(probs))
-        results.append({"image": str(image), "class": names[best], "probability": float(probs[best]),
+        unsure = float(probs[best]) < threshold
+        results.append({"image": str(image), "class": "unsure" if unsure else names[best],
+                        "best_guess": names[best], "probability": float(probs[best]), "unsure": unsure,
+                        "threshold": threshold, "temperature": temperature,
                         "probabilities": {name: float(p) for name, p in zip(names, probs)}})
     if args.json:
         print(json.dumps(results))
     else:
         for r in results:
-            print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}")
+            guess = f" (best guess {r['best_guess']})" if r["unsure"] else ""
+            print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}{guess}")
     return EXIT_FAIL if failures else EXIT_OK
 
 
@@ -399,9 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "predict", cmd_predict, "class and probability for each image",
         "Print the predicted class and its probability for each IMAGE, one line each: IMAGE<TAB>CLASS<TAB>PROBABILITY "
-        "(--json: a JSON list with every class's probability).", options=["json", "device"])
+        "(--json: a JSON list with every class's probability). Probabilities are calibrated with the temperature "
+        "`tlcourse train` fitted on the validation photos; below the threshold it chose there, CLASS is 'unsure' "
+        "(followed by the best guess).", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to classify")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="answer 'unsure' when the top probability is below P (default: the checkpoint's, chosen on "
+                        "validation; 0: never)")
     return parser
 
 
