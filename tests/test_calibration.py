@@ -83,10 +83,21 @@ def test_calibration_lowers_validation_ece():
     assert Calibration.from_dict(json.loads(json.dumps(result.to_dict()))) == result
 
 
-def test_temperature_is_clamped_when_validation_has_no_mistakes():
+def test_temperature_is_one_when_validation_has_no_mistakes():
     logits = torch.tensor([[8.0, -8.0], [-9.0, 9.0]] * 20)
     labels = torch.tensor([0, 1] * 20)
-    assert fit_temperature(logits, labels) == pytest.approx(0.1)
+    # The loss only falls as T shrinks (no minimum): the model's confidence is left as it is.
+    assert F.cross_entropy(logits / 0.5, labels) < F.cross_entropy(logits, labels)
+    assert fit_temperature(logits, labels) == 1.0
+
+
+def test_temperature_stays_in_its_bounds():
+    # Confident logits that say nothing about the labels: the best T is huge (a coin toss), clamped to 10.
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(4000, 2, generator=generator) * 5
+    labels = torch.randint(0, 2, (4000,), generator=generator)
+    assert F.cross_entropy(logits / 10, labels) < F.cross_entropy(logits / 5, labels)
+    assert fit_temperature(logits, labels) == pytest.approx(10.0, abs=1e-3)
 
 
 def test_threshold_by_hand():

@@ -58,19 +58,24 @@ def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndar
     return float((table["n"] * (table["confidence"] - table["accuracy"]).abs()).sum() / table["n"].sum())
 
 
-#: Temperatures are searched in this range: validation photos that are all right with wide margins
-#: would otherwise push T towards 0 (every answer "certain"), which no later photo can justify.
+#: Temperatures are searched in this range: a handful of mistakes among many confident right answers
+#: must not make every answer "certain" (T near 0) or a coin toss (T huge).
 TEMPERATURE_RANGE = (0.1, 10.0)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = TEMPERATURE_RANGE
                     ) -> float:
-    """The temperature T in ``bounds`` that minimises the cross-entropy of ``softmax(logits / T)``.
+    """The temperature T in ``bounds`` that minimises the cross-entropy of ``softmax(logits / T)``;
+    1 (unchanged) when every answer is right, as the loss then has no minimum.
 
     The loss is convex in ``1 / T`` (a log-sum-exp of linear functions minus a linear one), so a
     golden-section search over ``1 / T`` finds the minimum without step sizes or tolerances to tune.
     """
     logits, labels = logits.detach().double(), labels.long()
+    if bool((logits.argmax(1) == labels).all()):
+        # No mistake to learn from: the loss keeps falling as T -> 0 (every answer "certain"), it has no
+        # minimum, and these photos give no evidence to change the model's confidence.
+        return 1.0
 
     def loss(beta: float) -> float:
         return F.cross_entropy(logits * beta, labels).item()
