@@ -295,7 +295,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(results))
     else:
         for r in results:
-            guess = f" (best guess {r['best_guess']})" if r["unsure"] else ""
+            guess = f"\tbest guess {r['best_guess']}" if r["unsure"] else ""  # a 4th column only when unsure
             print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}{guess}")
     return EXIT_FAIL if failures else EXIT_OK
 
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Print the predicted class and its probability for each IMAGE, one line each: IMAGE<TAB>CLASS<TAB>PROBABILITY "
         "(--json: a JSON list with every class's probability). Probabilities are calibrated with the temperature "
         "`tlcourse train` fitted on the validation photos; below the threshold it chose there, CLASS is 'unsure' "
-        "(followed by the best guess).", options=["json", "device"])
+        "and a fourth column names the best guess.", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to classify")
     p.add_argument("--threshold", type=float, metavar="P",
