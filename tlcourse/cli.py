@@ -96,6 +96,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    from .calibration import calibrate, collect_logits
     from .checkpoint import save_checkpoint
     from .dashboard import TextProgress
     from .data import find_classes, load_course_data
@@ -141,15 +142,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     val = evaluate(model, data.loader("val", args.batch_size), device)
     test = evaluate(model, data.loader("test", args.batch_size), device)
+    # Temperature and the "unsure" threshold for `predict`, fitted on the validation photos (never the test ones).
+    calibration = calibrate(*collect_logits(model, data.loader("val", args.batch_size), device))
     save_checkpoint(out, model, data.classes, history, extra={
         "method": args.method, "epochs": epochs, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
         "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+        "calibration": calibration.to_dict(),
     })
     if history.interrupted:
         print("Training was interrupted; the checkpoint holds the best weights so far.", file=sys.stderr)
     print(f"trained in {seconds:.1f} s")
     print(f"validation accuracy: {val['accuracy']:.4f} ({val['n']} photos)")
     print(f"test accuracy: {test['accuracy']:.4f} ({test['n']} photos)")
+    print(f"calibration (validation): temperature {calibration.temperature:.3f}, expected calibration error "
+          f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}; predict answers 'unsure' below "
+          f"{calibration.threshold:.3f}")
     print(f"checkpoint: {out}")
     return EXIT_OK
 
@@ -183,6 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
+    from .fieldtest import field_report
 
     device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
@@ -195,6 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     per_class = per_class_accuracy(frame["label"], frame["pred"], names)
     confusion = confusion_frame(frame["label"], frame["pred"], names)
     counts = table["class_name"].value_counts().to_dict()
+    report = field_report(frame, list(table["file_path"]), names)  # intervals, balanced accuracy, mistakes
     if args.json:
         correct = int((frame["label"] == frame["pred"]).sum())
         print(json.dumps({
@@ -205,6 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
             "confusion_matrix": confusion.to_numpy().tolist(),
             "confusion_matrix_axes": "rows: true class, columns: predicted class, in class_names order",
+            **report.to_dict(),
         }))
         return EXIT_OK
     print(f"accuracy: {acc:.4f} ({int((frame['label'] == frame['pred']).sum())} of {len(frame)} correct)")
@@ -214,6 +224,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  {name}: {shown} ({counts.get(name, 0)} photos)")
     print("confusion matrix (rows: true, columns: predicted):")
     print(confusion.to_string())
+    print(f"95 % intervals (Wilson):\n{report.summary()}")
+    if len(report.mistakes):
+        print(f"mistakes ({len(report.mistakes)}, most confident first):")
+        print(report.mistakes.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- robustness
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .robustness import robustness_report
+
+    device = _device(args.device)
+    model, info = load_checkpoint(args.checkpoint, device)
+    names = info["class_names"]
+    table = _folder_table(Path(args.data_dir), names)
+    print(f"Robustness of {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device}); "
+          "each change is made in memory, the folder is only read", file=sys.stderr)
+    report = robustness_report(model, table, names, batch_size=args.batch_size, device=device,
+                               progress=lambda name: print(f"  {name}...", file=sys.stderr, flush=True))
+    if args.json:
+        rows = report.reset_index().to_dict(orient="records")
+        print(json.dumps({"checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "n": len(table),
+                          "class_names": list(names), "interval_method": "95 % Wilson score interval",
+                          "changes": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                       for k, v in row.items()} for row in rows]}))
+        return EXIT_OK
+    shown = report.drop(columns=["kind"])
+    print(shown.to_string(float_format=lambda v: f"{v:.3f}"))
     return EXIT_OK
 
 
@@ -221,15 +260,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
+    from .calibration import Calibration
     from .checkpoint import load_checkpoint
     from .data import eval_transform, load_image
     from .errors import ImageLoadError
-    from .models import predict_proba
 
     device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
     names = info["class_names"]
     transform = eval_transform(info["transform"])
+    # Calibrated probabilities and the "unsure" threshold, both fitted on validation by `tlcourse train`;
+    # an older checkpoint without them gives the plain softmax and never says unsure.
+    stored = info["extra"].get("calibration")
+    calibration = Calibration.from_dict(stored) if stored else None
+    temperature = calibration.temperature if calibration else 1.0
+    threshold = args.threshold if args.threshold is not None else (calibration.threshold if calibration else 0.0)
     results, failures = [], 0
     for image in args.images:
         try:
@@ -238,15 +283,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _err(str(error))
             failures += 1
             continue
-        probs = predict_proba(model, x)[0].cpu()
+        with torch.no_grad():
+            probs = torch.softmax(model(x.to(device)).float().cpu()[0] / temperature, dim=0)
         best = int(torch.argmax(probs))
-        results.append({"image": str(image), "class": names[best], "probability": float(probs[best]),
+        unsure = float(probs[best]) < threshold
+        results.append({"image": str(image), "class": "unsure" if unsure else names[best],
+                        "best_guess": names[best], "probability": float(probs[best]), "unsure": unsure,
+                        "threshold": threshold, "temperature": temperature,
                         "probabilities": {name: float(p) for name, p in zip(names, probs)}})
     if args.json:
         print(json.dumps(results))
     else:
         for r in results:
-            print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}")
+            guess = f"\tbest guess {r['best_guess']}" if r["unsure"] else ""  # a 4th column only when unsure
+            print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}{guess}")
     return EXIT_FAIL if failures else EXIT_OK
 
 
@@ -343,18 +393,38 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", cmd_evaluate, "accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
         "Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's subfolders must be "
         "named like the checkpoint's classes (a folder with only some of them is fine). Prints accuracy, per-class "
-        "accuracy and the confusion matrix (--json: one JSON object with accuracy, n, per_class, confusion_matrix, "
-        "...).", options=["json", "device"])
+        "accuracy and the confusion matrix, then recall per class and accuracy with 95 % (Wilson) intervals, balanced "
+        "accuracy and the mistakes (--json: one JSON object with accuracy, n, per_class, confusion_matrix, "
+        "balanced_accuracy, accuracy_interval, recall, mistakes: file, true, predicted, probability, ...). Use it on "
+        "photos from another source than the training photos (a field test) to see how the model does in the "
+        "real world.", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
 
     p = command(
+        "robustness", cmd_robustness, "accuracy of a checkpoint on a folder under controlled changes of its photos",
+        "Evaluate a checkpoint on every photo in DATA_DIR as it is and after each of a set of changes: smaller "
+        "(long side 224, 160, 112 px), JPEG quality 30 and 10, Gaussian blur, darker/brighter, flatter/harsher "
+        "contrast, an off-centre crop (top-left 60 %) and a horizontal flip, each followed by the model's usual "
+        "evaluation transform. Prints one row per change: accuracy with its 95 % interval, balanced accuracy, "
+        "recall per class and the drop against the unchanged photos (--json: the same as JSON). The changed photos "
+        "are made in memory; nothing in DATA_DIR is written.", options=["json", "device"])
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos (only read)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+
+    p = command(
         "predict", cmd_predict, "class and probability for each image",
         "Print the predicted class and its probability for each IMAGE, one line each: IMAGE<TAB>CLASS<TAB>PROBABILITY "
-        "(--json: a JSON list with every class's probability).", options=["json", "device"])
+        "(--json: a JSON list with every class's probability). Probabilities are calibrated with the temperature "
+        "`tlcourse train` fitted on the validation photos; below the threshold it chose there, CLASS is 'unsure' "
+        "and a fourth column names the best guess.", options=["json", "device"])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to classify")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="answer 'unsure' when the top probability is below P (default: the checkpoint's, chosen on "
+                        "validation; 0: never)")
     return parser
 
 

@@ -1,0 +1,122 @@
+"""Augmented-view feature cache: hits (memory and disk), invalidation by augmentation settings, view index
+and photo content; cached vectors equal a direct forward pass of the same view; views are repeatable,
+different from each other, and one view per photo is drawn each epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+import torch
+
+from tlcourse import augcache
+from tlcourse.augcache import AugmentSettings, augmented_features, augmented_view
+from tlcourse.data import load_image
+from tlcourse.features import sha256_file
+from tlcourse.models import build_model
+
+
+@pytest.fixture(scope="module")
+def model(real_weights):
+    # Pretrained: random weights give features near 0 for every photo, which would hide differences.
+    return build_model(2, "mobilenet_v2", weights="DEFAULT", offline=True).eval()
+
+
+def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return float((a - b).norm()) > 0.05 * float(a.norm())
+
+
+@pytest.fixture
+def photos(tmp_path, data_dir):
+    paths = []
+    for name in ("dog", "hotdog"):
+        for source in sorted((data_dir / name).glob("*.jpg"))[:2]:
+            target = tmp_path / "photos" / name / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            paths.append(target)
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def empty_memory():
+    augcache.clear_memory_cache()
+    yield
+    augcache.clear_memory_cache()
+
+
+LABELS = [0, 0, 1, 1]
+
+
+def test_cached_vectors_are_the_backbone_features_of_each_view(model, photos, tmp_path):
+    result = augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
+    assert result.features.shape == (4, 2, model.n_features) and result.n_computed == 8
+    settings = model.transform_settings
+    for i, path in enumerate(photos):
+        sha = sha256_file(path)
+        x = torch.stack([augmented_view(load_image(path), sha, v, AugmentSettings(), settings) for v in range(2)])
+        with torch.no_grad():
+            direct = model.features(x)  # the plain model, not the fast copy
+        assert direct.abs().max() > 0.1  # real features, not near-zero ones
+        torch.testing.assert_close(result.features[i], direct, rtol=1e-3, atol=1e-3 * float(direct.abs().max()))
+    assert differ(result.features[:, 0], result.features[:, 1])  # two different views
+
+
+def test_a_view_is_the_same_every_time_and_leaves_the_random_state_alone(photos, model):
+    image, sha = load_image(photos[0]), sha256_file(photos[0])
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = augmented_view(image, sha, 1, AugmentSettings(), model.transform_settings)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = augmented_view(image, sha, 1, AugmentSettings(), model.transform_settings)
+    c = augmented_view(image, sha, 2, AugmentSettings(), model.transform_settings)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_hits_from_memory_then_from_disk(model, photos, tmp_path):
+    first = augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
+    again = augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
+    assert (again.n_computed, again.n_from_memory, again.n_from_disk) == (0, 8, 0)
+    augcache.clear_memory_cache()  # as a new process (a rerun) would start
+    rerun = augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
+    assert (rerun.n_computed, rerun.n_from_disk) == (0, 8)
+    assert torch.equal(rerun.features, first.features)
+
+
+def test_more_views_compute_only_the_new_view_indices(model, photos, tmp_path):
+    augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
+    more = augmented_features(model, photos, LABELS, views=3, cache_dir=tmp_path / "cache")
+    assert (more.n_computed, more.n_from_memory) == (4, 8)  # view 2 of each photo
+
+
+def test_other_settings_are_computed_again(model, photos, tmp_path):
+    augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
+    other = dataclasses.replace(AugmentSettings(), scale=(0.5, 1.0))
+    changed = augmented_features(model, photos, LABELS, views=2, augment=other, cache_dir=tmp_path / "cache")
+    assert changed.n_computed == 8 and changed.cache_file.name != augcache.AugmentKey(
+        augcache.feature_key(model), AugmentSettings()).filename
+
+
+def test_an_edited_photo_is_computed_again_a_renamed_one_is_not(model, photos, tmp_path):
+    augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
+    edited = photos[0]
+    load_image(edited).save(edited, format="JPEG", quality=80)  # same photo, other bytes
+    renamed = photos[2].with_name("renamed.jpg")
+    photos[2].rename(renamed)
+    paths = [edited, photos[1], renamed, photos[3]]
+    augcache.clear_memory_cache()
+    result = augmented_features(model, paths, LABELS, views=2, cache_dir=tmp_path / "cache")
+    assert (result.n_computed, result.n_from_disk) == (2, 6)  # only the edited photo's two views
+
+
+def test_the_loader_draws_one_view_per_photo_each_epoch(model, photos):
+    result = augmented_features(model, photos, LABELS, views=3)
+    loader = result.loader(batch_size=4, seed=0)
+    seen = []
+    for _ in range(6):
+        features, labels, index = next(iter(loader))
+        assert sorted(index.tolist()) == [0, 1, 2, 3] and labels.tolist() == [LABELS[i] for i in index]
+        views = [int((result.features[i] == f).all(1).nonzero()[0]) for i, f in zip(index.tolist(), features)]
+        seen.append(tuple(views[j] for j in index.argsort().tolist()))
+    assert len(set(seen)) > 1  # the drawn views change from epoch to epoch

@@ -1,0 +1,162 @@
+"""Calibration: ECE and reliability bins against hand-computed values, the fitted temperature against a
+brute-force search and against the known over-confidence of a synthetic model, calibration lowering the
+validation ECE, the threshold rule by hand, and `tlcourse predict` answering "unsure" below the threshold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tlcourse import cli
+from tlcourse.calibration import (Calibration, calibrate, choose_threshold, expected_calibration_error,
+                                  fit_temperature, plot_reliability, reliability_table)
+from tlcourse.checkpoint import save_checkpoint
+from tlcourse.models import build_model
+
+from test_cli import small_folder, torchvision_model  # noqa: F401 - fixtures
+
+
+def reference_probabilities(checkpoint, images) -> np.ndarray:
+    """Softmax of torchvision's MobileNetV2 with the checkpoint's tensors, with the weights' own preset transform."""
+    import torchvision
+    from PIL import Image
+
+    net = torchvision_model(checkpoint)
+    transform = torchvision.models.MobileNet_V2_Weights.DEFAULT.transforms()
+    with torch.no_grad():
+        return np.stack([torch.softmax(net(transform(Image.open(p).convert("RGB")).unsqueeze(0)), 1)[0].numpy()
+                         for p in images])
+
+
+def test_ece_against_a_hand_computation():
+    # Top probabilities 0.95, 0.95, 0.65, 0.65 (bins (0.933, 1] and (0.6, 0.667] of 15):
+    # bin 1: confidence 0.95, 1 of 2 right -> gap 0.45; bin 2: confidence 0.65, 2 of 2 right -> gap 0.35.
+    # ECE = 2/4 * 0.45 + 2/4 * 0.35 = 0.40.
+    probs = np.array([[0.95, 0.05], [0.05, 0.95], [0.65, 0.35], [0.35, 0.65]])
+    labels = np.array([0, 0, 0, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.40)
+    table = reliability_table(probs, labels)
+    assert table["n"].tolist() == [2, 2]
+    assert table["accuracy"].tolist() == [1.0, 0.5] and table["confidence"].tolist() == pytest.approx([0.65, 0.95])
+
+
+def test_a_perfectly_calibrated_model_has_ece_near_zero():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.5, 1.0, 200_000)
+    labels = (rng.random(len(p)) >= p).astype(int)  # class 0 is right with probability p
+    assert expected_calibration_error(np.stack([p, 1 - p], 1), labels) < 0.01
+
+
+def overconfident(n: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels drawn from softmax(z), reported logits scale * z: a model `scale` times too sure."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, generator=generator) * 1.5
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=generator).squeeze(1)
+    return z * scale, labels
+
+
+def test_temperature_recovers_the_known_over_confidence():
+    logits, labels = overconfident(20_000, 4.0, seed=1)
+    assert fit_temperature(logits, labels) == pytest.approx(4.0, rel=0.05)
+
+
+def test_temperature_minimises_the_loss_against_a_grid_search():
+    logits, labels = overconfident(2_000, 2.5, seed=2)
+    grid = torch.linspace(0.5, 6.0, 2201)
+    losses = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
+    best = float(grid[losses.argmin()])
+    assert fit_temperature(logits, labels) == pytest.approx(best, abs=0.01)
+
+
+def test_calibration_lowers_validation_ece():
+    logits, labels = overconfident(3_000, 3.0, seed=3)
+    result = calibrate(logits, labels)
+    ece_before = expected_calibration_error(torch.softmax(logits, 1).numpy(), labels.numpy())
+    assert result.ece_before == pytest.approx(ece_before, abs=1e-9)
+    assert result.ece_after < 0.5 * result.ece_before and result.ece_before > 0.05
+    # Temperature does not change a single answer, only how sure it sounds.
+    assert torch.equal(result.probabilities(logits).argmax(1), logits.argmax(1))
+    assert Calibration.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_temperature_is_one_when_validation_has_no_mistakes():
+    logits = torch.tensor([[8.0, -8.0], [-9.0, 9.0]] * 20)
+    labels = torch.tensor([0, 1] * 20)
+    # The loss only falls as T shrinks (no minimum): the model's confidence is left as it is.
+    assert F.cross_entropy(logits / 0.5, labels) < F.cross_entropy(logits, labels)
+    assert fit_temperature(logits, labels) == 1.0
+
+
+def test_temperature_stays_in_its_bounds():
+    # Confident logits that say nothing about the labels: the best T is huge (a coin toss), clamped to 10.
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(4000, 2, generator=generator) * 5
+    labels = torch.randint(0, 2, (4000,), generator=generator)
+    assert F.cross_entropy(logits / 10, labels) < F.cross_entropy(logits / 5, labels)
+    assert fit_temperature(logits, labels) == pytest.approx(10.0, abs=1e-3)
+
+
+def test_threshold_by_hand():
+    # Top probabilities and right/wrong: 0.55 wrong, 0.6 right, 0.7 wrong, 0.8 right, 0.9 right, 0.95 right.
+    top = np.array([0.55, 0.6, 0.7, 0.8, 0.9, 0.95])
+    right = np.array([False, True, False, True, True, True])
+    probs = np.stack([top, 1 - top], 1)
+    labels = np.where(right, 0, 1)
+    # Kept at >= 0.8: 3 of 3 right; at >= 0.7: 3 of 4 (75 %); at >= 0.6: 4 of 5 (80 %); all: 4 of 6.
+    assert choose_threshold(probs, labels, target_accuracy=0.99) == pytest.approx(0.8)
+    assert choose_threshold(probs, labels, target_accuracy=0.85) == pytest.approx(0.8)
+    assert choose_threshold(probs, labels, target_accuracy=0.8) == pytest.approx(0.6)
+    assert choose_threshold(probs, labels, target_accuracy=0.5) == pytest.approx(0.5)  # 4 of 6 at the floor
+    assert choose_threshold(probs[right], labels[right]) == pytest.approx(0.5)  # no mistakes: never unsure
+
+
+def test_predict_says_unsure_below_the_threshold(tmp_path, small_folder, real_weights, capsys):
+    # Pretrained backbone (features differ from photo to photo) with a random head: varied probabilities.
+    torch.manual_seed(0)
+    model = build_model(2, "mobilenet_v2", weights="DEFAULT", offline=True)
+    with torch.no_grad():
+        model.head[-1].weight.normal_(0, 0.2)
+    plain = save_checkpoint(tmp_path / "plain.pt", model, ["dog", "hotdog"])
+    images = sorted(small_folder.rglob("*.jpg"))
+    raw = reference_probabilities(plain, images)  # softmax of the logits, without tlcourse
+    logits = np.log(raw)  # up to a constant per row, which softmax ignores 
+    calibrated = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(1, keepdims=True)
+    top = np.sort(calibrated.max(1))
+    gap = max(range(3, 9), key=lambda i: top[i + 1] - top[i])  # far from every photo: float rounding cannot flip one
+    threshold = float((top[gap] + top[gap + 1]) / 2)
+    assert top[gap + 1] - top[gap] > 1e-3, top
+    calibration = Calibration(temperature=2.0, threshold=threshold, target_accuracy=0.99, ece_before=0.2,
+                              ece_after=0.1, n=10)
+    checkpoint = save_checkpoint(tmp_path / "calibrated.pt", model, ["dog", "hotdog"],
+                                 extra={"calibration": calibration.to_dict()})
+
+    assert cli.main(["predict", str(checkpoint), *map(str, images), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    unsure = calibrated.max(1) < threshold
+    assert 0 < unsure.sum() < len(images)  # both answers occur: the rule is really checked
+    for result, p, expect_unsure in zip(results, calibrated, unsure):
+        assert result["probability"] == pytest.approx(float(p.max()), abs=1e-4)
+        assert result["unsure"] == bool(expect_unsure)
+        assert result["class"] == ("unsure" if expect_unsure else ["dog", "hotdog"][int(p.argmax())])
+        assert result["best_guess"] == ["dog", "hotdog"][int(p.argmax())]
+
+    first_unsure = images[int(np.flatnonzero(unsure)[0])]
+    assert cli.main(["predict", str(checkpoint), str(first_unsure)]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == "unsure"
+    assert cli.main(["predict", str(checkpoint), str(first_unsure), "--threshold", "0"]) == 0
+    assert capsys.readouterr().out.split("\t")[1] in ("dog", "hotdog")
+
+
+def test_plot_reliability_draws_the_bins():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    probs = np.array([[0.95, 0.05], [0.05, 0.95], [0.65, 0.35], [0.35, 0.65]])
+    ax = plot_reliability(probs, np.array([0, 0, 0, 1]))
+    x, y = ax.lines[1].get_data()
+    assert list(x) == pytest.approx([0.65, 0.95]) and list(y) == [1.0, 0.5]
+    assert "ECE 0.400" in ax.get_legend().get_texts()[0].get_text()

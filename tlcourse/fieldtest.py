@@ -1,0 +1,114 @@
+"""A field test: how a trained model does on a folder of photos from elsewhere.
+
+A test split comes from the same source as the training photos, so it flatters: the first photos
+from another camera or website tell more. This module turns the predictions on such a folder into
+what a learner needs to judge them: recall per class with its 95 % interval (a handful of photos
+per class leaves a wide one), balanced accuracy (one class's recall cannot hide behind the other's
+count) and the list of mistakes to look at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .evaluation import accuracy, confusion_matrix, wilson_interval
+
+
+def balanced_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                      n_classes: int) -> float:
+    """Mean recall over the classes that have examples (each class counts the same, whatever its size)."""
+    matrix = confusion_matrix(y_true, y_pred, n_classes)
+    totals = matrix.sum(1)
+    present = totals > 0
+    if not present.any():
+        raise ValueError("need at least one example")
+    return float(np.mean(np.diag(matrix)[present] / totals[present]))
+
+
+def recall_table(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                 class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per class: ``n`` photos, ``correct``, ``recall`` and its 95 % Wilson interval
+    (``low``, ``high``); NaN for a class without photos.
+    """
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
+    rows = []
+    for k, name in enumerate(class_names):
+        n, right = int(matrix[k].sum()), int(matrix[k, k])
+        low, high = wilson_interval(right, n) if n else (float("nan"), float("nan"))
+        rows.append({"class": name, "n": n, "correct": right,
+                     "recall": right / n if n else float("nan"), "low": low, "high": high})
+    return pd.DataFrame(rows).set_index("class")
+
+
+def mistakes(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names: Sequence[str]) -> pd.DataFrame:
+    """The wrongly predicted photos of a :func:`~tlcourse.evaluation.predict` frame (rows in
+    ``file_paths`` order): ``file``, ``true``, ``predicted`` and the predicted class's ``probability``,
+    the most confident mistakes first (those are the surprising ones).
+    """
+    if len(frame) != len(file_paths):
+        raise ValueError(f"{len(frame)} predictions but {len(file_paths)} files")
+    wrong = frame.index[frame["label"].to_numpy() != frame["pred"].to_numpy()]
+    table = pd.DataFrame({
+        "file": [str(file_paths[i]) for i in wrong],
+        "true": [class_names[int(frame.at[i, "label"])] for i in wrong],
+        "predicted": [class_names[int(frame.at[i, "pred"])] for i in wrong],
+        "probability": [float(frame.at[i, f"prob_{int(frame.at[i, 'pred'])}"]) for i in wrong],
+    })
+    return table.sort_values(["probability", "file"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class FieldReport:
+    """Accuracy with its interval, balanced accuracy, recall per class and the mistakes of one folder."""
+
+    n: int
+    correct: int
+    accuracy: float
+    interval: tuple[float, float]
+    balanced_accuracy: float
+    recall: pd.DataFrame
+    mistakes: pd.DataFrame = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON (``None`` where a class has no photos: JSON has no NaN)."""
+        def plain(value: float) -> float | None:
+            return None if np.isnan(value) else float(value)
+
+        return {
+            "balanced_accuracy": self.balanced_accuracy,
+            "accuracy_interval": list(self.interval),
+            "interval_method": "95 % Wilson score interval",
+            "recall": {name: {"n": int(row.n), "correct": int(row.correct), "recall": plain(row.recall),
+                              "interval": [plain(row.low), plain(row.high)]}
+                       for name, row in self.recall.iterrows()},
+            "mistakes": self.mistakes.to_dict(orient="records"),
+        }
+
+    def summary(self) -> str:
+        """A few lines for a terminal or a notebook."""
+        lines = [f"accuracy {self.accuracy:.1%} ({self.correct} of {self.n}), 95 % interval "
+                 f"{self.interval[0]:.1%} to {self.interval[1]:.1%}; balanced accuracy {self.balanced_accuracy:.1%}"]
+        for name, row in self.recall.iterrows():
+            lines.append(f"  {name}: no photos" if row.n == 0 else
+                         f"  {name}: recall {row.recall:.1%} ({int(row.correct)} of {int(row.n)}), "
+                         f"95 % interval {row.low:.1%} to {row.high:.1%}")
+        return "\n".join(lines)
+
+
+def field_report(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names: Sequence[str]) -> FieldReport:
+    """The :class:`FieldReport` of a :func:`~tlcourse.evaluation.predict` frame whose rows are the photos
+    ``file_paths`` (same order)."""
+    y_true, y_pred = frame["label"].to_numpy(), frame["pred"].to_numpy()
+    correct = int((y_true == y_pred).sum())
+    return FieldReport(
+        n=len(frame), correct=correct, accuracy=accuracy(y_true, y_pred),
+        interval=wilson_interval(correct, len(frame)),
+        balanced_accuracy=balanced_accuracy(y_true, y_pred, len(class_names)),
+        recall=recall_table(y_true, y_pred, class_names),
+        mistakes=mistakes(frame, file_paths, class_names),
+    )

@@ -1,0 +1,166 @@
+"""Robustness report: a model's accuracy on a folder when its photos are changed in controlled ways.
+
+A field test says *that* a model misses photos from elsewhere; changing the photos one way at a time
+says *what* it is sensitive to: small web images, JPEG artefacts, blur, light, framing. Each change is
+made in memory on the decoded photo, before the model's usual evaluation transform; nothing is written
+next to the learner's photos.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from .data import CSVDataset, eval_transform, load_image, make_loader
+from .evaluation import predict, wilson_interval
+from .fieldtest import balanced_accuracy
+
+
+# --------------------------------------------------------------------------- the changes
+def long_side(image: Image.Image, pixels: int) -> Image.Image:
+    """Shrink so that the longer side is ``pixels`` (aspect kept, bicubic with antialiasing, as a website's
+    thumbnail); a photo already that small is returned unchanged (never enlarged)."""
+    width, height = image.size
+    longest = max(width, height)
+    if longest <= pixels:
+        return image
+    # int(): truncated like torchvision's Resize(max_size=...)
+    size = (max(1, int(width * pixels / longest)), max(1, int(height * pixels / longest)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    """Encode as JPEG at ``quality`` (1-95, Pillow's scale) in memory and decode again."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+def blur(image: Image.Image, sigma: float) -> Image.Image:
+    """Gaussian blur with standard deviation ``sigma`` pixels (kernel of ``2*ceil(3*sigma)+1`` pixels,
+    torchvision's ``gaussian_blur``; edges reflected)."""
+    size = 2 * int(np.ceil(3 * sigma)) + 1
+    return TF.gaussian_blur(image, kernel_size=[size, size], sigma=[sigma, sigma])
+
+
+def brightness(image: Image.Image, factor: float) -> Image.Image:
+    """Multiply every pixel value by ``factor`` (clipped to 0-255): 0.5 darker, 1.5 brighter."""
+    return TF.adjust_brightness(image, factor)
+
+
+def contrast(image: Image.Image, factor: float) -> Image.Image:
+    """Blend with the photo's mean grey level: ``mean + factor * (pixel - mean)`` (clipped); 0.5 flatter,
+    1.5 harsher."""
+    return TF.adjust_contrast(image, factor)
+
+
+def corner_crop(image: Image.Image, fraction: float) -> Image.Image:
+    """Keep the top-left ``fraction`` of the width and of the height: the object off-centre, partly cut."""
+    width, height = image.size
+    return image.crop((0, 0, max(1, int(width * fraction)), max(1, int(height * fraction))))
+
+
+def hflip(image: Image.Image) -> Image.Image:
+    """Mirror left to right."""
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A named change of a photo: ``apply`` takes and returns an RGB PIL image."""
+
+    name: str
+    kind: str
+    apply: Callable[[Image.Image], Image.Image]
+
+
+def _identity(image: Image.Image) -> Image.Image:
+    return image
+
+
+#: The report's default changes, the unchanged photos first (the reference row).
+DEFAULT_CHANGES: tuple[Change, ...] = (
+    Change("original", "none", _identity),
+    *(Change(f"long side {n} px", "size", functools.partial(long_side, pixels=n)) for n in (224, 160, 112)),
+    *(Change(f"JPEG quality {q}", "jpeg", functools.partial(jpeg, quality=q)) for q in (30, 10)),
+    *(Change(f"blur sigma {s}", "blur", functools.partial(blur, sigma=s)) for s in (1.0, 3.0)),
+    *(Change(f"brightness x{f}", "brightness", functools.partial(brightness, factor=f)) for f in (0.5, 1.5)),
+    *(Change(f"contrast x{f}", "contrast", functools.partial(contrast, factor=f)) for f in (0.5, 1.5)),
+    Change("corner crop 60 %", "crop", functools.partial(corner_crop, fraction=0.6)),
+    Change("horizontal flip", "flip", hflip),
+)
+
+
+# --------------------------------------------------------------------------- the report
+class _Changed(CSVDataset):
+    """A labels table's photos, each changed by ``change`` before ``transform``."""
+
+    def __init__(self, table: pd.DataFrame, change: Callable, transform: Callable):
+        super().__init__(table, transform)
+        self.change = change
+
+    def __getitem__(self, idx: int):
+        row = self.table.iloc[idx]
+        return self.transform(self.change(load_image(row["file_path"]))), int(row["label"])
+
+
+def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
+                      changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
+                      device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Accuracy of ``model`` on the photos of a labels table (``file_path``, ``label``) under each change.
+
+    One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``),
+    ``balanced_accuracy``, ``recall_<class>`` and ``drop`` (accuracy lost against the first change,
+    the unchanged photos). The model's own evaluation transform follows each change.
+    """
+    transform = eval_transform(model.transform_settings)
+    rows = []
+    for change in changes:
+        if progress is not None:
+            progress(change.name)
+        loader = make_loader(_Changed(table, change.apply, transform), batch_size=batch_size)
+        frame = predict(model, loader, device)
+        y_true, y_pred = frame["label"].to_numpy(), frame["pred"].to_numpy()
+        correct = int((y_true == y_pred).sum())
+        low, high = wilson_interval(correct, len(frame))
+        row = {"change": change.name, "kind": change.kind, "n": len(frame), "correct": correct,
+               "accuracy": correct / len(frame), "low": low, "high": high,
+               "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(class_names))}
+        for k, name in enumerate(class_names):
+            mine = y_true == k
+            row[f"recall_{name}"] = float((y_pred[mine] == k).mean()) if mine.any() else float("nan")
+        rows.append(row)
+    report = pd.DataFrame(rows).set_index("change")
+    report["drop"] = report["accuracy"].iloc[0] - report["accuracy"]
+    return report
+
+
+def plot_robustness(report: pd.DataFrame, ax=None, title: str | None = None):
+    """Horizontal bars of accuracy per change with their 95 % intervals; the unchanged accuracy as a line."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.35 * len(report) + 1))
+    y = np.arange(len(report))[::-1]
+    acc = report["accuracy"].to_numpy()
+    errors = np.vstack([acc - report["low"].to_numpy(), report["high"].to_numpy() - acc])
+    ax.barh(y, acc, xerr=errors, color="tab:blue", alpha=0.8, capsize=3)
+    ax.axvline(acc[0], color="black", linestyle="--", linewidth=1, label=f"{report.index[0]}: {acc[0]:.0%}")
+    ax.set_yticks(y, report.index)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy (bars: 95 % interval)")
+    ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    return ax
