@@ -305,7 +305,7 @@ def test_redraws_are_throttled_to_the_budget(monkeypatch):
         def on_batch_end(self, state):
             clock.now += 0.05
 
-    model, loader, optimizer = _setup(batch_size=1, n=400)  # 400 batches, 20 s of fake time
+    model, loader, optimizer = _setup(batch_size=1, n=800)  # 800 batches, 40 s of fake time
     dash = TrainingDashboard(CLASSES, mode="widgets")
     start = clock.now
     fit(model, loader, optimizer, 1, callbacks=[Tick(), dash])

@@ -5,8 +5,10 @@
 * Every image a notebook shows (markdown ``![](...)`` or ``<img src=...>``) exists, and every
   figure in ``images/`` is drawn by ``images/make_figures.py``.
 * Kernel metadata: JupyterLab opens each lesson with the ``python3`` kernel, without asking.
-* No re-implementation: a lesson may write out a function or class that the package provides
-  only to teach it, once in the whole course, and must then use the package's version.
+* Teach, then import: a lesson may write out a function or class that the package provides only to
+  teach it, once in the whole course; a later cell must check it against the package's version (an
+  ``assert`` next to the package's name), and the lesson must then use the package's version.
+* Learner text speaks to learners: no words about CI, benchmarks, budgets or the course's machines.
 * The original notebook's defects stay gone from the code cells.
 * Every lesson starts from ``get_config()``, ends with exercises, and the README's lesson table
   lists exactly the notebooks that exist.
@@ -138,9 +140,19 @@ def test_lessons_show_the_figures():
     assert pictures <= shown, f"figures no lesson shows: {sorted(pictures - shown)}"
 
 
+def _uses_package_version(source: str, name: str) -> bool:
+    """True if ``source`` refers to the package's ``name``: imported from tlcourse, or as tlcourse.<module>.<name>."""
+    return bool(re.search(rf"from tlcourse\.\w+ import [^\n]*\b{name}\b|tlcourse\.\w+\.{name}\b", source))
+
+
+def _has_assert(source: str) -> bool:
+    return any(isinstance(node, ast.Assert) for node in ast.walk(ast.parse(source)))
+
+
 def test_package_code_is_taught_once_then_used_from_the_package():
-    """A lesson may define a package function/class to teach it, once in the course, and must then
-    import the package's version (so later cells use the tested code)."""
+    """A lesson may define a package function/class to teach it, once in the course; a later cell must
+    assert that it agrees with the package's version, and the lesson must then import the package's
+    version (so later cells use the tested code)."""
     package = _package_names()
     assert {"create_csv", "CSVDataset", "fit", "build_model"} <= package  # the finder works
     definitions: dict[str, list[str]] = {}
@@ -152,14 +164,80 @@ def test_package_code_is_taught_once_then_used_from_the_package():
             for node in ast.walk(tree):
                 if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in package:
                     definitions.setdefault(node.name, []).append(f"{path.name} cell {index}")
-                    later = "\n".join(c.source for c in cells[index + 1:])
-                    if not re.search(rf"from tlcourse\.\w+ import [^\n]*\b{node.name}\b|tlcourse\.\w+\.{node.name}\b",
-                                     later):
+                    later = [_python_source(c) for c in cells[index + 1:]]
+                    if not any(_uses_package_version(source, node.name) and _has_assert(source) for source in later):
+                        problems.append(f"{path.name} cell {index} defines {node.name} but no later cell asserts that "
+                                        "it agrees with the package's version")
+                    if not _uses_package_version("\n".join(later), node.name):
                         problems.append(f"{path.name} cell {index} defines {node.name} but never switches "
                                         "to the package's version")
     problems += [f"{name} is defined in {len(where)} places: {where}" for name, where in definitions.items()
                  if len(where) > 1]
     assert not problems, "; ".join(problems)
+
+
+def test_taught_once_check_catches_an_unchecked_copy():
+    """The rule itself: a copy that is only imported over, without a check, is reported."""
+    assert _uses_package_version("from tlcourse.data import SquareCrop, load_image", "SquareCrop")
+    assert _uses_package_version("x = tlcourse.data.SquareCrop(224)", "SquareCrop")
+    assert not _uses_package_version("x = SquareCrop(224)", "SquareCrop")
+    assert _has_assert("assert torch.equal(a, b)") and not _has_assert("print(a == b)")
+
+
+# Words about the course's own development: learners need none of them. (Lessons may name the
+# setting TLCOURSE_SMOKE; they call it a quick run.)
+DEVELOPER_WORDS = {
+    r"\bCI\b|continuous integration": "CI",
+    r"benchmark": "benchmarks",
+    r"\bbudget": "budgets",
+    r"\b\d+-core\b|\bbusy\b|\bour (?:machine|computer|server)s?\b|\bthis machine\b": "the course's machines",
+    r"\bnbval\b|\bpytest\b|\b(?:course's|package's|our) tests\b|\btests (?:fail|pass)\b|\bfails? its tests\b":
+        "the course's tests",
+    r"\bwe measured\b|\bmeasured (?:on|with) (?:the|our)\b": "measurement narratives",
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_learner_text_has_no_developer_words(path):
+    found = []
+    for index, cell in enumerate(_read(path).cells):
+        text = cell.source if cell.cell_type == "markdown" else "\n".join(
+            line.split("#", 1)[1] for line in cell.source.splitlines() if "#" in line)  # code comments
+        text = text.replace("NBVAL_CHECK_OUTPUT", "")
+        for pattern, what in DEVELOPER_WORDS.items():
+            for match in re.finditer(pattern, text, flags=re.IGNORECASE if what != "CI" else 0):
+                found.append(f"cell {index}: {match.group(0)!r} ({what})")
+    assert not found, f"{path.name} talks to developers, not learners: {found}"
+
+
+def test_developer_word_patterns_catch_examples():
+    text = "On a busy 2-core CPU we measured it; CI runs the benchmark within its budget, so the tests fail."
+    hits = {what for pattern, what in DEVELOPER_WORDS.items()
+            for _ in re.finditer(pattern, text, flags=re.IGNORECASE if what != "CI" else 0)}
+    assert hits == set(DEVELOPER_WORDS.values())
+    assert not any(re.search(p, "a quick run on a CPU or a GPU; the test photos; testing", flags=re.IGNORECASE)
+                   for p in DEVELOPER_WORDS if p != r"\bCI\b|continuous integration")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_test_photos_only_in_the_final_section(path):
+    """Choices are made on validation: a lesson evaluates on the test split only in its section on
+    the test photos (a heading with "test photos"), which comes after every other lesson section."""
+    section, problems, sections = "", [], []
+    for index, cell in enumerate(_read(path).cells):
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    section = line[3:].strip()
+                    sections.append(section)
+        elif re.search(r"""loader\(\s*["']test["']""", cell.source) and "test photos" not in section.lower():
+            problems.append(f"cell {index} evaluates on the test split in section {section!r}")
+    assert not problems, f"{path.name}: {problems}"
+    test_sections = [i for i, name in enumerate(sections) if "test photos" in name.lower()]
+    if test_sections:  # nothing but exercises, reading and the appendix may follow it
+        later = [name for name in sections[test_sections[-1] + 1:]
+                 if not re.match(r"exercises|further reading|what the original", name, re.IGNORECASE)]
+        assert not later, f"{path.name}: sections after the test photos: {later}"
 
 
 # Code patterns from the original notebook that must not come back (code cells only: the prose

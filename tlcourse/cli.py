@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Every photo decoded once up front: a truncated file is skipped and named now, not found mid-training.
     skipped: list = []
     data = load_course_data(args.data_dir, model.transform_settings, seed=seed, per_class=args.per_class,
-                            check="decode", skipped=skipped)
+                            check="decode", skipped=skipped, exclusions=config.excluded_csv)
     _report_skipped(skipped)
     sizes = data.split.sizes()
     print(f"Training {backbone} ({'weight freezing' if args.method == 'freeze' else 'discriminative learning rates'}) "

@@ -70,6 +70,11 @@ class Config:
         return self.output_dir / "feature-cache"
 
     @property
+    def excluded_csv(self) -> Path:
+        """The exclusion list: photos marked as mislabelled, left out of the data (see tlcourse.exclusions)."""
+        return self.output_dir / "excluded.csv"
+
+    @property
     def smoke_images_per_class(self) -> int | None:
         """How many photos per class a smoke run uses (``None``: all of them)."""
         return 40 if self.smoke else None

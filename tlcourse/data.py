@@ -421,7 +421,8 @@ class CSVDataset(Dataset):
 class SquareCrop:
     """The original's hand-written transform, fixed: resize the short side to ``size``, crop a square.
 
-    PIL's ``image.size`` is ``(width, height)``; the original read it as ``(height, width)``.
+    PIL's ``image.size`` is ``(width, height)``. The original named the two the other way round,
+    consistently, so its output was right (a naming slip); its defect was a random crop at test time.
     ``random=False`` takes the centre crop (as torchvision's ``Resize`` + ``CenterCrop``).
     """
 
@@ -624,14 +625,19 @@ def load_course_data(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     check: str = "header",
     skipped: list[SkippedFile] | None = None,
+    exclusions: str | Path | None = None,
 ) -> CourseData:
     """Scan ``data_dir`` (``check`` and ``skipped`` as :func:`scan_folder`'s), optionally keep ``per_class``
-    images per class, and split it from ``seed``.
+    images per class, and split it from ``seed``. Photos listed in the ``exclusions`` CSV (the course's:
+    ``cfg.excluded_csv``) are then left out of every part; see :mod:`tlcourse.exclusions`.
     """
+    from .exclusions import drop_excluded
+
     with warnings.catch_warnings():
         if skipped is not None:  # the caller reports them
             warnings.simplefilter("ignore", SkippedFilesWarning)
         table = subset_per_class(scan_folder(data_dir, check, skipped), per_class, seed)
     classes = class_names(table)
     split = stratified_split(table["label"].to_numpy(), fractions, seed, classes)
+    split = drop_excluded(table, split, exclusions)  # after the split: other photos keep their part
     return CourseData(table, split, classes, settings)

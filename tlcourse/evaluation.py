@@ -1,7 +1,9 @@
-"""Evaluation: predictions with probabilities, accuracy, per-class accuracy and the confusion matrix."""
+"""Evaluation: predictions with probabilities, accuracy, per-class accuracy and the confusion matrix,
+accuracy with its 95 % interval, and the lessons' check that a model learnt the task."""
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -61,3 +63,74 @@ def confusion_frame(y_true, y_pred, class_names: Sequence[str]) -> pd.DataFrame:
     matrix = confusion_matrix(y_true, y_pred, len(class_names))
     return pd.DataFrame(matrix, index=pd.Index(class_names, name="true"),
                         columns=pd.Index(class_names, name="predicted"))
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``correct / n`` (``z=1.96``: 95 %).
+
+    Unlike the normal approximation ``p +- z*sqrt(p(1-p)/n)``, it stays inside [0, 1] and is
+    not empty at 0 or ``n`` correct: 144 of 144 gives about (0.974, 1.0), not (1.0, 1.0).
+    """
+    if n <= 0 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n > 0, got correct={correct}, n={n}")
+    p = correct / n
+    denominator = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def is_course_example(table: pd.DataFrame) -> bool:
+    """True when every photo of a labels table is one of the course's example photos (dog/hotdog).
+
+    Compares ``class/file name`` with the course's manifest (names only: cheap). The lessons
+    assert their accuracy only on these photos; on any other folder they print a verdict.
+    """
+    from .download import read_manifest  # the manifest lists the example set
+
+    manifest = read_manifest()
+    known = set(manifest["class"] + "/" + manifest["file"])
+    names = {f"{c}/{str(p).replace(chr(92), '/').rsplit('/', 1)[-1]}"
+             for c, p in zip(table["class_name"], table["file_path"])}
+    return len(names) > 0 and names <= known
+
+
+def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                 class_names: Sequence[str], required_accuracy: float | None = None,
+                 strict: bool = False, what: str = "test") -> bool:
+    """Print whether a model learnt the task; raise ``AssertionError`` only when ``strict``.
+
+    Two conditions, both printed with their figures:
+
+    * every class is recalled at least once more than chance allows: at least
+      ``floor(n_c / k) + 1`` of its ``n_c`` photos, with ``k`` classes. A model that always
+      answers one class fails it, however the accuracy looks on a few photos;
+    * the accuracy is at least ``required_accuracy`` (``None``: not checked, as in a quick run
+      on a handful of photos, where an accuracy threshold cannot tell a model from a coin).
+
+    ``strict``: the lessons pass it on the course's own photos, where these results are known;
+    on a learner's own folder the verdict is printed and the notebook goes on.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    k = len(class_names)
+    matrix = confusion_matrix(y_true, y_pred, k)
+    problems = []
+    for c, name in enumerate(class_names):
+        n_c, right = int(matrix[c].sum()), int(matrix[c, c])
+        needed = n_c // k + 1
+        if n_c and right < needed:
+            problems.append(f"class {name!r}: {right} of {n_c} recalled, chance gives about {n_c / k:.1f}, "
+                            f"needed at least {needed}")
+    acc = accuracy(y_true, y_pred)
+    if required_accuracy is not None and acc < required_accuracy:
+        problems.append(f"{what} accuracy {acc:.1%} is below the {required_accuracy:.0%} this recipe reaches "
+                        "on the course's photos")
+    if problems:
+        print(f"Verdict: NOT learnt well enough ({what} accuracy {acc:.1%}): " + "; ".join(problems) + ".")
+        if strict:
+            raise AssertionError("; ".join(problems))
+        return False
+    needed_text = f" and at least {required_accuracy:.0%} accuracy" if required_accuracy is not None else ""
+    print(f"Verdict: learnt. Every class recalled more often than chance{needed_text} "
+          f"({what} accuracy {acc:.1%}).")
+    return True

@@ -203,9 +203,10 @@ def rebuild(arguments: dict[str, Any]) -> TransferClassifier:
 
 
 def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
-                 weight_decay: float = 0.0) -> list[dict[str, Any]]:
+                 weight_decay: float = 0.01) -> list[dict[str, Any]]:
     """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
-    pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out.
+    pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out. Both groups get
+    ``weight_decay`` (AdamW's default, as both recipes use).
     """
     groups = [
         {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},

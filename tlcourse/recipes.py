@@ -12,6 +12,11 @@ from .features import compute_features, using_threads
 from .models import TransferClassifier, param_groups
 from .training import Callback, History, fit, seed_everything
 
+#: Weight decay of both recipes' AdamW optimizer: AdamW's own default. AdamW is Adam (the
+#: original notebook's optimizer) with the decay applied to the weights directly instead of being
+#: added to the gradient, where Adam's per-parameter scaling would weaken it (Loshchilov & Hutter).
+WEIGHT_DECAY = 0.01
+
 
 def train_frozen(
     model: TransferClassifier,
@@ -26,6 +31,7 @@ def train_frozen(
     cache_dir: str | Path | None = None,
     augment: bool = False,
     verbose: bool = True,
+    weight_decay: float = WEIGHT_DECAY,
 ) -> History:
     """Method 1, weight freezing: freeze the backbone and train only the new head.
 
@@ -38,7 +44,8 @@ def train_frozen(
     """
     seed_everything(seed)
     model.freeze()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay)
     if not cache:
         return fit(model, data.loader("train", batch_size, augment=augment, seed=seed), optimizer, epochs,
                    val_loader=data.loader("val", batch_size), callbacks=callbacks)
@@ -69,6 +76,7 @@ def train_discriminative(
     callbacks: Iterable[Callback] = (),
     seed: int = 0,
     update_batchnorm: bool = False,
+    weight_decay: float = WEIGHT_DECAY,
 ) -> History:
     """Method 2, discriminative learning rates: the whole network learns, the backbone more slowly.
 
@@ -78,6 +86,6 @@ def train_discriminative(
     """
     seed_everything(seed)
     model.unfreeze(update_batchnorm=update_batchnorm)
-    optimizer = torch.optim.AdamW(param_groups(model, head_lr, backbone_lr))
+    optimizer = torch.optim.AdamW(param_groups(model, head_lr, backbone_lr, weight_decay))
     return fit(model, data.loader("train", batch_size, augment=True, seed=seed), optimizer, epochs,
                val_loader=data.loader("val", batch_size), callbacks=callbacks)

@@ -1,0 +1,148 @@
+"""Every lesson on a learner's own folder, and every exercise checker with a right and a wrong answer.
+
+The lessons are executed in a kernel (quick mode, ``TLCOURSE_SMOKE=1``) on a folder that is not the
+course's example: three classes with spaced, non-ASCII names ("chien de garde", "hot dög", "ñandú"),
+copied from disjoint subsets of the shared photos. Nothing may assume two classes or the names dog
+and hotdog, and the accuracy checks must print a verdict instead of stopping the notebook.
+
+Then, in the same kernel, after the lesson's last cell, each exercise checker runs twice: with the
+right answer (it must print "Correct") and with a wrong one (it must raise ``AssertionError`` with a
+hint). An exercise checker is a code cell that starts with ``if <answer> is None``; its answers are
+declared in ``ANSWERS`` below, and a lesson whose checkers have no declared answers fails this test,
+so lessons added later are covered too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CHECKER = re.compile(r"^if (\w+) is None(?: or (\w+) is None)*:")
+RIGHT, WRONG = "RIGHT-ANSWER-RUN", "WRONG-ANSWER-RUN"
+
+# Per notebook: answer variable -> (right answer, wrong answer), as Python expressions evaluated in the
+# executed lesson's namespace. Constants are worked out by hand (see each lesson's solution); answers
+# that depend on the trained model are computed from the results table by another route than the checker.
+ANSWERS: dict[str, dict[str, tuple[str, str]]] = {
+    "01_data.ipynb": {
+        "resized_size": ("(309, 232)", "(341, 256)"),  # MobileNetV2's weights resize the short side to 232
+        "white_red": ("(1 - 0.485) / 0.229", "1.0"),
+    },
+    "02_feature_extractor.ipynb": {
+        "features_numbers": ("512 * 10 * 10", "512 * 7 * 7"),
+        "avgpool_numbers": ("512 * 7 * 7", "512 * 10 * 10"),
+        "head_parameters": ("1280 * 256 + 256 + 256 * 2 + 2", "1280 * 2 + 2"),
+    },
+    "03_weight_freezing.ipynb": {
+        "damaged_part": ('"head"', '"backbone"'),
+        "resnet18_trainable": ("512 * 2 + 2", "512 * 2"),
+    },
+    "04_discriminative_lr.ipynb": {
+        "slow_parameters": ("2_223_872", "2_223_872 + 1280 * 2 + 2"),
+    },
+    "05_evaluation.ipynb": {
+        "second_called_first": ("int(((results['label'] == 1) & (results['pred'] == 0)).sum())",
+                                "int(((results['label'] == 1) & (results['pred'] == 0)).sum()) + 1"),
+        "lowest_confidence": ("round(float(results['confidence'].min()), 2)",
+                              "round(float(results['confidence'].min()), 2) + 0.1"),
+    },
+}
+
+# Three classes, disjoint photos: 40 each, the quick mode's photos per class.
+OWN_CLASSES = {"chien de garde": ("dog", 0), "hot dög": ("hotdog", 0), "ñandú": ("dog", 40)}
+PER_CLASS = 40
+
+
+def checkers(nb) -> list[tuple[int, list[str]]]:
+    """(cell index, answer variables) of each exercise checker cell."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        match = CHECKER.match(cell.source) if cell.cell_type == "code" else None
+        if match:
+            found.append((index, re.findall(r"(\w+) is None", cell.source.splitlines()[0])))
+    return found
+
+
+def test_checker_finder_and_answers_cover_every_lesson():
+    """Each checker's answers are declared, and each declared answer belongs to a checker."""
+    assert CHECKER.match("if a is None or b is None:") and not CHECKER.match("x = 1\nif a is None:")
+    problems = []
+    for path in NOTEBOOKS:
+        variables = {v for _, names in checkers(nbformat.read(path, as_version=4)) for v in names}
+        declared = set(ANSWERS.get(path.name, {}))
+        if variables - declared:
+            problems.append(f"{path.name}: declare right and wrong answers for {sorted(variables - declared)} in ANSWERS")
+        if declared - variables:
+            problems.append(f"{path.name}: ANSWERS has {sorted(declared - variables)}, which no checker reads")
+    assert not problems, "; ".join(problems)
+    assert sum(len(checkers(nbformat.read(p, as_version=4))) for p in NOTEBOOKS) >= 9
+
+
+@pytest.fixture(scope="module")
+def own_folder(tmp_path_factory, data_dir) -> Path:
+    """A learner's folder: three classes with spaced, non-ASCII names, copied from the shared photos."""
+    root = tmp_path_factory.mktemp("own photos") / "mes photos à moi"
+    for name, (source, start) in OWN_CLASSES.items():
+        photos = sorted((data_dir / source).glob("*.jpg"))[start:start + PER_CLASS]
+        assert len(photos) == PER_CLASS
+        (root / name).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(photo, root / name / photo.name)
+    return root
+
+
+def _exercise_cells(nb) -> list[tuple[str, str, str]]:
+    """Cells that run each checker with the right answers, and once per answer with that one wrong."""
+    answers = ANSWERS[nb.metadata["tlcourse_name"]]
+    cells = []
+    for index, names in checkers(nb):
+        source = nb.cells[index].source
+        right = "\n".join(f"{n} = {answers[n][0]}" for n in names)
+        cells.append((RIGHT, ",".join(names), f"print({RIGHT!r})\n{right}\n{source}"))
+        for wrong_name in names:
+            wrong = "\n".join(f"{n} = {answers[n][1] if n == wrong_name else answers[n][0]}" for n in names)
+            cells.append((WRONG, wrong_name, f"""print({WRONG!r})
+{wrong}
+try:
+    exec(compile({source!r}, "<exercise checker>", "exec"))
+except AssertionError as error:
+    print("REJECTED WITH HINT:", error)
+else:
+    raise RuntimeError({f"the checker accepted the wrong answer {wrong_name} = {answers[wrong_name][1]}"!r})
+"""))
+    return cells
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lesson_runs_on_own_folder_and_its_exercise_checkers_work(path, own_folder, tmp_path, monkeypatch, real_weights):
+    monkeypatch.setenv("TLCOURSE_DATA", str(own_folder))
+    monkeypatch.setenv("TLCOURSE_SMOKE", "1")
+    monkeypatch.setenv("TLCOURSE_OUTPUT", str(tmp_path / "outputs"))
+    monkeypatch.setenv("TLCOURSE_DASHBOARD", "text")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["tlcourse_name"] = path.name
+    lesson_cells = len(nb.cells)
+    added = _exercise_cells(nb)
+    nb.cells += [nbformat.v4.new_code_cell(source) for _, _, source in added]
+    # Raises CellExecutionError, naming the cell and the error, if any lesson cell fails on this folder.
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+
+    outputs = [cell.outputs for cell in nb.cells[:lesson_cells] if cell.cell_type == "code"]
+    text = "\n".join(o.get("text", "") for cell_outputs in outputs for o in cell_outputs)
+    assert "chien de garde" in text, "the lesson should print the learner's classes"
+    for (kind, name, _), cell in zip(added, nb.cells[lesson_cells:]):
+        out = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+        if kind == RIGHT:
+            assert "Correct" in out, f"{path.name}: the checker for {name} did not say Correct for the right answer: {out!r}"
+        else:
+            hint = out.split("REJECTED WITH HINT:", 1)[-1].strip()
+            assert "REJECTED WITH HINT:" in out and len(hint) > 10, \
+                f"{path.name}: the checker for {name} rejected a wrong answer without a hint: {out!r}"

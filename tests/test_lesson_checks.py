@@ -1,0 +1,77 @@
+"""The lessons' verdicts: the 95 % Wilson interval against hand computation and scipy, the check
+that a model learnt the task (a one-class model fails it), and the example-set detection."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+
+from tlcourse.evaluation import check_learnt, is_course_example, wilson_interval
+
+
+def test_wilson_interval_against_a_hand_computation():
+    # 144 of 144, z = 1.96: centre (1 + z²/288) / (1 + z²/144) = 1.0133389 / 1.0266778 = 0.9870076,
+    # half width 1.96 * sqrt(z² / (4 * 144²)) / 1.0266778 = 1.96 * 0.0068056 / 1.0266778 = 0.0129924.
+    low, high = wilson_interval(144, 144)
+    assert low == pytest.approx(0.974015, abs=2e-6)
+    assert high == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("correct,n", [(0, 8), (3, 8), (141, 144), (50, 100), (7, 7)])
+def test_wilson_interval_against_scipy(correct, n):
+    reference = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = wilson_interval(correct, n)
+    # scipy uses the exact normal quantile 1.959964; the course's 1.96 moves the ends by < 1e-4.
+    assert low == pytest.approx(reference.low, abs=1e-4)
+    assert high == pytest.approx(reference.high, abs=1e-4)
+    assert 0.0 <= low <= correct / n <= high <= 1.0
+
+
+@pytest.mark.parametrize("correct,n", [(-1, 5), (6, 5), (0, 0)])
+def test_wilson_interval_rejects_impossible_counts(correct, n):
+    with pytest.raises(ValueError):
+        wilson_interval(correct, n)
+
+
+CLASSES = ["dog", "hotdog"]
+
+
+def test_a_model_that_always_answers_one_class_fails_even_at_chance_accuracy(capsys):
+    # The smoke test split: 4 + 4 photos. Always "dog" is 50 % accurate, and recalls no hotdog.
+    y_true = [0, 0, 0, 0, 1, 1, 1, 1]
+    assert check_learnt(y_true, [0] * 8, CLASSES) is False
+    assert "NOT learnt" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="hotdog"):
+        check_learnt(y_true, [0] * 8, CLASSES, strict=True)
+
+
+def test_per_class_minimum_is_once_more_than_chance():
+    y_true = [0, 0, 0, 0, 1, 1, 1, 1]
+    # 2 of 4 per class is what a coin gives: not enough; 3 of 4 is one more.
+    assert check_learnt(y_true, [0, 0, 1, 1, 1, 1, 0, 0], CLASSES) is False
+    assert check_learnt(y_true, [0, 0, 0, 1, 1, 1, 1, 0], CLASSES, strict=True) is True
+    # Three classes of 4: chance gives 4/3, so 2 of 4 suffice.
+    assert check_learnt([0] * 4 + [1] * 4 + [2] * 4, [0, 0, 1, 2, 1, 1, 0, 0, 2, 2, 0, 0],
+                        ["a", "b", "c"], strict=True) is True
+
+
+def test_accuracy_threshold_in_a_full_run():
+    y_true = [0] * 72 + [1] * 72
+    four_wrong = [0] * 70 + [1] * 2 + [1] * 70 + [0] * 2  # 140 of 144 = 97.2 %
+    five_wrong = [0] * 69 + [1] * 3 + [1] * 70 + [0] * 2  # 139 of 144 = 96.5 %
+    assert check_learnt(y_true, four_wrong, CLASSES, required_accuracy=0.97, strict=True)
+    with pytest.raises(AssertionError, match="below the 97%"):
+        check_learnt(y_true, five_wrong, CLASSES, required_accuracy=0.97, strict=True)
+    assert not check_learnt(y_true, five_wrong, CLASSES, required_accuracy=0.97, strict=False)
+
+
+def test_course_example_detection(tmp_path):
+    example = pd.DataFrame({"class_name": ["dog", "hotdog"],
+                            "file_path": ["/x/dog/dog_000bec180eb18c7604dcecc8fe0dba07.jpg", "/y/hotdog/hotdog_2.jpg"]})
+    assert is_course_example(example)
+    own = example.assign(file_path=["/x/dog/IMG_0001.jpg", "/y/hotdog/hotdog_2.jpg"])
+    assert not is_course_example(own)
+    renamed = example.assign(class_name=["chien", "hotdog"])
+    assert not is_course_example(renamed)
+    assert not is_course_example(example.iloc[:0])

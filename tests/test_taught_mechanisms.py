@@ -1,0 +1,182 @@
+"""Each mechanism a lesson writes out agrees with the package's tested version.
+
+The lessons assert this themselves, on the photos they run on; these tests take each written-out
+definition from the lesson's own cells (its imports and the ``def``/``class``, nothing else) and compare
+it with the package on inputs the lesson does not try: both orientations and odd sizes, a short last
+batch, several classes, BatchNorm modes after ``train()``. If a lesson's copy and the package drift
+apart, this fails and names the mechanism.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import tlcourse.data
+import tlcourse.evaluation
+import tlcourse.models
+import tlcourse.training
+from tlcourse.models import build_model
+from tlcourse.recipes import train_discriminative
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def lesson_code(notebook: str, *names: str) -> dict:
+    """The namespace after running a lesson's imports and its definitions of ``names`` (nothing else).
+
+    Imports that would replace one of ``names`` by the package's version are left out.
+    """
+    nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
+    imports, definitions = [], {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in cell.source.splitlines())
+        for node in ast.parse(source).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                node.names = [a for a in node.names if (a.asname or a.name) not in names]
+                if node.names:
+                    imports.append(node)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+                definitions.setdefault(node.name, node)  # the first, teaching definition
+    missing = set(names) - set(definitions)
+    assert not missing, f"{notebook} no longer writes out {sorted(missing)}: update this test"
+    module = ast.Module(body=imports + [definitions[n] for n in names], type_ignores=[])
+    namespace: dict = {}
+    exec(compile(module, f"<{notebook}>", "exec"), namespace)
+    return namespace
+
+
+# --------------------------------------------------------------------------- lesson 1
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (300, 300), (225, 640), (641, 224)])
+def test_lesson1_square_crop_and_image_to_tensor(size):
+    ns = lesson_code("01_data.ipynb", "SquareCrop", "ImageToTensor")
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    for random in (False, True):
+        np.random.seed(1)
+        ours = ns["ImageToTensor"]()(ns["SquareCrop"](224, random)(photo))
+        np.random.seed(1)
+        package = tlcourse.data.ImageToTensor()(tlcourse.data.SquareCrop(224, random)(photo))
+        assert ours.shape == (3, 224, 224) and torch.equal(ours, package), (size, random)
+
+
+def test_lesson1_create_csv(tmp_path):
+    ns = lesson_code("01_data.ipynb", "create_csv")
+    root = tmp_path / "photos"
+    for name, count in (("zèbre", 2), ("a cat", 3), ("b", 1)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(root / name / f"p {i}.jpg")
+    ours = ns["create_csv"](root, tmp_path / "ours.csv")
+    package = tlcourse.data.create_csv(root, tmp_path / "package.csv")
+    ours_rows = sorted(zip(ours["file_path"], ours["label"], ours["class_name"]))
+    package_rows = sorted(zip(package["file_path"], package["label"], package["class_name"]))
+    assert ours_rows == package_rows and len(ours_rows) == 6
+
+
+# --------------------------------------------------------------------------- lesson 2
+def test_lesson2_vgg_classifier_equals_build_model():
+    ns = lesson_code("02_feature_extractor.ipynb", "VGGClassifier")
+    torch.manual_seed(0)
+    package = build_model(3, "vgg11", weights=None).eval()
+    ours = ns["VGGClassifier"](3).eval()
+    ours.features.load_state_dict(package.backbone.features.state_dict())
+    ours.head.load_state_dict(package.head.state_dict())
+    x = torch.randn(2, 3, 96, 96)  # small and not 224: the adaptive pool makes any size work
+    with torch.no_grad():
+        assert torch.allclose(ours(x), package(x), rtol=1e-4, atol=1e-6)
+    assert sum(p.numel() for p in ours.head.parameters()) == 512 * 7 * 7 * 3 + 3
+
+
+# --------------------------------------------------------------------------- lesson 3
+def _tiny_transfer_model(n_classes: int = 3) -> tlcourse.models.TransferClassifier:
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    return tlcourse.models.TransferClassifier(backbone, 4, n_classes)
+
+
+def test_lesson3_freeze_sets_what_model_freeze_sets():
+    ns = lesson_code("03_weight_freezing.ipynb", "freeze")
+    ours, package = ns["freeze"](_tiny_transfer_model().train()), _tiny_transfer_model().train().freeze()
+    assert [p.requires_grad for p in ours.parameters()] == [p.requires_grad for p in package.parameters()]
+    assert [m.training for m in ours.modules()] == [m.training for m in package.modules()]
+    assert not ours.backbone[1].training  # BatchNorm on its stored statistics
+
+
+def test_lesson3_training_and_evaluation_loops_equal_fit_and_evaluate():
+    ns = lesson_code("03_weight_freezing.ipynb", "train_one_epoch", "evaluate")
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 16), torch.randint(0, 3, (50,))  # 50 = 3 batches of 16 and a last one of 2
+    head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, 3))
+    ours, package = copy.deepcopy(head), copy.deepcopy(head)
+    loader = lambda: DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    loss, acc = ns["train_one_epoch"](ours, loader(), torch.optim.AdamW(ours.parameters(), lr=0.1), torch.device("cpu"))
+    torch.manual_seed(1)
+    record = tlcourse.training.fit(package, loader(), torch.optim.AdamW(package.parameters(), lr=0.1), 1,
+                                   keep_best=False).epochs[0]
+    assert loss == pytest.approx(record["train_loss"], abs=1e-6) and acc == pytest.approx(record["train_acc"])
+    for a, b in zip(ours.state_dict().values(), package.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    ours_eval = ns["evaluate"](ours, DataLoader(TensorDataset(x, y), batch_size=16), torch.device("cpu"))
+    package_eval = tlcourse.training.evaluate(ours, DataLoader(TensorDataset(x, y), batch_size=16))
+    assert ours_eval["loss"] == pytest.approx(package_eval["loss"], abs=1e-6)
+    assert ours_eval["accuracy"] == package_eval["accuracy"] and ours_eval["n"] == 50
+
+
+@pytest.mark.parametrize("correct,n", [(0, 1), (0, 8), (3, 8), (8, 8), (140, 144), (144, 144), (500, 1000)])
+def test_lesson3_wilson_interval(correct, n):
+    ns = lesson_code("03_weight_freezing.ipynb", "wilson_interval")
+    assert ns["wilson_interval"](correct, n) == pytest.approx(tlcourse.evaluation.wilson_interval(correct, n), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- lesson 4
+@pytest.mark.parametrize("update_batchnorm", [False, True])
+def test_lesson4_unfreeze_sets_what_model_unfreeze_sets(update_batchnorm):
+    ns = lesson_code("04_discriminative_lr.ipynb", "unfreeze")
+    ours = ns["unfreeze"](_tiny_transfer_model().freeze(), update_batchnorm=update_batchnorm)
+    package = _tiny_transfer_model().freeze().unfreeze(update_batchnorm=update_batchnorm)
+    for model in (ours, package):
+        model.train()  # as a training loop does
+    assert [p.requires_grad for p in ours.parameters()] == [p.requires_grad for p in package.parameters()]
+    assert [m.training for m in ours.modules()] == [m.training for m in package.modules()]
+    assert ours.backbone[1].training == update_batchnorm
+
+
+def test_lesson4_param_groups():
+    ns = lesson_code("04_discriminative_lr.ipynb", "param_groups")
+    for model in (_tiny_transfer_model(), _tiny_transfer_model().freeze()):
+        ours, package = ns["param_groups"](model, 1e-3, 1e-5), tlcourse.models.param_groups(model, 1e-3, 1e-5)
+        assert [(g["name"], g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in ours] == \
+               [(g["name"], g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in package]
+
+
+@pytest.mark.slow
+def test_lesson4_fine_tuning_epoch_equals_train_discriminative(data_dir, one_torch_thread):
+    """The lesson's loop with the optimizer it writes out ends with the recipe's weights (real photos)."""
+    ns = lesson_code("04_discriminative_lr.ipynb", "fine_tune_one_epoch")
+    model = build_model(2, "mobilenet_v2", weights=None)
+    data = tlcourse.data.load_course_data(data_dir, model.transform_settings, seed=0, per_class=10)
+    model.freeze()
+    ours, package = copy.deepcopy(model).unfreeze(update_batchnorm=False), copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(tlcourse.models.param_groups(ours, 1e-4, 1e-5, weight_decay=0.01))
+    torch.manual_seed(0)
+    ns["fine_tune_one_epoch"](ours, data.loader("train", batch_size=8, augment=True, seed=0), optimizer,
+                              torch.device("cpu"))
+    train_discriminative(package, data, epochs=1, head_lr=1e-4, backbone_lr=1e-5, batch_size=8, seed=0)
+    moved = max(float((a - b).abs().max()) for a, b in zip(ours.state_dict().values(), model.state_dict().values())
+                if a.is_floating_point())
+    assert moved > 0
+    for (name, a), b in zip(ours.state_dict().items(), package.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
