@@ -47,7 +47,7 @@ smoke: data ## quick run: tests and lessons on a small subset
 bench: data ## print the speed benchmark table (~15 min; `make bench BENCH_ARGS=--quick`: ~3 min check)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
-bench-dashboard: data ## print the live dashboard's cost, side by side with no dashboard (~4 min)
+bench-dashboard: data ## print the live dashboard's cost, side by side with no dashboard (10+ min)
 	$(BIN)/python benchmarks/dashboard_overhead.py
 
 figures: setup ## redraw the lessons' figures in images/

@@ -32,12 +32,8 @@ STOP_HINT = ("To stop early, press ■ (Interrupt the kernel) in the toolbar: tr
 
 def in_kernel() -> bool:
     """True inside a Jupyter (IPython) kernel, as opposed to plain python or a terminal IPython."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    ipython = sys.modules.get("IPython")  # a kernel has imported it; no need to import it here
+    return getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None
 
 
 def dashboard_mode(requested: str = "auto") -> str:
@@ -222,11 +218,11 @@ class TrainingDashboard(Callback):
         from IPython.display import display
         from tqdm.notebook import tqdm
 
-        def bar(name: str, total: int) -> Any:  # display=False: the bar goes into the panel
-            return tqdm(total=total, desc=name + "s", display=False, mininterval=self.bar_interval, unit=name.lower())
+        def bar(name: str, unit: str, total: int) -> Any:  # display=False: the bar goes into the panel
+            return tqdm(total=total, desc=name, display=False, mininterval=self.bar_interval, unit=unit)
 
-        self._epochs_bar = bar("Epoch", state.epochs - self._first)
-        self._batches_bar = bar("Batch", (state.epochs - self._first) * state.batches or None)
+        self._epochs_bar = bar("Epochs", "epoch", state.epochs - self._first)
+        self._batches_bar = bar("Batches", "batch", (state.epochs - self._first) * state.batches or None)
         self._header = w.HTML()
         self._curves = w.Image(format="png", layout=w.Layout(width="640px"))
         self._photo = w.Image(format="jpeg", layout=w.Layout(width="176px", height="176px", object_fit="contain"))

@@ -167,6 +167,8 @@ def download_data(dest: str | Path = "data", manifest: pd.DataFrame | str | Path
             report.conflicts[name] = "its size or sha256 differs from the manifest"
     staging = dest / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left behind
+    for name in set(table["class"]):  # made before the threads start: pooch's makedirs is not race-free
+        (staging / name).mkdir(parents=True, exist_ok=True)
     store = pooch.create(path=staging, base_url="", registry={n: f"sha256:{h}" for n, h in
                          zip(table["class"] + "/" + table["file"], table["sha256"])}, urls=urls)
     fetcher = pooch.HTTPDownloader(timeout=timeout, headers=_HEADERS) if mirror is None or _is_url(mirror) else _copy

@@ -164,7 +164,7 @@ class TransferClassifier(nn.Module):
             self.backbone.eval()
         elif not self.update_batchnorm:
             for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
                     module.eval()
         return self
 

@@ -122,12 +122,8 @@ def _count_kinds(problems: pd.DataFrame) -> str:
 
 def _relative(path: str | Path, root: Path) -> str:
     path = Path(path)
-    for base in (root, root.resolve()):
-        try:
-            return path.relative_to(base).as_posix()
-        except ValueError:
-            continue
-    return str(path)
+    base = next((b for b in (root, root.resolve()) if path.is_relative_to(b)), None)
+    return path.relative_to(base).as_posix() if base is not None else str(path)
 
 
 def verify_folder(
