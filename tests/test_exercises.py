@@ -53,6 +53,11 @@ ANSWERS: dict[str, dict[str, tuple[str, str]]] = {
         "lowest_confidence": ("round(float(results['confidence'].min()), 2)",
                               "round(float(results['confidence'].min()), 2) + 0.1"),
     },
+    "06_learning_rates.ipynb": {
+        "suggested_rate": ("float(f'{finder.suggestion:.1g}')", "finder.suggestion * 10"),  # read to 1 figure
+        "lower_loss_schedule": ("min(histories, key=lambda n: histories[n].to_frame()['train_loss'].iloc[-1])",
+                                "max(histories, key=lambda n: histories[n].to_frame()['train_loss'].iloc[-1])"),
+    },
 }
 
 # Three classes, disjoint photos, 20 each (the quick mode would take up to 40): small, so the test is cheap.

@@ -180,3 +180,54 @@ def test_lesson4_fine_tuning_epoch_equals_train_discriminative(data_dir, one_tor
     assert moved > 0
     for (name, a), b in zip(ours.state_dict().items(), package.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+# --------------------------------------------------------------------------- lesson 6
+def test_lesson6_range_test_agrees_with_the_package_also_when_the_loss_blows_up():
+    import tlcourse.lr_finder
+
+    ns = lesson_code("06_learning_rates.ipynb", "lr_range_test")
+    ns["device"] = torch.device("cpu")  # the lesson's global
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    runs = []
+    for version in (ns["lr_range_test"], tlcourse.lr_finder.lr_range_test):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        before = copy.deepcopy(net.state_dict())
+        loader = DataLoader(TensorDataset(x, y), batch_size=16)  # 3 batches, the last short: repeated
+        # SGD up to a huge rate: the loss blows up and both must stop at the same batch.
+        out = version(net, loader, torch.optim.SGD(net.parameters(), lr=0.1), start_lr=1e-3, end_lr=1e4, steps=40)
+        runs.append(out if isinstance(out, tuple) else (out.lrs, out.losses))
+        assert all(torch.equal(a, b) for a, b in zip(before.values(), net.state_dict().values()))
+    (ours_lrs, ours_losses), (package_lrs, package_losses) = runs
+    assert len(ours_lrs) == len(package_lrs) < 40
+    np.testing.assert_allclose(ours_lrs, package_lrs, rtol=1e-12)
+    np.testing.assert_allclose(ours_losses, package_losses, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,k", [((50, 7), 3), ((6, 20), 2), ((30, 2), 1)])
+def test_lesson6_pca_agrees_with_the_package(shape, k):
+    import tlcourse.projection
+
+    ns = lesson_code("06_learning_rates.ipynb", "pca")
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * torch.linspace(3, 0.5, shape[1]) + 2
+    mean, directions, coordinates = ns["pca"](x, k)
+    package = tlcourse.projection.pca(x, k)
+    assert torch.allclose(mean, package.mean) and torch.allclose(directions, package.components, atol=1e-10)
+    assert torch.allclose(coordinates, package.transform(x), atol=1e-8)
+
+
+@pytest.mark.parametrize("total,pct", [(10, 0.3), (37, 0.25), (200, 0.5)])
+def test_lesson6_one_cycle_agrees_with_torch(total, pct):
+    ns = lesson_code("06_learning_rates.ipynb", "one_cycle_rate")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total, pct_start=pct,
+                                                    cycle_momentum=False)
+    expected = []
+    for _ in range(total):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose([ns["one_cycle_rate"](s, total, 0.1, pct_start=pct) for s in range(total)], expected,
+                               rtol=1e-9)

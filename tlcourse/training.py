@@ -159,6 +159,7 @@ def fit(
     keep_best: bool = True,
     history: History | None = None,
     catch_interrupt: bool = True,
+    scheduler: Any | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
 
@@ -169,6 +170,9 @@ def fit(
     ``catch_interrupt``), ends training after the current batch with the history complete so far.
     An earlier ``history`` continues its epoch numbering (resuming; its best epoch must be beaten).
     A NaN or infinite loss raises :class:`NonFiniteLossError` naming the likely cause.
+    A ``scheduler`` (any ``torch.optim.lr_scheduler``) is stepped once per batch, after the
+    optimizer; each batch record holds the rate it trained with (``lr``, the first parameter
+    group's, and ``lr_<name>`` per named group).
     """
     device = device or _device_of(model)
     history = history if history is not None else History()
@@ -212,14 +216,17 @@ def fit(
                     raise error
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                rates = _rates(optimizer)  # the rates this step uses, before a scheduler moves them
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()  # once per batch: one-cycle and warm-up schedules count batches
                 batch_loss = loss.item()
                 loss_sum += batch_loss * len(y)
                 state.correct += (logits.detach().argmax(1) == y).sum().item()
                 state.seen += len(y)
                 state.step += 1
                 state.loss, state.x, state.y, state.logits = batch_loss, x, y, logits.detach()
-                history.batches.append({"epoch": epoch, "batch": state.batch, "loss": batch_loss})
+                history.batches.append({"epoch": epoch, "batch": state.batch, "loss": batch_loss, **rates})
                 notify("on_batch_end", state)
                 if state.stop_requested:
                     break
@@ -255,6 +262,15 @@ def fit(
         history.seconds += time.perf_counter() - started
     notify("on_train_end", state)
     return history
+
+
+def _rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rates of an optimizer's parameter groups: ``lr`` (first group) and ``lr_<name>``."""
+    rates = {"lr": float(optimizer.param_groups[0]["lr"])}
+    for group in optimizer.param_groups:
+        if "name" in group:
+            rates[f"lr_{group['name']}"] = float(group["lr"])
+    return rates
 
 
 def _score(record: dict[str, float]) -> tuple[float, float]:
