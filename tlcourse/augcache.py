@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .data import TransformSettings, load_image
-from .features import (DEFAULT_BATCH_SIZE, FastBackbone, FeatureKey, extraction_threads, feature_key, sha256_file,
-                       using_threads)
-from .files import atomic_write
+from .features import (DEFAULT_BATCH_SIZE, MEMORY, Digested, FastBackbone, FeatureKey, clear_memory_cache,  # noqa: F401
+                       extraction_threads, feature_key, read_store, sha256_file, using_threads, write_store)
 
 #: Bump when the stored layout or the way views are made changes: old stores are then ignored.
 FORMAT_VERSION = 1
@@ -90,7 +89,7 @@ def augmented_view(image: Image.Image, photo_sha256: str, view: int, augment: Au
 
 
 @dataclass(frozen=True)
-class AugmentKey:
+class AugmentKey(Digested):
     """A store's identity: the backbone's feature key and the augmentation settings."""
 
     features: FeatureKey
@@ -98,43 +97,8 @@ class AugmentKey:
     version: int = FORMAT_VERSION
 
     @property
-    def digest(self) -> str:
-        return hashlib.sha256(repr(self).encode()).hexdigest()
-
-    @property
     def filename(self) -> str:
         return f"{self.features.filename.removesuffix('.pt')}-views-{self.digest[:16]}.pt"
-
-
-# {store digest: {"<sha256>:<view>": vector}}, shared by every call in a process (a notebook kernel).
-_MEMORY: dict[str, dict[str, torch.Tensor]] = {}
-
-
-def clear_memory_cache() -> None:
-    """Forget the augmented views' features kept in memory (the disk cache stays)."""
-    _MEMORY.clear()
-
-
-def _read_store(path: Path, key: AugmentKey) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        return {}
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("version") != FORMAT_VERSION or blob.get("key") != key.digest:
-            return {}
-        return dict(zip(blob["ids"], blob["features"]))
-    except Exception:  # noqa: BLE001 - a damaged cache file is only a cache miss
-        return {}
-
-
-def _write_store(path: Path, key: AugmentKey, store: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    merged = {**_read_store(path, key), **store}  # keep what another process added meanwhile
-    ids = sorted(merged)
-    blob = {"version": FORMAT_VERSION, "key": key.digest, "augment": repr(key.augment), "ids": ids,
-            "features": torch.stack([merged[i] for i in ids]) if ids else torch.empty(0)}
-    with atomic_write(path) as handle:
-        torch.save(blob, handle)
 
 
 @dataclass
@@ -184,13 +148,13 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
     started = time.perf_counter()
     key = AugmentKey(feature_key(model), augment)
     path = Path(cache_dir) / key.filename if cache_dir not in (None, False) else None
-    memory = _MEMORY.setdefault(key.digest, {})
+    memory = MEMORY.setdefault(key.digest, {})  # beside the clean features, by digest
     hashes = [sha256_file(p) for p in file_paths]
     wanted = {f"{h}:{v}" for h in hashes for v in range(views)}
     in_memory = {i for i in wanted if i in memory}
     from_disk = set()
     if path is not None and len(in_memory) < len(wanted):
-        on_disk = _read_store(path, key)
+        on_disk = read_store(path, key.digest)
         for i in wanted - in_memory:
             if i in on_disk:
                 memory[i] = on_disk[i]
@@ -224,7 +188,7 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
             if pending:
                 flush()
         if path is not None:
-            _write_store(path, key, memory)
+            write_store(path, key.digest, memory, {"augment": repr(key.augment)})
     features = torch.stack([torch.stack([memory[f"{h}:{v}"] for v in range(views)]) for h in hashes])
     return AugmentedFeatures(
         features=features, labels=torch.as_tensor(labels, dtype=torch.long), sha256=hashes,

@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print JSON instead of text")
         if "device" in options:
             p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: TLCOURSE_DEVICE, auto")
+        if "checkpoint-on-folder" in options:
+            p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
+            p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos (only read)")
+            p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
         return p
 
     p = command(
@@ -389,30 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, metavar="N", help="use at most N photos per class (quick runs)")
     p.add_argument("--seed", type=int, help="seed for the split and training (default: TLCOURSE_SEED, 0)")
 
-    p = command(
+    command(
         "evaluate", cmd_evaluate, "accuracy, per-class accuracy and confusion matrix of a checkpoint on a folder",
-        "Evaluate a checkpoint on every photo in DATA_DIR (all of it, not a split). DATA_DIR's subfolders must be "
-        "named like the checkpoint's classes (a folder with only some of them is fine). Prints accuracy, per-class "
-        "accuracy and the confusion matrix, then recall per class and accuracy with 95 % (Wilson) intervals, balanced "
-        "accuracy and the mistakes (--json: one JSON object with accuracy, n, per_class, confusion_matrix, "
-        "balanced_accuracy, accuracy_interval, recall, mistakes: file, true, predicted, probability, ...). Use it on "
-        "photos from another source than the training photos (a field test) to see how the model does in the "
-        "real world.", options=["json", "device"])
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+        "Evaluate a checkpoint on every photo in DATA_DIR (subfolders named like some or all of its classes): "
+        "accuracy, per-class accuracy, confusion matrix, recall per class and accuracy with 95 % (Wilson) intervals, "
+        "balanced accuracy and the mistakes (--json: all of it as one JSON object). On photos from another source "
+        "than the training photos (a field test) it shows how the model does in the real world.",
+        options=["json", "device", "checkpoint-on-folder"])
 
-    p = command(
+    command(
         "robustness", cmd_robustness, "accuracy of a checkpoint on a folder under controlled changes of its photos",
-        "Evaluate a checkpoint on every photo in DATA_DIR as it is and after each of a set of changes: smaller "
-        "(long side 224, 160, 112 px), JPEG quality 30 and 10, Gaussian blur, darker/brighter, flatter/harsher "
-        "contrast, an off-centre crop (top-left 60 %) and a horizontal flip, each followed by the model's usual "
-        "evaluation transform. Prints one row per change: accuracy with its 95 % interval, balanced accuracy, "
-        "recall per class and the drop against the unchanged photos (--json: the same as JSON). The changed photos "
-        "are made in memory; nothing in DATA_DIR is written.", options=["json", "device"])
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by `tlcourse train` or save_checkpoint")
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos (only read)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+        "Evaluate a checkpoint on every photo in DATA_DIR as it is and after each change (long side 224/160/112 px, "
+        "JPEG quality 30 and 10, blur, brightness, contrast, an off-centre crop, a horizontal flip), each followed by "
+        "the model's evaluation transform: accuracy with its 95 % interval, balanced accuracy, recall per class and "
+        "the drop (--json: as JSON). The changed photos are made in memory; nothing in DATA_DIR is written.",
+        options=["json", "device", "checkpoint-on-folder"])
 
     p = command(
         "predict", cmd_predict, "class and probability for each image",

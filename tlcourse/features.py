@@ -34,7 +34,7 @@ from .data import CourseData, TransformSettings, eval_transform, load_image
 from .files import atomic_write, sha256_file
 
 #: Bump when the stored layout or the way features are computed changes: old stores are then ignored.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Images per backbone batch: the fastest of 16, 32 and 64 in benchmarks/run.py.
 DEFAULT_BATCH_SIZE = 32
@@ -60,8 +60,16 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
     return digest.hexdigest()
 
 
+class Digested:
+    """Mixin for a frozen dataclass of everything a store depends on: its sha256 is the store's identity."""
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
-class FeatureKey:
+class FeatureKey(Digested):
     """Everything a cached feature vector depends on, apart from the photo itself."""
 
     backbone: str
@@ -70,11 +78,6 @@ class FeatureKey:
     settings: TransformSettings
     libraries: str = f"pillow={PIL.__version__},torchvision={torchvision.__version__}"
     version: int = FORMAT_VERSION
-
-    @property
-    def digest(self) -> str:
-        """sha256 of all fields: the store's identity."""
-        return hashlib.sha256(repr(self).encode()).hexdigest()
 
     @property
     def filename(self) -> str:
@@ -213,42 +216,40 @@ def extract_features(
 
 
 # --------------------------------------------------------------------------- the cache
-# In-memory stores, one per store key: {content sha256: feature vector}. Shared by every call in a
-# process (a notebook kernel), so a second lesson or a second run reuses them without touching disk.
-_MEMORY: dict[str, dict[str, torch.Tensor]] = {}
+# In-memory stores, one per store key: {id: feature vector}, the id being the photo's content sha256
+# (augcache adds ":<view>"). Shared by every call in a process (a notebook kernel), so a second lesson
+# or a second run reuses them without touching disk.
+MEMORY: dict[str, dict[str, torch.Tensor]] = {}
 
 
 def clear_memory_cache() -> None:
     """Forget all features kept in memory (the disk cache stays)."""
-    _MEMORY.clear()
+    MEMORY.clear()
 
 
-def _read_store(path: Path, key: FeatureKey) -> dict[str, torch.Tensor]:
-    """Vectors in a store file; empty for a missing, unreadable or foreign file (it is rebuilt)."""
+def read_store(path: Path, digest: str) -> dict[str, torch.Tensor]:
+    """Vectors in a store file by id; empty for a missing, unreadable or foreign file (it is rebuilt)."""
     if not path.is_file():
         return {}
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("version") != FORMAT_VERSION or blob.get("key") != key.digest:
+        if blob.get("version") != FORMAT_VERSION or blob.get("key") != digest:
             return {}
-        return dict(zip(blob["sha256"], blob["features"]))
+        return dict(zip(blob["ids"], blob["features"]))
     except Exception:  # noqa: BLE001 - a damaged cache file is only a cache miss
         return {}
 
 
-def _write_store(path: Path, key: FeatureKey, store: dict[str, torch.Tensor]) -> None:
-    """Write a store atomically, merged with whatever another process wrote since we read it."""
+def write_store(path: Path, digest: str, store: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write a store atomically, merged with whatever another process wrote since we read it.
+
+    ``meta`` says in words what the vectors are (backbone, weights, settings), for a person reading the file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    merged = {**_read_store(path, key), **store}
-    hashes = sorted(merged)
-    blob = {
-        "version": FORMAT_VERSION,
-        "key": key.digest,
-        "meta": {"backbone": key.backbone, "weights": key.weights, "fingerprint": key.fingerprint,
-                 "settings": repr(key.settings), "libraries": key.libraries},
-        "sha256": hashes,
-        "features": torch.stack([merged[h] for h in hashes]) if hashes else torch.empty(0),
-    }
+    merged = {**read_store(path, digest), **store}
+    ids = sorted(merged)
+    blob = {"version": FORMAT_VERSION, "key": digest, "meta": meta, "ids": ids,
+            "features": torch.stack([merged[i] for i in ids]) if ids else torch.empty(0)}
     with atomic_write(path) as handle:
         torch.save(blob, handle)
 
@@ -322,13 +323,13 @@ def features_for_files(
     key = feature_key(model, settings)
     folder = Path(cache_dir) if cache_dir not in (None, False) else None
     path = folder / key.filename if folder is not None else None
-    memory = _MEMORY.setdefault(key.digest, {})
+    memory = MEMORY.setdefault(key.digest, {})
 
     hashes = [sha256_file(p) for p in file_paths]
     in_memory = {h for h in hashes if h in memory}
     from_disk: set[str] = set()
     if path is not None and len(in_memory) < len(set(hashes)):
-        on_disk = _read_store(path, key)
+        on_disk = read_store(path, key.digest)
         for h in set(hashes) - in_memory:
             if h in on_disk:
                 memory[h] = on_disk[h]
@@ -345,7 +346,9 @@ def features_for_files(
         for h, vector in zip(missing, computed):
             memory[h] = vector.clone()  # own storage: a row view would keep the whole batch alive
         if path is not None:
-            _write_store(path, key, memory)
+            write_store(path, key.digest, memory, {
+                "backbone": key.backbone, "weights": key.weights, "fingerprint": key.fingerprint,
+                "settings": repr(key.settings), "libraries": key.libraries})
     features = torch.stack([memory[h] for h in hashes]) if hashes else torch.empty(0)
     result = FeatureSet(
         features=features,
