@@ -14,6 +14,7 @@ except in CI, where that fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -183,11 +184,13 @@ class JupyterLab:
         self._log.close()
 
 
-@pytest.fixture
-def lab(tmp_path, data_dir, real_weights):
+@contextlib.contextmanager
+def serving(notebook: nbformat.NotebookNode, name: str, tmp_path: Path, data_dir: Path):
+    """A JupyterLab serving ``notebook`` as ``name`` from a temporary folder, with widgets on and the
+    outputs in ``tmp_path/outputs``."""
     root = tmp_path / "root"
     root.mkdir()
-    nbformat.write(_notebook(per_class=24, batch_size=8), root / "dashboard_check.ipynb")
+    nbformat.write(notebook, root / name)
     env = {**os.environ, "TLCOURSE_DASHBOARD": "widgets", "TLCOURSE_DATA": str(data_dir),
            "TLCOURSE_OUTPUT": str(tmp_path / "outputs"), "PYTHONUNBUFFERED": "1"}
     server = JupyterLab(root, env)
@@ -198,19 +201,17 @@ def lab(tmp_path, data_dir, real_weights):
         server.stop()
 
 
-def _text(page, selector: str) -> str:
-    """An element's text. textContent, not innerText: it does not depend on layout, which
-    JupyterLab skips for cells scrolled out of view."""
-    return page.locator(selector).first.text_content(timeout=30_000) or ""
+@pytest.fixture
+def lab(tmp_path, data_dir, real_weights):
+    with serving(_notebook(per_class=24, batch_size=8), "dashboard_check.ipynb", tmp_path, data_dir) as server:
+        yield server
 
 
-def _epoch_shown(page) -> int:
-    """The epochs bar's count (tqdm's "3/40 [...]")."""
-    match = re.search(rf"(\d+)/{EPOCHS}\s\[", _text(page, ".tlcourse-dashboard"))  # tqdm's spaces are U+2007
-    return int(match.group(1)) if match else 0
-
-
-def test_dashboard_in_jupyterlab(lab):
+@contextlib.contextmanager
+def notebook_page(lab: JupyterLab, notebook: str, failure_png: str):
+    """Open ``notebook`` in JupyterLab in headless Chromium, wait for its kernel and Run All Cells, as a
+    learner would. Yields ``(page, fail)``: ``fail(message)`` saves a screenshot and fails the test with
+    the browser console and the server log."""
     try:
         from playwright import sync_api as playwright_api
     except ImportError:
@@ -227,11 +228,11 @@ def test_dashboard_in_jupyterlab(lab):
             page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
 
             def fail(message: str) -> None:
-                page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+                page.screenshot(path=str(ARTIFACTS / failure_png), full_page=True)
                 pytest.fail(f"{message}\n--- browser console (last 20) ---\n" + "\n".join(console[-20:])
                             + f"\n--- JupyterLab log ---\n{lab.log_tail()}", pytrace=False)
 
-            page.goto(f"{lab.url}/lab/tree/dashboard_check.ipynb?reset&token={lab.token}")
+            page.goto(f"{lab.url}/lab/tree/{notebook}?reset&token={lab.token}")
             try:  # the notebook is open and its kernel has started
                 page.wait_for_function(
                     "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
@@ -241,73 +242,88 @@ def test_dashboard_in_jupyterlab(lab):
                 )
             except Exception:
                 fail("The notebook did not open with an idle kernel within 3 minutes.")
-
-            # What a learner does: Run > Run All Cells. The last cell's request then waits
-            # in the kernel's queue behind the training cell.
+            # What a learner does: Run > Run All Cells.
             # (Not awaited: the command's promise settles only when every cell has run.)
             page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-
-            dashboard = page.locator(".tlcourse-dashboard")
-            try:
-                dashboard.wait_for(state="visible", timeout=300_000)
-            except Exception:
-                fail("The dashboard did not appear within 5 minutes of running the notebook.")
-
-            # Let it train into the third epoch, so both curves have points.
-            started = time.monotonic()
-            last_report = started
-            speed = re.compile(r"\d+/\d+\s\[\d+:\d+<\d+:\d+")  # tqdm: done/total [elapsed<left, rate]
-            while _epoch_shown(page) < 2:
-                if time.monotonic() - started > 600:
-                    fail("Training did not get into epoch 3 within 10 minutes.")
-                if "Done" in _text(page, ".tlcourse-status"):
-                    fail(f"Training finished all {EPOCHS} epochs before the test could press Interrupt.")
-                if time.monotonic() - last_report > 20:  # progress in the log, for slow machines
-                    last_report = time.monotonic()
-                    print(f"[browser test] {last_report - started:.0f} s: {_text(page, '.tlcourse-dashboard')[:300]}",
-                          flush=True)
-                page.wait_for_timeout(500)
-            page.wait_for_timeout(1500)  # let the next redraw of curves and photo land
-
-            # Rendered: two progress bars, the curves, the sample photo with labels, how to stop.
-            if page.locator(".tlcourse-dashboard .widget-hprogress").count() != 2:
-                fail("The two progress bars (epochs, batches) are missing.")
-            for name, what in (("curves", "loss and accuracy plots"), ("sample", "sample photo")):
-                try:  # an <img> whose picture has loaded (a new picture replaces it now and then)
-                    page.wait_for_function(
-                        f"() => {{ const i = document.querySelector('img.tlcourse-{name}');"
-                        " return !!i && i.complete && i.naturalWidth > 100; }", timeout=60_000, polling=250)
-                except Exception:
-                    fail(f"The {what} did not show within a minute.")
-            text = _text(page, ".tlcourse-dashboard")
-            if not re.search(r"true: \w+\s*predicted: \w+ \(\d+%\)", text):
-                fail(f"The sample photo's labels are missing; the dashboard says:\n{text}")
-            if not speed.search(text):
-                fail(f"The progress bars show no time elapsed and left; the dashboard says:\n{text}")
-            if "Interrupt the kernel" not in _text(page, ".tlcourse-summary"):
-                fail("The dashboard does not say how to stop early.")
-            dashboard.screenshot(path=str(ARTIFACTS / "dashboard-mid-training.png"))
-            page.screenshot(path=str(ARTIFACTS / "dashboard-mid-training-page.png"))
-
-            # What a learner does: the notebook toolbar's Interrupt button (the square).
-            interrupt = page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']")
-            if interrupt.count() != 1:
-                fail("The notebook toolbar has no Interrupt button.")
-            interrupt.first.click()
-            result = page.get_by_text(re.compile(r"interrupted=\w+ epochs_run=\d+"))
-            try:
-                result.wait_for(timeout=300_000)
-            except Exception:
-                fail("After Interrupt, the next cell printed nothing within 5 minutes.")
-            line = result.text_content() or ""
-            match = re.search(r"interrupted=(\w+) epochs_run=(\d+)", line)
-            if not (match.group(1) == "True" and 2 <= int(match.group(2)) < EPOCHS):
-                fail(f"Training did not end cleanly after Interrupt: {line}")
-            summary = _text(page, ".tlcourse-summary")
-            if not ("(interrupted)" in summary and "best epoch" in summary
-                    and "Interrupted" in _text(page, ".tlcourse-status")):
-                fail(f"The dashboard does not show the interrupted run's summary: {summary}")
-            dashboard.scroll_into_view_if_needed()
-            dashboard.screenshot(path=str(ARTIFACTS / "dashboard-interrupted.png"))
+            yield page, fail
         finally:
             browser.close()
+
+
+def _text(page, selector: str) -> str:
+    """An element's text. textContent, not innerText: it does not depend on layout, which
+    JupyterLab skips for cells scrolled out of view."""
+    return page.locator(selector).first.text_content(timeout=30_000) or ""
+
+
+def _epoch_shown(page) -> int:
+    """The epochs bar's count (tqdm's "3/40 [...]")."""
+    match = re.search(rf"(\d+)/{EPOCHS}\s\[", _text(page, ".tlcourse-dashboard"))  # tqdm's spaces are U+2007
+    return int(match.group(1)) if match else 0
+
+
+def test_dashboard_in_jupyterlab(lab):
+    # The last cell's request waits in the kernel's queue behind the training cell.
+    with notebook_page(lab, "dashboard_check.ipynb", "dashboard-failure.png") as (page, fail):
+        dashboard = page.locator(".tlcourse-dashboard")
+        try:
+            dashboard.wait_for(state="visible", timeout=300_000)
+        except Exception:
+            fail("The dashboard did not appear within 5 minutes of running the notebook.")
+
+        # Let it train into the third epoch, so both curves have points.
+        started = time.monotonic()
+        last_report = started
+        speed = re.compile(r"\d+/\d+\s\[\d+:\d+<\d+:\d+")  # tqdm: done/total [elapsed<left, rate]
+        while _epoch_shown(page) < 2:
+            if time.monotonic() - started > 600:
+                fail("Training did not get into epoch 3 within 10 minutes.")
+            if "Done" in _text(page, ".tlcourse-status"):
+                fail(f"Training finished all {EPOCHS} epochs before the test could press Interrupt.")
+            if time.monotonic() - last_report > 20:  # progress in the log, for slow machines
+                last_report = time.monotonic()
+                print(f"[browser test] {last_report - started:.0f} s: {_text(page, '.tlcourse-dashboard')[:300]}",
+                      flush=True)
+            page.wait_for_timeout(500)
+        page.wait_for_timeout(1500)  # let the next redraw of curves and photo land
+
+        # Rendered: two progress bars, the curves, the sample photo with labels, how to stop.
+        if page.locator(".tlcourse-dashboard .widget-hprogress").count() != 2:
+            fail("The two progress bars (epochs, batches) are missing.")
+        for name, what in (("curves", "loss and accuracy plots"), ("sample", "sample photo")):
+            try:  # an <img> whose picture has loaded (a new picture replaces it now and then)
+                page.wait_for_function(
+                    f"() => {{ const i = document.querySelector('img.tlcourse-{name}');"
+                    " return !!i && i.complete && i.naturalWidth > 100; }", timeout=60_000, polling=250)
+            except Exception:
+                fail(f"The {what} did not show within a minute.")
+        text = _text(page, ".tlcourse-dashboard")
+        if not re.search(r"true: \w+\s*predicted: \w+ \(\d+%\)", text):
+            fail(f"The sample photo's labels are missing; the dashboard says:\n{text}")
+        if not speed.search(text):
+            fail(f"The progress bars show no time elapsed and left; the dashboard says:\n{text}")
+        if "Interrupt the kernel" not in _text(page, ".tlcourse-summary"):
+            fail("The dashboard does not say how to stop early.")
+        dashboard.screenshot(path=str(ARTIFACTS / "dashboard-mid-training.png"))
+        page.screenshot(path=str(ARTIFACTS / "dashboard-mid-training-page.png"))
+
+        # What a learner does: the notebook toolbar's Interrupt button (the square).
+        interrupt = page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']")
+        if interrupt.count() != 1:
+            fail("The notebook toolbar has no Interrupt button.")
+        interrupt.first.click()
+        result = page.get_by_text(re.compile(r"interrupted=\w+ epochs_run=\d+"))
+        try:
+            result.wait_for(timeout=300_000)
+        except Exception:
+            fail("After Interrupt, the next cell printed nothing within 5 minutes.")
+        line = result.text_content() or ""
+        match = re.search(r"interrupted=(\w+) epochs_run=(\d+)", line)
+        if not (match.group(1) == "True" and 2 <= int(match.group(2)) < EPOCHS):
+            fail(f"Training did not end cleanly after Interrupt: {line}")
+        summary = _text(page, ".tlcourse-summary")
+        if not ("(interrupted)" in summary and "best epoch" in summary
+                and "Interrupted" in _text(page, ".tlcourse-status")):
+            fail(f"The dashboard does not show the interrupted run's summary: {summary}")
+        dashboard.scroll_into_view_if_needed()
+        dashboard.screenshot(path=str(ARTIFACTS / "dashboard-interrupted.png"))

@@ -11,7 +11,6 @@ tests/test_browser.py.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-from test_browser import ARTIFACTS, CHROMIUM_ARGS, JupyterLab, _chromium, _require
+from test_browser import ARTIFACTS, notebook_page, serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,140 +52,98 @@ def _notebook() -> nbformat.NotebookNode:
 
 @pytest.fixture
 def lab(tmp_path, data_dir, real_weights):
-    root = tmp_path / "root"
-    root.mkdir()
-    nbformat.write(_notebook(), root / "widgets_check.ipynb")
-    env = {**os.environ, "TLCOURSE_DASHBOARD": "widgets", "TLCOURSE_DATA": str(data_dir),
-           "TLCOURSE_OUTPUT": str(tmp_path / "outputs"), "PYTHONUNBUFFERED": "1"}
-    server = JupyterLab(root, env)
-    try:
-        server.start()
+    with serving(_notebook(), "widgets_check.ipynb", tmp_path, data_dir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_widgets_in_jupyterlab(lab, data_dir, tmp_path):
-    try:
-        from playwright import sync_api as playwright_api
-    except ImportError:
-        playwright_api = None
-    _require(playwright_api is not None, "Python Playwright (pip install playwright)")
-    chromium = _chromium()
-    ARTIFACTS.mkdir(exist_ok=True)
-    console: list[str] = []
     photo = sorted((data_dir / "hotdog").glob("*.jpg"))[0]
-
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+    with notebook_page(lab, "widgets_check.ipynb", "widgets-failure.png") as (page, fail):
+        # 1. Photo tester: upload through the real file input, see the prediction.
+        tester = page.locator(".tlcourse-photo-tester")
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                              has_text=re.compile(r"Traceback|Error"))
+        started = time.monotonic()
+        while not tester.is_visible():  # a cell that fails says so at once, rather than after minutes
+            if errors.count():
+                fail(f"A cell failed:\n{errors.first.text_content()}")
+            if time.monotonic() - started > 300:
+                fail("The photo tester did not appear within 5 minutes of running the notebook.")
+            page.wait_for_timeout(500)
+        # ipywidgets' upload button opens its own (detached) file input: answer its file chooser,
+        # which sets the files on that real input element as set_input_files would.
+        with page.expect_file_chooser(timeout=30_000) as chooser:
+            tester.locator(".widget-upload").click()
+        chooser.value.set_files(str(photo))
+        verdict = tester.locator(".tlcourse-verdict")
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            verdict.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('.tlcourse-photo-tester img.tlcourse-tested-photo');"
+                " return !!i && i.complete && i.naturalWidth > 0; }", timeout=30_000, polling=250)
+        except Exception:
+            fail("No prediction appeared within a minute of uploading a photo.")
+        text = tester.text_content() or ""
+        if not (re.search(r"(dog|hotdog) \(\d+\.\d%\)", text) and photo.name in text):
+            fail(f"The photo tester does not show the prediction for {photo.name}: {text}")
+        if tester.locator(".tlcourse-bar").count() != 2:
+            fail("The photo tester does not show one probability bar per class.")
+        tester.scroll_into_view_if_needed()
+        tester.screenshot(path=str(ARTIFACTS / "widgets-photo-tester.png"))
 
-            def fail(message: str) -> None:
-                page.screenshot(path=str(ARTIFACTS / "widgets-failure.png"), full_page=True)
-                pytest.fail(f"{message}\n--- browser console (last 20) ---\n" + "\n".join(console[-20:])
-                            + f"\n--- JupyterLab log ---\n{lab.log_tail()}", pytrace=False)
+        # 2. Augmentation explorer: move the downscale slider with the keyboard, see the grid change.
+        explorer = page.locator(".tlcourse-augment")
+        explorer.scroll_into_view_if_needed()
+        grid = explorer.locator("img.tlcourse-augment-grid")
+        try:
+            page.wait_for_function(
+                "() => { const i = document.querySelector('img.tlcourse-augment-grid');"
+                " return !!i && i.complete && i.naturalWidth > 0; }", timeout=60_000, polling=250)
+        except Exception:
+            fail("The augmentation grid did not show within a minute.")
+        explorer.screenshot(path=str(ARTIFACTS / "widgets-augment-before.png"))
+        before = grid.get_attribute("src")
+        handle = explorer.locator(".widget-slider").nth(2).locator(".noUi-handle")  # downscale to px
+        handle.focus()
+        for _ in range(2):
+            handle.press("ArrowRight")
+        try:
+            page.wait_for_function(  # two steps of 16 px: the transform shown and the grid follow
+                "(old) => { const i = document.querySelector('img.tlcourse-augment-grid');"
+                " const c = document.querySelector('.tlcourse-augment-code').textContent;"
+                " return c.includes('v2.Resize(32, antialias=True)') && !!i && i.src !== old"
+                " && i.complete && i.naturalWidth > 0; }",
+                arg=before, timeout=60_000, polling=250)
+        except Exception:
+            code = explorer.locator(".tlcourse-augment-code").text_content()
+            fail(f"Moving the downscale slider to 32 px did not redraw the grid and the transform: {code}")
+        page.wait_for_timeout(500)  # let the new grid paint before the screenshot
+        explorer.screenshot(path=str(ARTIFACTS / "widgets-augment-after.png"))
 
-            page.goto(f"{lab.url}/lab/tree/widgets_check.ipynb?reset&token={lab.token}")
-            try:
-                page.wait_for_function(
-                    "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                    " const k = w && w.sessionContext && w.sessionContext.session"
-                    " && w.sessionContext.session.kernel; return !!k && k.status === 'idle'; }",
-                    timeout=180_000, polling=500,
-                )
-            except Exception:
-                fail("The notebook did not open with an idle kernel within 3 minutes.")
-            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-
-            # 1. Photo tester: upload through the real file input, see the prediction.
-            tester = page.locator(".tlcourse-photo-tester")
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
-                                  has_text=re.compile(r"Traceback|Error"))
-            started = time.monotonic()
-            while not tester.is_visible():  # a cell that fails says so at once, rather than after minutes
-                if errors.count():
-                    fail(f"A cell failed:\n{errors.first.text_content()}")
-                if time.monotonic() - started > 300:
-                    fail("The photo tester did not appear within 5 minutes of running the notebook.")
-                page.wait_for_timeout(500)
-            # ipywidgets' upload button opens its own (detached) file input: answer its file chooser,
-            # which sets the files on that real input element as set_input_files would.
-            with page.expect_file_chooser(timeout=30_000) as chooser:
-                tester.locator(".widget-upload").click()
-            chooser.value.set_files(str(photo))
-            verdict = tester.locator(".tlcourse-verdict")
-            try:
-                verdict.wait_for(timeout=60_000)
-                page.wait_for_function(
-                    "() => { const i = document.querySelector('.tlcourse-photo-tester img.tlcourse-tested-photo');"
-                    " return !!i && i.complete && i.naturalWidth > 0; }", timeout=30_000, polling=250)
-            except Exception:
-                fail("No prediction appeared within a minute of uploading a photo.")
-            text = tester.text_content() or ""
-            if not (re.search(r"(dog|hotdog) \(\d+\.\d%\)", text) and photo.name in text):
-                fail(f"The photo tester does not show the prediction for {photo.name}: {text}")
-            if tester.locator(".tlcourse-bar").count() != 2:
-                fail("The photo tester does not show one probability bar per class.")
-            tester.scroll_into_view_if_needed()
-            tester.screenshot(path=str(ARTIFACTS / "widgets-photo-tester.png"))
-
-            # 2. Augmentation explorer: move the downscale slider with the keyboard, see the grid change.
-            explorer = page.locator(".tlcourse-augment")
-            explorer.scroll_into_view_if_needed()
-            grid = explorer.locator("img.tlcourse-augment-grid")
-            try:
-                page.wait_for_function(
-                    "() => { const i = document.querySelector('img.tlcourse-augment-grid');"
-                    " return !!i && i.complete && i.naturalWidth > 0; }", timeout=60_000, polling=250)
-            except Exception:
-                fail("The augmentation grid did not show within a minute.")
-            explorer.screenshot(path=str(ARTIFACTS / "widgets-augment-before.png"))
-            before = grid.get_attribute("src")
-            handle = explorer.locator(".widget-slider").nth(2).locator(".noUi-handle")  # downscale to px
-            handle.focus()
-            for _ in range(2):
-                handle.press("ArrowRight")
-            try:
-                page.wait_for_function(  # two steps of 16 px: the transform shown and the grid follow
-                    "(old) => { const i = document.querySelector('img.tlcourse-augment-grid');"
-                    " const c = document.querySelector('.tlcourse-augment-code').textContent;"
-                    " return c.includes('v2.Resize(32, antialias=True)') && !!i && i.src !== old"
-                    " && i.complete && i.naturalWidth > 0; }",
-                    arg=before, timeout=60_000, polling=250)
-            except Exception:
-                code = explorer.locator(".tlcourse-augment-code").text_content()
-                fail(f"Moving the downscale slider to 32 px did not redraw the grid and the transform: {code}")
-            page.wait_for_timeout(500)  # let the new grid paint before the screenshot
-            explorer.screenshot(path=str(ARTIFACTS / "widgets-augment-after.png"))
-
-            # 3. Mistakes browser: Next, then mark the photo (it goes to the exclusion list).
-            mistakes = page.locator(".tlcourse-mistakes")
-            mistakes.scroll_into_view_if_needed()
-            position = mistakes.locator(".tlcourse-position")
-            first_info = mistakes.locator(".tlcourse-mistake-info").text_content() or ""
-            match = re.search(r"1 / (\d+)", position.text_content() or "")
-            if not match:
-                fail(f"The mistakes browser does not show its position: {position.text_content()}")
-            mistakes.locator("button.tlcourse-next").click()
-            try:
-                page.wait_for_function(
-                    "() => /^2 \\/ \\d+/.test(document.querySelector('.tlcourse-position').textContent.trim())",
-                    timeout=30_000, polling=250)
-            except Exception:
-                fail("Clicking Next did not move the mistakes browser to the second photo.")
-            info = mistakes.locator(".tlcourse-mistake-info")
-            page.wait_for_function("(old) => document.querySelector('.tlcourse-mistake-info').textContent !== old",
-                                   arg=first_info, timeout=30_000)
-            shown = re.search(r"(\S+\.jpg)", info.text_content() or "").group(1)
-            mistakes.locator("button.tlcourse-mark").click()
-            try:
-                mistakes.locator(".tlcourse-marked").wait_for(timeout=30_000)
-            except Exception:
-                fail("Marking the photo did not show it as left out.")
-            mistakes.screenshot(path=str(ARTIFACTS / "widgets-mistakes.png"))
-        finally:
-            browser.close()
+        # 3. Mistakes browser: Next, then mark the photo (it goes to the exclusion list).
+        mistakes = page.locator(".tlcourse-mistakes")
+        mistakes.scroll_into_view_if_needed()
+        position = mistakes.locator(".tlcourse-position")
+        first_info = mistakes.locator(".tlcourse-mistake-info").text_content() or ""
+        match = re.search(r"1 / (\d+)", position.text_content() or "")
+        if not match:
+            fail(f"The mistakes browser does not show its position: {position.text_content()}")
+        mistakes.locator("button.tlcourse-next").click()
+        try:
+            page.wait_for_function(
+                "() => /^2 \\/ \\d+/.test(document.querySelector('.tlcourse-position').textContent.trim())",
+                timeout=30_000, polling=250)
+        except Exception:
+            fail("Clicking Next did not move the mistakes browser to the second photo.")
+        info = mistakes.locator(".tlcourse-mistake-info")
+        page.wait_for_function("(old) => document.querySelector('.tlcourse-mistake-info').textContent !== old",
+                               arg=first_info, timeout=30_000)
+        shown = re.search(r"(\S+\.jpg)", info.text_content() or "").group(1)
+        mistakes.locator("button.tlcourse-mark").click()
+        try:
+            mistakes.locator(".tlcourse-marked").wait_for(timeout=30_000)
+        except Exception:
+            fail("Marking the photo did not show it as left out.")
+        mistakes.screenshot(path=str(ARTIFACTS / "widgets-mistakes.png"))
     listed = pd.read_csv(tmp_path / "outputs" / "excluded.csv")
     assert [Path(p).name for p in listed["file_path"]] == [shown]
