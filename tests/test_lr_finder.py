@@ -194,3 +194,17 @@ def test_without_a_scheduler_the_rate_is_recorded_and_constant():
     history = fit(model, _loader(torch.randn(32, 8), torch.randint(0, 3, (32,)), batch_size=8),
                   torch.optim.SGD(model.parameters(), lr=0.03), epochs=2)
     assert [b["lr"] for b in history.batches] == [0.03] * 8
+
+
+def test_range_test_on_an_empty_loader_stops_with_a_clear_error():
+    # An empty (or already used-up) loader must end the search, not cycle over nothing forever.
+    from tlcourse.errors import DataError
+
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(DataError, match="ran only 0 batch"):
+        lr_range_test(model, [], optimizer, start_lr=1e-5, end_lr=1.0, steps=12)
+    exhausted = iter([(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))] * 3)
+    list(exhausted)
+    with pytest.raises(DataError, match="ran only 0 batch"):
+        lr_range_test(model, exhausted, optimizer, start_lr=1e-5, end_lr=1.0, steps=12)

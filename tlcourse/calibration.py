@@ -30,7 +30,7 @@ def collect_logits(model: nn.Module, loader: Iterable, device: torch.device | No
     """``(logits N x k, labels N)`` of a model over a loader of ``(x, y, ...)`` batches (eval mode, CPU tensors)."""
     device = device or next(model.parameters()).device
     logits, labels = [], []
-    with eval_mode(model):
+    with eval_mode(model), torch.no_grad():  # logits only: no graph to keep
         for batch in loader:
             logits.append(model(batch[0].to(device)).float().cpu())
             labels.append(torch.as_tensor(batch[1]))

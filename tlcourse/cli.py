@@ -140,10 +140,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-4,
                                            batch_size=args.batch_size, callbacks=[progress], seed=seed)
     seconds = time.perf_counter() - started
-    val = evaluate(model, data.loader("val", args.batch_size), device)
+    # One pass over the validation photos gives their accuracy and, fitted on them (never on the test
+    # photos), the temperature and the "unsure" threshold that `predict` uses.
+    val_logits, val_labels = collect_logits(model, data.loader("val", args.batch_size), device)
+    val = {"accuracy": float((val_logits.argmax(1) == val_labels).float().mean()), "n": len(val_labels)}
+    calibration = calibrate(val_logits, val_labels)
     test = evaluate(model, data.loader("test", args.batch_size), device)
-    # Temperature and the "unsure" threshold for `predict`, fitted on the validation photos (never the test ones).
-    calibration = calibrate(*collect_logits(model, data.loader("val", args.batch_size), device))
     save_checkpoint(out, model, data.classes, history, extra={
         "method": args.method, "epochs": epochs, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
         "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],

@@ -17,10 +17,9 @@ curve and the suggestion are given as the first group's rate.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -122,6 +121,17 @@ def suggestion_index(lrs: np.ndarray, losses: np.ndarray, rule: str = "valley") 
     raise ValueError(f"unknown rule {rule!r}: choose one of {RULES}")
 
 
+def _cycle(loader: Iterable) -> Iterator:
+    """The loader's batches, pass after pass; ends (instead of spinning) when a pass yields nothing."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
 def lr_range_test(
     model: nn.Module,
     loader: Iterable,
@@ -166,7 +176,7 @@ def lr_range_test(
     factor = (end_lr / start_lr) ** (1 / (steps - 1))
     try:
         model.train()
-        batches = itertools.chain.from_iterable(itertools.repeat(loader))
+        batches = _cycle(loader)
         for step in range(steps):
             batch = next(batches, None)
             if batch is None:

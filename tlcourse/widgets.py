@@ -626,10 +626,11 @@ class MistakesBrowser:
         right = row["label"] == row["pred"]
         color = "#2ca02c" if right else "#d62728"
         self.info.value = f'<div style="color:{color};font-size:1.05em">{html.escape(self.describe(row))}</div>'
-        marked = self.is_marked()
+        reason = self.exclusions.reason(row["file_path"]) if self.exclusions is not None else None
+        marked = reason is not None  # one read of the list per step
         if marked:
             self.info.value += (f'<div class="tlcourse-marked" style="color:#b00">left out of the data: '
-                                f'{html.escape(self.exclusions.reason(row["file_path"]) or "")}</div>')
+                                f'{html.escape(reason)}</div>')
         self.mark_button.description = "Unmark (use it again)" if marked else "Mark: leave out"
         self.mark_button.button_style = "" if marked else "warning"
 
