@@ -297,6 +297,16 @@ def test_browser_from_a_folder_predicts_every_photo(model, learner_folder, tmp_p
         MistakesBrowser.from_folder(model, learner_folder, ["cat", "dog"])
 
 
+def test_browser_from_a_folder_of_one_class(model, learner_folder, tmp_path):
+    # A field test may hold photos of only some classes: labels still follow the model's classes.
+    one_class = tmp_path / "field" / "hotdog"
+    one_class.parent.mkdir()
+    one_class.symlink_to(learner_folder / "hotdog", target_is_directory=True)
+    browser = MistakesBrowser.from_folder(model, one_class.parent, ["dog", "hotdog"])
+    assert len(browser.results) == PER_CLASS
+    assert set(browser.results["label"]) == {1}
+
+
 def test_browser_fallback_prints_a_table(learner_folder, tmp_path, capsys):
     plt.close("all")
     browser = MistakesBrowser(_results(learner_folder), ["dog", "hotdog"], mode="text")

@@ -165,27 +165,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def _folder_table(data_dir: Path, class_names: Sequence[str]):
-    """Scan ``data_dir`` and label its rows with the *checkpoint's* class indices; a folder with only
-    some of the classes is fine. Unreadable files are skipped and named.
-    """
-    from .data import find_classes, inspect_folder
-    from .errors import DataError
+    """``data_dir``'s photos labelled with the checkpoint's classes; skipped files are named."""
+    from .data import label_folder
 
-    find_classes(data_dir)  # a missing folder or one without class subfolders: clear error, with the fix
-    scan = inspect_folder(data_dir, check="header")
-    table = scan.table
-    if table.empty:
-        raise scan.errors[0] if scan.errors else DataError(f"No images in the class folders of {data_dir}.")
-    unknown = sorted(set(scan.classes) - set(class_names))
-    if unknown:
-        raise DataError(
-            f"{data_dir} has class folder(s) {unknown} that the checkpoint does not know; it was trained on "
-            f"{list(class_names)}. Evaluate on a folder whose subfolders are named like those classes."
-        )
-    _report_skipped(scan.skipped)
-    table = table.copy()
-    table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)}).astype(int)
-    return table.reset_index(drop=True)
+    skipped: list = []
+    table = label_folder(data_dir, class_names, skipped)
+    _report_skipped(skipped)
+    return table
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

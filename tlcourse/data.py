@@ -273,6 +273,31 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
     return FolderScan(root, classes, table, skipped, errors, check)
 
 
+def label_folder(root: str | Path, class_names: Sequence[str],
+                 skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
+    """Scan a folder to evaluate a trained model on: rows labelled with the *model's* class indices.
+
+    Unlike :func:`scan_folder`, a folder with only some of the classes is fine (a field test of one
+    class); a class folder the model does not know raises. Unusable files go to ``skipped``.
+    """
+    root = Path(root)
+    find_classes(root)  # a missing folder or one without class subfolders: clear error, with the fix
+    scan = inspect_folder(root, check="header")
+    if skipped is not None:
+        skipped.extend(scan.skipped)
+    if scan.table.empty:
+        raise scan.errors[0] if scan.errors else DataError(f"No images in the class folders of {root}.")
+    unknown = sorted(set(scan.classes) - set(class_names))
+    if unknown:
+        raise DataError(
+            f"{root} has class folder(s) {unknown} that the model does not know; it was trained on "
+            f"{list(class_names)}. Use a folder whose subfolders are named like those classes."
+        )
+    table = scan.table.copy()
+    table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)}).astype(int)
+    return table.reset_index(drop=True)
+
+
 def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
     """Scan a folder of class subfolders into a table ``file_path, label, class_name``.
 

@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 
 from .dashboard import dashboard_mode
 from .data import (CSVDataset, TransformSettings, _to_rgb, denormalize, eval_transform, load_image, make_loader,
-                   scan_folder)
+                   label_folder)
 from .errors import ConfigError, DataError, ImageLoadError
 from .exclusions import REASONS, ExclusionList, as_exclusion_list
 from .models import eval_mode
@@ -490,12 +490,7 @@ class MistakesBrowser:
         from .evaluation import predict
 
         class_names = list(class_names)
-        table = scan_folder(folder)
-        unknown = sorted(set(table["class_name"]) - set(class_names))
-        if unknown:
-            raise DataError(f"{folder} has class folder(s) {unknown} the model does not know; "
-                             f"its classes are {class_names}.")
-        table["label"] = table["class_name"].map(class_names.index)
+        table = label_folder(folder, class_names)  # a folder of only some of the classes is fine
         settings = settings or getattr(model, "transform_settings", TransformSettings())
         results = predict(model, make_loader(CSVDataset(table, eval_transform(settings)), batch_size))
         results["file_path"] = table["file_path"].to_numpy()
