@@ -120,3 +120,36 @@ def test_the_loader_draws_one_view_per_photo_each_epoch(model, photos):
         views = [int((result.features[i] == f).all(1).nonzero()[0]) for i, f in zip(index.tolist(), features)]
         seen.append(tuple(views[j] for j in index.argsort().tolist()))
     assert len(set(seen)) > 1  # the drawn views change from epoch to epoch
+
+
+def test_the_loader_adds_the_clean_features_as_one_more_view(model, photos):
+    result = augmented_features(model, photos, LABELS, views=1)
+    clean = torch.randn(4, result.features.shape[-1])  # stand-ins, told apart from every view
+    drawn = set()
+    for epoch in range(8):
+        for features, _, index in result.loader(batch_size=4, seed=epoch, clean=clean):
+            for i, f in zip(index.tolist(), features):
+                drawn.add("clean" if torch.equal(f, clean[i]) else "view" if torch.equal(f, result.features[i, 0]) else "?")
+    assert drawn == {"clean", "view"}
+
+
+def test_train_frozen_trains_on_the_cached_views_computed_once(model, data_dir, tmp_path, capsys):
+    """The recipe's default: each training photo's views are computed once, then every rerun reads them;
+    the head they train differs from the head trained on the clean features alone."""
+    from tlcourse.data import load_course_data
+    from tlcourse.recipes import train_frozen
+
+    data = load_course_data(data_dir, model.transform_settings, seed=0, per_class=8)  # 12 train photos
+
+    def head(views: int, **kw):
+        m = build_model(2, "mobilenet_v2", weights="DEFAULT", offline=True)
+        train_frozen(m, data, epochs=3, batch_size=4, cache_dir=tmp_path, views=views, **kw)
+        return m.head.state_dict()
+
+    with_views = head(2)
+    assert "Computing features of 24 augmented view(s) of 12 photo(s)" in capsys.readouterr().out
+    augcache.clear_memory_cache()
+    assert head(2) and "augmented view" not in capsys.readouterr().out  # read back from disk
+    clean_only = head(0)
+    assert "augmented view" not in capsys.readouterr().out
+    assert any(not torch.equal(with_views[k], clean_only[k]) for k in with_views)

@@ -117,10 +117,16 @@ class AugmentedFeatures:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def loader(self, batch_size: int = 32, shuffle: bool = True, seed: int = 0) -> DataLoader:
-        """``(features, y, index)`` batches with one view per photo, drawn anew every epoch (from ``seed``)."""
+    def loader(self, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
+               clean: torch.Tensor | None = None) -> DataLoader:
+        """``(features, y, index)`` batches with one view per photo, drawn anew every epoch (from ``seed``).
+
+        ``clean`` (``N x n_features``, the photos' evaluation-transform features) joins as one more view:
+        the head then also sees the photos as they will be judged.
+        """
+        views = self.features if clean is None else torch.cat([clean.unsqueeze(1), self.features], 1)
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(RandomViewDataset(self.features, self.labels, seed), batch_size=batch_size,
+        return DataLoader(RandomViewDataset(views, self.labels, seed), batch_size=batch_size,
                           shuffle=shuffle, generator=generator)
 
 

@@ -101,13 +101,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .dashboard import TextProgress
     from .data import find_classes, load_course_data
     from .models import build_model
-    from .recipes import train_discriminative, train_frozen
+    from .recipes import EPOCHS, VIEWS, train_discriminative, train_frozen
     from .training import evaluate, seed_everything
 
     config = get_config()
     backbone = args.backbone or config.backbone
     seed = config.seed if args.seed is None else args.seed
-    epochs = args.epochs if args.epochs is not None else (5 if args.method == "freeze" else 2)
+    epochs = args.epochs if args.epochs is not None else (EPOCHS if args.method == "freeze" else 2)
+    views = VIEWS if args.views is None else args.views
     out = Path(args.out) if args.out else config.output_dir / f"{backbone}-{args.method}.pt"
     device = _device(args.device)
 
@@ -131,12 +132,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.method == "freeze":
             # Cached features (the recipe's default): each photo goes through the backbone once.
             history = train_frozen(model, data, epochs=epochs, lr=args.lr or 1e-3, batch_size=args.batch_size,
-                                   callbacks=[progress], seed=seed, cache_dir=config.feature_cache)
+                                   callbacks=[progress], seed=seed, cache_dir=config.feature_cache, views=views)
         else:
             # Head first, on the frozen backbone (fast, cached): fine-tuning from a random head would send
             # large random gradients into the pretrained layers. Then everything, the backbone 10x slower.
             train_frozen(model, data, epochs=5, batch_size=args.batch_size, callbacks=[progress], seed=seed,
-                         cache_dir=config.feature_cache)
+                         cache_dir=config.feature_cache, views=views)
             history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-4,
                                            batch_size=args.batch_size, callbacks=[progress], seed=seed)
     seconds = time.perf_counter() - started
@@ -147,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     calibration = calibrate(val_logits, val_labels)
     test = evaluate(model, data.loader("test", args.batch_size), device)
     save_checkpoint(out, model, data.classes, history, extra={
-        "method": args.method, "epochs": epochs, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
+        "method": args.method, "epochs": epochs, "views": views, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
         "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
         "calibration": calibration.to_dict(),
     })
@@ -365,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", cmd_train, "train the reference solution and save a checkpoint",
         "Train the course's reference solution on DATA_DIR (one subfolder per class): a pretrained backbone with a "
         "new head, by weight freezing (only the head learns) or discriminative learning rates (the head is trained "
-        "on the frozen backbone first, then everything learns, the backbone 10x more slowly). Every photo is "
+        "on the frozen backbone first, then everything learns, the backbone 10x more slowly). The head trains on "
+        "cached features of each photo and of a few augmented views of it (random crop, flip, colours, a "
+        "downscale), computed once and reused by every rerun. Every photo is "
         "decoded first; unreadable ones are skipped and named. Splits the photos 80/10/10 from the seed, prints "
         "progress, the final validation and test accuracy, and writes a checkpoint for `tlcourse evaluate` and "
         "`tlcourse predict`.", options=["device"])
@@ -373,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="torchvision backbone (default: TLCOURSE_BACKBONE, mobilenet_v2)")
     p.add_argument("--method", choices=["freeze", "discriminative"], default="freeze",
                    help="fine-tuning method (default: freeze)")
-    p.add_argument("--epochs", type=int, help="epochs (default: 5 for freeze; 2 for discriminative, after 5 head-only epochs)")
+    p.add_argument("--epochs", type=int, help="epochs (default: tlcourse.recipes.EPOCHS for freeze; 2 for discriminative, after 5 head-only epochs)")
+    p.add_argument("--views", type=int, metavar="K",
+                   help="augmented views cached per training photo for the head (default: tlcourse.recipes.VIEWS; 0: none)")
     p.add_argument("--out", metavar="FILE", help="checkpoint to write (default: TLCOURSE_OUTPUT/<backbone>-<method>.pt)")
     p.add_argument("--lr", type=float,
                    help="learning rate of the head (default: 1e-3 for freeze, 1e-4 when fine-tuning; backbone 1e-5)")

@@ -7,6 +7,7 @@ from typing import Iterable
 
 import torch
 
+from .augcache import AugmentSettings, augmented_features
 from .data import CourseData
 from .features import compute_features, using_threads
 from .models import TransferClassifier, param_groups
@@ -17,11 +18,20 @@ from .training import Callback, History, fit, seed_everything
 #: added to the gradient, where Adam's per-parameter scaling would weaken it (Loshchilov & Hutter).
 WEIGHT_DECAY = 0.01
 
+#: Augmented views cached per training photo by default (besides the clean one). Chosen in
+#: benchmarks/recipes.py on the validation photos under the robustness report's changes: any views
+#: halve the loss there, more than two add nothing measurable, and each view costs one backbone pass.
+VIEWS = 2
+
+#: Epochs of the head by default: a pass over cached features costs little, and on the same
+#: validation check 20 epochs beat 10.
+EPOCHS = 20
+
 
 def train_frozen(
     model: TransferClassifier,
     data: CourseData,
-    epochs: int = 5,
+    epochs: int = EPOCHS,
     lr: float = 1e-3,
     batch_size: int = 32,
     callbacks: Iterable[Callback] = (),
@@ -32,6 +42,8 @@ def train_frozen(
     augment: bool = False,
     verbose: bool = True,
     weight_decay: float = WEIGHT_DECAY,
+    views: int = VIEWS,
+    augment_settings: AugmentSettings = AugmentSettings(),
 ) -> History:
     """Method 1, weight freezing: freeze the backbone and train only the new head.
 
@@ -39,8 +51,11 @@ def train_frozen(
     backbone gives the same vector every epoch), kept in memory and, given a ``cache_dir`` (lessons
     pass ``get_config().feature_cache``), on disk; the head trains on them with the same
     :func:`~tlcourse.training.fit`. Batches are ``(features, y, index)``: ``state.index`` says which
-    photos they are. Cached features come from the evaluation transform, so there is no augmentation;
-    ``cache=False`` recomputes the backbone every batch and allows ``augment=True``.
+    photos they are. Besides each photo's clean features (the evaluation transform), ``views``
+    augmented views of it are cached (:mod:`tlcourse.augcache`: random crop, flip, colours, a
+    downscale), and each epoch the head sees one of the ``views + 1`` per photo: augmentation at the
+    cache's speed. ``views=0`` trains on the clean features only. ``cache=False`` recomputes the
+    backbone every batch instead, and allows ``augment=True`` (a new random crop every epoch).
     """
     seed_everything(seed)
     model.freeze()
@@ -51,16 +66,22 @@ def train_frozen(
                    val_loader=data.loader("val", batch_size), callbacks=callbacks)
     if augment:
         raise ValueError(
-            "augment=True needs cache=False: cached features are computed once from the evaluation transform, "
-            "so random crops and flips cannot be applied to them. Use train_frozen(..., cache=False, "
-            "augment=True) (slower: the backbone runs every epoch) or leave augment off."
+            "augment=True needs cache=False: cached features are computed once, so a new random crop every "
+            "epoch cannot be applied to them. The cached recipe augments with fixed views instead: "
+            f"train_frozen(..., views={VIEWS}) (the default). For fresh crops every epoch use "
+            "train_frozen(..., cache=False, augment=True) (slower: the backbone runs every epoch)."
         )
     # Computing features draws no random numbers, so the head's dropout and the shuffling
     # see the same random streams as in the uncached loop.
     sets = compute_features(model, data, ("train", "val"), cache_dir=cache_dir, verbose=verbose)
+    train = sets["train"].loader(batch_size, shuffle=True, seed=seed)
+    if views:
+        extra = augmented_features(model, sets["train"].file_paths, sets["train"].labels, views, augment_settings,
+                                   cache_dir=cache_dir, verbose=verbose)
+        train = extra.loader(batch_size, shuffle=True, seed=seed, clean=sets["train"].features)
     # One torch thread for the head: its matrices are tiny, so a second thread only adds waiting.
     with using_threads(1):
-        history = fit(model.head, sets["train"].loader(batch_size, shuffle=True, seed=seed), optimizer, epochs,
+        history = fit(model.head, train, optimizer, epochs,
                       val_loader=sets["val"].loader(batch_size), callbacks=callbacks)
     model.train()  # as after the uncached loop: train mode, with the frozen backbone kept in eval
     return history
