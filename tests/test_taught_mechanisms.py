@@ -231,3 +231,55 @@ def test_lesson6_one_cycle_agrees_with_torch(total, pct):
         scheduler.step()
     np.testing.assert_allclose([ns["one_cycle_rate"](s, total, 0.1, pct_start=pct) for s in range(total)], expected,
                                rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- lesson 7
+@pytest.mark.parametrize("size,augment", [
+    ((61, 143), {}),  # a tall, odd-sized photo with the recipe's settings
+    ((150, 90), {"downscale_p": 1.0, "flip": 1.0, "scale": (0.5, 0.6)}),  # always downscaled and mirrored
+    ((40, 40), {"downscale_p": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.9}),
+])
+def test_lesson7_augmented_view_agrees_with_the_package(size, augment):
+    import tlcourse.augcache
+
+    ns = lesson_code("07_real_world.ipynb", "augmented_view")
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    settings = tlcourse.data.TransformSettings(resize=36, crop=32)
+    augment = tlcourse.augcache.AugmentSettings(**augment)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    for view in range(6):
+        ours = ns["augmented_view"](image, "ab" * 32, view, augment, settings)
+        assert torch.equal(ours, tlcourse.augcache.augmented_view(image, "ab" * 32, view, augment, settings))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random numbers are left alone
+
+
+def test_lesson7_expected_calibration_error_agrees_with_the_package():
+    import tlcourse.calibration
+
+    ns = lesson_code("07_real_world.ipynb", "expected_calibration_error")
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([0.5, 0.5, 0.5], size=200)
+    probs[:10] = [0.6, 0.3, 0.1]  # confidences on a bin edge (9/15) and at 1
+    probs[10:15] = [1.0, 0.0, 0.0]
+    labels = rng.integers(0, 3, size=200)
+    for n_bins in (15, 4, 1):
+        assert abs(ns["expected_calibration_error"](probs, labels, n_bins)
+                   - tlcourse.calibration.expected_calibration_error(probs, labels, n_bins)) < 1e-12
+
+
+def test_lesson7_grad_cam_agrees_with_the_package():
+    import tlcourse.gradcam
+
+    ns = lesson_code("07_real_world.ipynb", "grad_cam")
+    ns["device"] = torch.device("cpu")  # a lesson variable the function reads
+    torch.manual_seed(0)
+    model = build_model(3, "mobilenet_v2", weights=None).freeze()
+    model.train()
+    x = torch.randn(2, 3, 96, 96)
+    for target in (None, 2, [1, 0]):
+        ours = ns["grad_cam"](model, x, target)
+        reference = tlcourse.gradcam.GradCAM(model)(x, target)
+        assert reference.abs().max() > 0
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6 * float(reference.abs().max()))
+    assert model.training and not model.backbone.training  # modes put back
