@@ -100,9 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
     from .dashboard import TextProgress
     from .data import find_classes, load_course_data
+    from .features import compute_features
     from .models import build_model
     from .recipes import EPOCHS, VIEWS, train_discriminative, train_frozen
-    from .training import evaluate, seed_everything
+    from .training import seed_everything
 
     config = get_config()
     backbone = args.backbone or config.backbone
@@ -141,12 +142,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-4,
                                            batch_size=args.batch_size, callbacks=[progress], seed=seed)
     seconds = time.perf_counter() - started
-    # One pass over the validation photos gives their accuracy and, fitted on them (never on the test
-    # photos), the temperature and the "unsure" threshold that `predict` uses.
-    val_logits, val_labels = collect_logits(model, data.loader("val", args.batch_size), device)
+    if args.method == "freeze":
+        # The backbone is frozen, so the head on the cached features gives the whole model's logits
+        # without a second pass of the backbone over the validation photos (the test ones join the cache).
+        sets = compute_features(model, data, ("val", "test"), cache_dir=config.feature_cache)
+        net, loaders = model.head, {part: sets[part].loader(args.batch_size) for part in sets}
+    else:
+        net, loaders = model, {part: data.loader(part, args.batch_size) for part in ("val", "test")}
+    # The validation logits give its accuracy and, fitted on them (never on the test photos), the
+    # temperature and the "unsure" threshold that `predict` uses.
+    val_logits, val_labels = collect_logits(net, loaders["val"], device)
     val = {"accuracy": float((val_logits.argmax(1) == val_labels).float().mean()), "n": len(val_labels)}
     calibration = calibrate(val_logits, val_labels)
-    test = evaluate(model, data.loader("test", args.batch_size), device)
+    test_logits, test_labels = collect_logits(net, loaders["test"], device)
+    test = {"accuracy": float((test_logits.argmax(1) == test_labels).float().mean()), "n": len(test_labels)}
     save_checkpoint(out, model, data.classes, history, extra={
         "method": args.method, "epochs": epochs, "views": views, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
         "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
