@@ -258,7 +258,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .calibration import Calibration
+    from .calibration import Calibration, verdict
     from .checkpoint import load_checkpoint
     from .data import eval_transform, load_image
     from .errors import ImageLoadError
@@ -269,10 +269,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     transform = eval_transform(info["transform"])
     # Calibrated probabilities and the "unsure" threshold, both fitted on validation by `tlcourse train`;
     # an older checkpoint without them gives the plain softmax and never says unsure.
-    stored = info["extra"].get("calibration")
-    calibration = Calibration.from_dict(stored) if stored else None
-    temperature = calibration.temperature if calibration else 1.0
-    threshold = args.threshold if args.threshold is not None else (calibration.threshold if calibration else 0.0)
+    calibration = Calibration.from_extra(info["extra"])
     results, failures = [], 0
     for image in args.images:
         try:
@@ -282,13 +279,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             failures += 1
             continue
         with torch.no_grad():
-            probs = torch.softmax(model(x.to(device)).float().cpu()[0] / temperature, dim=0)
-        best = int(torch.argmax(probs))
-        unsure = float(probs[best]) < threshold
-        results.append({"image": str(image), "class": "unsure" if unsure else names[best],
-                        "best_guess": names[best], "probability": float(probs[best]), "unsure": unsure,
-                        "threshold": threshold, "temperature": temperature,
-                        "probabilities": {name: float(p) for name, p in zip(names, probs)}})
+            answer = verdict(model(x.to(device))[0], names, calibration, args.threshold)
+        results.append({"image": str(image), "class": answer.answer, "best_guess": answer.best_guess,
+                        "probability": answer.probability, "unsure": answer.unsure, "threshold": answer.threshold,
+                        "temperature": answer.temperature, "probabilities": answer.probabilities})
     if args.json:
         print(json.dumps(results))
     else:
