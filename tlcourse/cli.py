@@ -184,16 +184,22 @@ def _folder_table(data_dir: Path, class_names: Sequence[str]):
     return table
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _checkpoint_on_folder(args: argparse.Namespace):
+    """``(device, model, info, table)``: the checkpoint's model and ``args.data_dir`` labelled with its classes."""
     from .checkpoint import load_checkpoint
+
+    device = _device(args.device)
+    model, info = load_checkpoint(args.checkpoint, device)
+    return device, model, info, _folder_table(Path(args.data_dir), info["class_names"])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
     from .fieldtest import field_report
 
-    device = _device(args.device)
-    model, info = load_checkpoint(args.checkpoint, device)
+    device, model, info, table = _checkpoint_on_folder(args)
     names = info["class_names"]
-    table = _folder_table(Path(args.data_dir), names)
     loader = make_loader(CSVDataset(table, eval_transform(info["transform"])), batch_size=args.batch_size)
     print(f"Evaluating {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device})", file=sys.stderr)
     frame = predict(model, loader, device)
@@ -231,13 +237,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- robustness
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .robustness import robustness_report
 
-    device = _device(args.device)
-    model, info = load_checkpoint(args.checkpoint, device)
+    device, model, info, table = _checkpoint_on_folder(args)
     names = info["class_names"]
-    table = _folder_table(Path(args.data_dir), names)
     print(f"Robustness of {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device}); "
           "each change is made in memory, the folder is only read", file=sys.stderr)
     report = robustness_report(model, table, names, batch_size=args.batch_size, device=device,
