@@ -205,12 +205,13 @@ def report(rows: list[dict], k_rows: list[dict], per_view: float, classes: list[
            f"{meta['sizes']['val']}, test {meta['sizes']['test']}, seed 0), field test {meta['field']} photos; "
            f"{meta['machine']}; load average {meta['load_before']} before, {meta['load_after']} after.", "",
            "#### Recipes: balanced accuracy, then recall per class with its 95 % interval", "",
-           "| recipe | cold `tlcourse train` | validation | test split | field test | seconds to judge the field test |",
+           "| recipe | cold `tlcourse train` | backbone passes per photo judged | validation | test split | field test |",
            "|---|---|---|---|---|---|"]
     for r in rows:
         wall = f"{r['train_seconds']:.1f} s" if r["train_seconds"] is not None else "(same model)"
-        out.append(f"| {r['recipe']} | {wall} | {cell(r['val'], classes)} | {cell(r['test'], classes)} | "
-                   f"{cell(r['field'], classes)} | {r['field_seconds']:.1f} |")
+        passes = 2 if "mirror" in r["recipe"] else 10 if "ten crops" in r["recipe"] else 1
+        out.append(f"| {r['recipe']} | {wall} | {passes} | {cell(r['val'], classes)} | {cell(r['test'], classes)} | "
+                   f"{cell(r['field'], classes)} |")
     out += ["", f"#### How many cached views: one view of every training photo costs {per_view:.1f} s", "",
             "| views K | their cost | clean validation | validation under changes: accuracy | loss | field test (balanced) |",
             "|---|---|---|---|---|---|"]
@@ -223,7 +224,14 @@ def report(rows: list[dict], k_rows: list[dict], per_view: float, classes: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="60 photos per class, fewer rows (~4 min)")
-    quick = parser.parse_args().quick
+    parser.add_argument("--report", metavar="JSON", help="print the tables of a saved run again, without running")
+    options = parser.parse_args()
+    if options.report:
+        saved = json.loads(Path(options.report).read_text())
+        classes = [k for k in saved["recipes"][0]["val"] if k not in ("n", "correct", "balanced")]
+        print(report(saved["recipes"], saved["views"], saved["per_view_seconds"], classes, saved["meta"]))
+        return
+    quick = options.quick
     cfg = get_config()
     field_dir = Path(os.environ.get("TLCOURSE_FIELD") or field_test_folder(root=ROOT))
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
