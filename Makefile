@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 DATA ?= $(or $(TLCOURSE_DATA),data)
 
-.PHONY: setup lab test smoke data bench bench-dashboard figures clean-venv
+.PHONY: setup lab test smoke data bench bench-recipes bench-dashboard figures clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ smoke: data ## quick run: tests and lessons on a small subset
 
 bench: data ## print the speed benchmark table (~15 min; `make bench BENCH_ARGS=--quick`: ~3 min check)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-recipes: data ## compare the recipes on validation, test split and field test, and choose the views (~15 min)
+	$(BIN)/python benchmarks/recipes.py $(BENCH_ARGS)
 
 bench-dashboard: data ## print the live dashboard's cost, side by side with no dashboard (10+ min)
 	$(BIN)/python benchmarks/dashboard_overhead.py

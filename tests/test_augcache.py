@@ -153,3 +153,13 @@ def test_train_frozen_trains_on_the_cached_views_computed_once(model, data_dir, 
     clean_only = head(0)
     assert "augmented view" not in capsys.readouterr().out
     assert any(not torch.equal(with_views[k], clean_only[k]) for k in with_views)
+
+
+def test_views_made_in_threads_are_the_views_made_in_order(model, photos):
+    """Views are made ahead in threads; torchvision's random transforms share one global generator, so
+    without care two threads would take each other's random numbers and the views would change."""
+    in_order = augmented_features(model, photos, LABELS, views=3, decode_threads=0).features
+    for threads in (1, 3):
+        augcache.clear_memory_cache()
+        got = augmented_features(model, photos, LABELS, views=3, decode_threads=threads, batch_size=5).features
+        torch.testing.assert_close(got, in_order, rtol=1e-4, atol=1e-5)

@@ -1,6 +1,6 @@
 """Calibration: ECE and reliability bins against hand-computed values, the fitted temperature against a
 brute-force search and against the known over-confidence of a synthetic model, calibration lowering the
-validation ECE, the threshold rule by hand, and `tlcourse predict` answering "unsure" below the threshold."""
+validation ECE, the threshold rule and the verdict by hand, and `tlcourse predict` answering "unsure" below the threshold."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from tlcourse import cli
 from tlcourse.calibration import (Calibration, calibrate, choose_threshold, expected_calibration_error,
-                                  fit_temperature, plot_reliability, reliability_table)
+                                  fit_temperature, plot_reliability, reliability_table, verdict)
 from tlcourse.checkpoint import save_checkpoint
+from tlcourse.errors import ConfigError
 from tlcourse.models import build_model
 
 from test_cli import small_folder, torchvision_model  # noqa: F401 - fixtures
@@ -112,6 +113,23 @@ def test_threshold_by_hand():
     assert choose_threshold(probs, labels, target_accuracy=0.8) == pytest.approx(0.6)
     assert choose_threshold(probs, labels, target_accuracy=0.5) == pytest.approx(0.5)  # 4 of 6 at the floor
     assert choose_threshold(probs[right], labels[right]) == pytest.approx(0.5)  # no mistakes: never unsure
+
+
+def test_verdict_by_hand():
+    calibration = Calibration(temperature=2.0, threshold=0.8, target_accuracy=0.99, ece_before=0.2, ece_after=0.1,
+                              n=10)
+    logits = torch.tensor([2.0, 0.0])
+    answer = verdict(logits, ["dog", "hotdog"], calibration)  # softmax([1, 0]): e / (e + 1) = 0.7311
+    assert answer.probabilities["dog"] == pytest.approx(np.e / (np.e + 1), abs=1e-6)
+    assert answer.unsure and answer.answer == "unsure" and answer.best_guess == "dog"
+    assert answer.describe() == "unsure (maybe dog, 73.1%)"
+    assert verdict(logits, ["dog", "hotdog"], calibration, threshold=0.7).describe() == "dog (73.1%)"
+    plain = verdict(logits, ["dog", "hotdog"])  # no calibration: the softmax, never unsure
+    assert plain.probability == pytest.approx(np.exp(2) / (np.exp(2) + 1), abs=1e-6) and not plain.unsure
+    assert Calibration.from_extra({"calibration": calibration.to_dict()}) == calibration
+    assert Calibration.from_extra({}) is None
+    with pytest.raises(ConfigError, match="3 outputs but 2 class names"):
+        verdict(torch.zeros(3), ["dog", "hotdog"])
 
 
 def test_predict_says_unsure_below_the_threshold(tmp_path, small_folder, real_weights, capsys):

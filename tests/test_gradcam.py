@@ -62,7 +62,7 @@ def test_gradcam_works_on_a_frozen_model_and_leaves_it_as_it_was():
     assert maps.shape == (2, 16, 16) and (maps >= 0).all() and maps.sum() > 0
     assert model.training and not model.backbone.training  # frozen backbone stays in eval
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is None for p in model.parameters())  # the head's too: no .grad left for training
     assert not model.backbone.features[0][0].weight.requires_grad
 
 

@@ -70,7 +70,8 @@ def run(folder: Path, seed: int, method: str, cache: Path):
     if method == "frozen":
         history = train_frozen(model, data, epochs=2, lr=1e-2, batch_size=8, seed=seed, cache_dir=cache,
                                verbose=False)
-        assert len(list(cache.glob("*.pt"))) == 1  # written only when this run computed the features
+        # Written only when this run computed them: the clean features and the augmented views.
+        assert len(list(cache.glob("*.pt"))) == 2
     else:  # augmentation, shuffling, dropout and the whole network learning: every source of randomness
         history = train_discriminative(model, data, epochs=1, head_lr=1e-2, backbone_lr=1e-3, batch_size=8,
                                        seed=seed)
@@ -109,7 +110,7 @@ def test_two_runs_on_the_real_photos_with_real_weights_are_identical(data_dir, r
         model = build_model(2, "mobilenet_v2")
         history = train_frozen(model, data, epochs=1, lr=1e-3, batch_size=8, seed=0, cache_dir=cache,
                                verbose=False)
-        assert len(list(cache.glob("*.pt"))) == 1
+        assert len(list(cache.glob("*.pt"))) == 2  # the clean features and the augmented views
         return model.head.state_dict(), history, evaluate(model, data.loader("test", batch_size=8))
 
     head_a, history_a, test_a = real_run(tmp_path / "a")

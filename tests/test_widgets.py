@@ -7,6 +7,7 @@ here with torchvision and the model directly.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import re
@@ -22,12 +23,14 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
+from tlcourse.calibration import Calibration
 from tlcourse.checkpoint import save_checkpoint
 from tlcourse.config import get_config
 from tlcourse.data import TransformSettings, load_course_data, load_image, scan_folder, train_transform
 from tlcourse.exclusions import EXCLUSIONS_FILE, ExcludedPhotosWarning, ExclusionList
 from tlcourse.models import build_model, weights_enum
-from tlcourse.widgets import Augmentation, AugmentationExplorer, MistakesBrowser, PhotoTester
+from tlcourse.gradcam import GradCAM, upsample
+from tlcourse.widgets import Augmentation, AugmentationExplorer, MistakesBrowser, PhotoTester, gradcam_section
 
 PER_CLASS = 8
 
@@ -61,11 +64,20 @@ def _checksums(folder: Path) -> dict[str, tuple[str, int, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _reference_probs(model, path: Path) -> np.ndarray:
-    """Softmax of the logits, with torchvision's own preset transform for the weights."""
-    preset = weights_enum("mobilenet_v2").transforms()
+def _reference_input(path: Path) -> torch.Tensor:
+    """The photo as a batch of one, with torchvision's own preset transform for the weights."""
+    return weights_enum("mobilenet_v2").transforms()(load_image(path)).unsqueeze(0)
+
+
+def _reference_logits(model, path: Path) -> np.ndarray:
     with torch.no_grad():
-        return torch.softmax(model(preset(load_image(path)).unsqueeze(0)), dim=1)[0].numpy()
+        return model(_reference_input(path))[0].double().numpy()
+
+
+def _reference_probs(model, path: Path, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of the logits divided by the temperature, written out."""
+    z = np.exp(_reference_logits(model, path) / temperature)
+    return z / z.sum()
 
 
 def _decode(jpeg: bytes) -> Image.Image:
@@ -151,6 +163,73 @@ def test_photo_tester_fallback_is_a_figure(model, learner_folder):
     bars = [patch.get_width() for patch in plt.gcf().axes[1].patches]
     assert np.allclose(bars, _reference_probs(model, photo), atol=2e-3)
     plt.close("all")
+
+
+def _calibration(temperature: float, threshold: float) -> Calibration:
+    return Calibration(temperature=temperature, threshold=threshold, target_accuracy=0.99, ece_before=0.1,
+                       ece_after=0.05, n=10)
+
+
+def test_photo_tester_uses_calibrated_probabilities_and_says_unsure_below_the_threshold(model, learner_folder):
+    plt.close("all")
+    for photo in _photos(learner_folder)[::5]:
+        plain, calibrated = _reference_probs(model, photo), _reference_probs(model, photo, temperature=0.5)
+        assert np.abs(calibrated - plain).max() > 0.02  # the temperature really changes them
+        top, best = calibrated.max(), ["dog", "hotdog"][int(calibrated.argmax())]
+        for threshold in (top - 0.005, top + 0.005):
+            tester = PhotoTester(model, ["dog", "hotdog"], calibration=_calibration(0.5, threshold))
+            tester.test_path(photo)
+            assert np.allclose(list(tester.prediction.probabilities.values()), calibrated, atol=2e-3)
+            html = tester.result_html()
+            if threshold > top:
+                assert f"unsure (maybe {best}, {top:.1%})" in html
+            else:
+                assert "unsure" not in html and f"<b>{best} ({top:.1%})</b>" in html
+            figure = tester.figure(tester.prediction)  # the text-mode fallback says the same
+            assert figure.axes[1].get_title().startswith("unsure" if threshold > top else best)
+            plt.close("all")
+
+
+def test_photo_tester_takes_the_calibration_from_a_checkpoint(model, learner_folder, output_dir):
+    calibration = _calibration(0.5, 0.99)
+    path = save_checkpoint(output_dir / "calibrated.pt", model, ["dog", "hotdog"],
+                           extra={"calibration": calibration.to_dict()})
+    assert PhotoTester(path).calibration == calibration
+    assert PhotoTester(save_checkpoint(output_dir / "plain.pt", model, ["dog", "hotdog"])).calibration is None
+    photo = _photos(learner_folder)[2]
+    prediction = PhotoTester(path).predict(photo)
+    assert np.allclose(list(prediction.probabilities.values()), _reference_probs(model, photo, 0.5), atol=2e-3)
+    assert prediction.verdict.unsure  # an untrained head is never 99% sure
+
+
+def test_gradcam_section_shows_gradcams_map_and_leaves_the_model_as_it_was(model, learner_folder):
+    photo = _photos(learner_folder)[PER_CLASS]
+    frozen = copy.deepcopy(model).freeze().train()  # as during lesson 3's training: head in train mode
+    flags = [p.requires_grad for p in frozen.parameters()]
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    tester = PhotoTester(frozen, ["dog", "hotdog"], gradcam=True)
+    tester.test_path(photo)
+    assert frozen.training and not frozen.backbone.training and frozen.frozen
+    assert [p.requires_grad for p in frozen.parameters()] == flags
+    assert all(p.grad is None for p in frozen.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in frozen.state_dict().items())
+
+    x = _reference_input(photo)
+    predicted = int(np.argmax(_reference_logits(frozen.eval(), photo)))
+    reference = upsample(GradCAM(frozen)(x, target=predicted), (224, 224))[0].numpy()
+    assert reference.max() == 1 and (reference < 0.5).mean() > 0.2  # a map with a shape, not a constant
+    assert tester.prediction.heatmap.shape == reference.shape == tester.prediction.seen.size[::-1]
+    assert np.allclose(tester.prediction.heatmap, reference, atol=1e-4)
+    assert 'class="tlcourse-gradcam"' in tester.result_html()
+
+
+def test_gradcam_is_computed_only_when_its_section_is_shown(model, learner_folder):
+    photo = _photos(learner_folder)[0]
+    tester = PhotoTester(model, ["dog", "hotdog"])
+    prediction = tester.test_path(photo)
+    assert prediction.heatmap is None and "tlcourse-gradcam" not in tester.result_html()
+    tester.sections.append(gradcam_section)  # what a learner may do by hand
+    assert tester.test_path(photo).heatmap is not None and "tlcourse-gradcam" in tester.result_html()
 
 
 # --------------------------------------------------------------------------- augmentation explorer

@@ -12,9 +12,12 @@ versions) plus the augmentation settings; a vector is found by ``<photo sha256>:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .data import TransformSettings, load_image
-from .features import (DEFAULT_BATCH_SIZE, MEMORY, Digested, FastBackbone, FeatureKey, clear_memory_cache,  # noqa: F401
-                       extraction_threads, feature_key, read_store, sha256_file, using_threads, write_store)
+from .features import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, MEMORY, Digested, FastBackbone, FeatureKey,  # noqa: F401
+                       ahead_of_time, clear_memory_cache, extraction_threads, feature_key, read_store, sha256_file,
+                       using_threads, write_store)
 
 #: Bump when the stored layout or the way views are made changes: old stores are then ignored.
 FORMAT_VERSION = 1
@@ -75,6 +79,9 @@ def augment_transform(augment: AugmentSettings, settings: TransformSettings) -> 
     ])
 
 
+_GLOBAL_RNG = threading.Lock()
+
+
 def view_seed(photo_sha256: str, view: int, augment: AugmentSettings) -> int:
     """The seed of one view: the same photo content, view index and settings give the same view."""
     return int(hashlib.sha256(f"{photo_sha256}:{view}:{augment!r}".encode()).hexdigest()[:15], 16)
@@ -83,7 +90,9 @@ def view_seed(photo_sha256: str, view: int, augment: AugmentSettings) -> int:
 def augmented_view(image: Image.Image, photo_sha256: str, view: int, augment: AugmentSettings,
                    settings: TransformSettings) -> torch.Tensor:
     """The normalised input tensor of view ``view`` of a photo (the global random state is left untouched)."""
-    with torch.random.fork_rng(devices=[]):
+    # torchvision's random transforms draw from torch's one global generator: one view at a time, so
+    # views made in several threads still get their own seed's numbers.
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(view_seed(photo_sha256, view, augment))
         return augment_transform(augment, settings)(image)
 
@@ -148,9 +157,10 @@ class RandomViewDataset(Dataset):
 def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], labels: Sequence[int] | torch.Tensor,
                        views: int = 4, augment: AugmentSettings = AugmentSettings(),
                        cache_dir: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                       verbose: bool = False) -> AugmentedFeatures:
+                       verbose: bool = False, decode_threads: int = DEFAULT_DECODE_THREADS) -> AugmentedFeatures:
     """Features of views ``0 .. views-1`` of each photo: from memory, else ``cache_dir`` (``None``: memory
-    only), else computed once with the fast backbone and stored."""
+    only), else computed once with the fast backbone and stored. ``decode_threads`` threads decode the
+    photos and make their views ahead of the backbone (0: in the calling thread)."""
     started = time.perf_counter()
     key = AugmentKey(feature_key(model), augment)
     path = Path(cache_dir) / key.filename if cache_dir not in (None, False) else None
@@ -176,23 +186,21 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
             print(f"Computing features of {n_computed} augmented view(s) of {len(todo)} photo(s), once"
                   + (f" (cached in {path.parent})" if path is not None else "") + "...", flush=True)
         fast = FastBackbone(model)
-        pending: list[tuple[str, torch.Tensor]] = []
+        settings = model.transform_settings
 
-        def flush() -> None:
-            vectors = fast(torch.stack([x for _, x in pending]))
-            for (i, _), vector in zip(pending, vectors):
-                memory[i] = vector.clone()
-            pending.clear()
+        def make_views(h: str) -> list[tuple[str, torch.Tensor]]:
+            image = load_image(paths[h])  # decoded once for all its views
+            return [(f"{h}:{v}", augmented_view(image, h, v, augment, settings)) for v in todo[h]]
 
-        with using_threads(extraction_threads(0)):
-            for h, missing_views in todo.items():
-                image = load_image(paths[h])  # decoded once for all its views
-                for v in missing_views:
-                    pending.append((f"{h}:{v}", augmented_view(image, h, v, augment, model.transform_settings)))
-                    if len(pending) == batch_size:
-                        flush()
-            if pending:
-                flush()
+        # A thread makes the next photos' views while the backbone works on a batch (both release the GIL).
+        views_made = (view for made in ahead_of_time((functools.partial(make_views, h) for h in todo),
+                                                     decode_threads, ahead=batch_size)
+                      for view in made)
+        with using_threads(extraction_threads(decode_threads)):
+            while batch := list(islice(views_made, batch_size)):
+                vectors = fast(torch.stack([x for _, x in batch]))
+                for (i, _), vector in zip(batch, vectors):
+                    memory[i] = vector.clone()  # own storage: a row view would keep the whole batch alive
         if path is not None:
             write_store(path, key.digest, memory, {"augment": repr(key.augment)})
     features = torch.stack([torch.stack([memory[f"{h}:{v}"] for v in range(views)]) for h in hashes])

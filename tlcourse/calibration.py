@@ -10,7 +10,7 @@ sounds. Below a probability threshold, also chosen on validation, ``predict`` an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
 from .models import eval_mode
 
 #: Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. use 15).
@@ -134,6 +135,57 @@ class Calibration:
     @classmethod
     def from_dict(cls, values: dict) -> "Calibration":
         return cls(**{k: values[k] for k in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_extra(cls, extra: dict) -> "Calibration | None":
+        """The calibration ``tlcourse train`` stored in a checkpoint's ``extra``; ``None`` for a checkpoint
+        without one (saved by a lesson or an older version)."""
+        stored = extra.get("calibration")
+        return cls.from_dict(stored) if stored else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the model says about one photo: calibrated ``probabilities`` (class name -> probability, in
+    label order) and its ``best_guess``; ``answer`` is "unsure" when the top probability is below ``threshold``."""
+
+    probabilities: dict[str, float]
+    best_guess: str
+    threshold: float
+    temperature: float
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[self.best_guess]
+
+    @property
+    def unsure(self) -> bool:
+        return self.probability < self.threshold
+
+    @property
+    def answer(self) -> str:
+        return "unsure" if self.unsure else self.best_guess
+
+    def describe(self) -> str:
+        """``"hotdog (97.0%)"``, or ``"unsure (maybe hotdog, 62.0%)"`` below the threshold."""
+        if self.unsure:
+            return f"unsure (maybe {self.best_guess}, {self.probability:.1%})"
+        return f"{self.best_guess} ({self.probability:.1%})"
+
+
+def verdict(logits: torch.Tensor, class_names: Sequence[str], calibration: Calibration | None = None,
+            threshold: float | None = None) -> Verdict:
+    """The answer for one photo's ``logits`` (``k`` values): probabilities with ``calibration``'s
+    temperature, "unsure" below ``threshold`` (default: ``calibration``'s). Without a calibration:
+    the plain softmax, and never unsure unless a ``threshold`` is given."""
+    temperature = calibration.temperature if calibration else 1.0
+    if threshold is None:
+        threshold = calibration.threshold if calibration else 0.0
+    probs = torch.softmax(logits.detach().float().cpu().flatten() / temperature, dim=0).tolist()
+    if len(probs) != len(class_names):
+        raise ConfigError(f"The model has {len(probs)} outputs but {len(class_names)} class names were given.")
+    probabilities = dict(zip(class_names, probs))
+    return Verdict(probabilities, max(probabilities, key=probabilities.get), float(threshold), temperature)
 
 
 def calibrate(logits: torch.Tensor, labels: torch.Tensor, target_accuracy: float = 0.99) -> Calibration:

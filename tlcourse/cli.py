@@ -100,9 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
     from .dashboard import TextProgress
     from .data import find_classes, load_course_data
+    from .features import compute_features
     from .models import build_model
     from .recipes import EPOCHS, VIEWS, train_discriminative, train_frozen
-    from .training import evaluate, seed_everything
+    from .training import seed_everything
 
     config = get_config()
     backbone = args.backbone or config.backbone
@@ -141,12 +142,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-4,
                                            batch_size=args.batch_size, callbacks=[progress], seed=seed)
     seconds = time.perf_counter() - started
-    # One pass over the validation photos gives their accuracy and, fitted on them (never on the test
-    # photos), the temperature and the "unsure" threshold that `predict` uses.
-    val_logits, val_labels = collect_logits(model, data.loader("val", args.batch_size), device)
+    if args.method == "freeze":
+        # The backbone is frozen, so the head on the cached features gives the whole model's logits
+        # without a second pass of the backbone over the validation photos (the test ones join the cache).
+        sets = compute_features(model, data, ("val", "test"), cache_dir=config.feature_cache)
+        net, loaders = model.head, {part: sets[part].loader(args.batch_size) for part in sets}
+    else:
+        net, loaders = model, {part: data.loader(part, args.batch_size) for part in ("val", "test")}
+    # The validation logits give its accuracy and, fitted on them (never on the test photos), the
+    # temperature and the "unsure" threshold that `predict` uses.
+    val_logits, val_labels = collect_logits(net, loaders["val"], device)
     val = {"accuracy": float((val_logits.argmax(1) == val_labels).float().mean()), "n": len(val_labels)}
     calibration = calibrate(val_logits, val_labels)
-    test = evaluate(model, data.loader("test", args.batch_size), device)
+    test_logits, test_labels = collect_logits(net, loaders["test"], device)
+    test = {"accuracy": float((test_logits.argmax(1) == test_labels).float().mean()), "n": len(test_labels)}
     save_checkpoint(out, model, data.classes, history, extra={
         "method": args.method, "epochs": epochs, "views": views, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
         "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
@@ -175,16 +184,22 @@ def _folder_table(data_dir: Path, class_names: Sequence[str]):
     return table
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _checkpoint_on_folder(args: argparse.Namespace):
+    """``(device, model, info, table)``: the checkpoint's model and ``args.data_dir`` labelled with its classes."""
     from .checkpoint import load_checkpoint
+
+    device = _device(args.device)
+    model, info = load_checkpoint(args.checkpoint, device)
+    return device, model, info, _folder_table(Path(args.data_dir), info["class_names"])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
     from .fieldtest import field_report
 
-    device = _device(args.device)
-    model, info = load_checkpoint(args.checkpoint, device)
+    device, model, info, table = _checkpoint_on_folder(args)
     names = info["class_names"]
-    table = _folder_table(Path(args.data_dir), names)
     loader = make_loader(CSVDataset(table, eval_transform(info["transform"])), batch_size=args.batch_size)
     print(f"Evaluating {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device})", file=sys.stderr)
     frame = predict(model, loader, device)
@@ -222,13 +237,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- robustness
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .robustness import robustness_report
 
-    device = _device(args.device)
-    model, info = load_checkpoint(args.checkpoint, device)
+    device, model, info, table = _checkpoint_on_folder(args)
     names = info["class_names"]
-    table = _folder_table(Path(args.data_dir), names)
     print(f"Robustness of {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device}); "
           "each change is made in memory, the folder is only read", file=sys.stderr)
     report = robustness_report(model, table, names, batch_size=args.batch_size, device=device,
@@ -249,7 +261,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .calibration import Calibration
+    from .calibration import Calibration, verdict
     from .checkpoint import load_checkpoint
     from .data import eval_transform, load_image
     from .errors import ImageLoadError
@@ -260,10 +272,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     transform = eval_transform(info["transform"])
     # Calibrated probabilities and the "unsure" threshold, both fitted on validation by `tlcourse train`;
     # an older checkpoint without them gives the plain softmax and never says unsure.
-    stored = info["extra"].get("calibration")
-    calibration = Calibration.from_dict(stored) if stored else None
-    temperature = calibration.temperature if calibration else 1.0
-    threshold = args.threshold if args.threshold is not None else (calibration.threshold if calibration else 0.0)
+    calibration = Calibration.from_extra(info["extra"])
     results, failures = [], 0
     for image in args.images:
         try:
@@ -273,13 +282,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             failures += 1
             continue
         with torch.no_grad():
-            probs = torch.softmax(model(x.to(device)).float().cpu()[0] / temperature, dim=0)
-        best = int(torch.argmax(probs))
-        unsure = float(probs[best]) < threshold
-        results.append({"image": str(image), "class": "unsure" if unsure else names[best],
-                        "best_guess": names[best], "probability": float(probs[best]), "unsure": unsure,
-                        "threshold": threshold, "temperature": temperature,
-                        "probabilities": {name: float(p) for name, p in zip(names, probs)}})
+            answer = verdict(model(x.to(device))[0], names, calibration, args.threshold)
+        results.append({"image": str(image), "class": answer.answer, "best_guess": answer.best_guess,
+                        "probability": answer.probability, "unsure": answer.unsure, "threshold": answer.threshold,
+                        "temperature": answer.temperature, "probabilities": answer.probabilities})
     if args.json:
         print(json.dumps(results))
     else:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import time
 from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import PIL
 import torch
@@ -42,6 +44,8 @@ DEFAULT_BATCH_SIZE = 32
 #: Threads that decode and transform photos while the backbone runs (Pillow and torch release
 #: the GIL). Threads, not DataLoader worker processes: those re-import the notebook on Windows and macOS.
 DEFAULT_DECODE_THREADS = 1
+
+T = TypeVar("T")
 
 #: The cache keys photos by content (sha256 of the bytes), never by name or modification time.
 file_sha256 = sha256_file
@@ -136,6 +140,29 @@ def _decode(path: str, transform: v2.Compose) -> torch.Tensor:
     return transform(load_image(path))
 
 
+def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> Iterator[T]:
+    """The results of ``jobs`` in order, each started up to ``ahead`` jobs early in ``threads`` threads
+    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for.
+    """
+    if threads <= 0:
+        for job in jobs:
+            yield job()
+        return
+    todo = iter(jobs)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlcourse-decode") as pool:
+        pending: deque[Future] = deque(pool.submit(job) for job in islice(todo, max(1, ahead)))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                job = next(todo, None)
+                if job is not None:
+                    pending.append(pool.submit(job))
+                yield result
+        finally:
+            for future in pending:  # generator closed early: do not run the rest
+                future.cancel()
+
+
 def batches_of_inputs(
     paths: Sequence[str],
     settings: TransformSettings,
@@ -148,34 +175,10 @@ def batches_of_inputs(
     two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
     """
     transform = eval_transform(settings)
-    chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-    if decode_threads <= 0:
-        for chunk in chunks:
-            yield torch.stack([_decode(p, transform) for p in chunk])
-        return
-    ahead = 2  # batches decoded ahead of the one the backbone is working on
-    todo = iter(chunks)
-    pending: deque[list[Future]] = deque()
-
-    with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="tlcourse-decode") as pool:
-
-        def submit_next() -> None:
-            chunk = next(todo, None)
-            if chunk is not None:
-                pending.append([pool.submit(_decode, p, transform) for p in chunk])
-
-        for _ in range(1 + ahead):
-            submit_next()
-        try:
-            while pending:
-                futures = pending.popleft()
-                batch = torch.stack([f.result() for f in futures])
-                submit_next()
-                yield batch
-        finally:
-            for futures in pending:  # generator closed early: do not decode the rest
-                for future in futures:
-                    future.cancel()
+    inputs = ahead_of_time((functools.partial(_decode, p, transform) for p in paths), decode_threads,
+                           ahead=2 * batch_size)
+    while batch := list(islice(inputs, batch_size)):
+        yield torch.stack(batch)
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Each is one line in a lesson::
 
-    PhotoTester(checkpoint_path, mode=cfg.dashboard).show()
+    PhotoTester(checkpoint_path, gradcam=True, mode=cfg.dashboard).show()
     AugmentationExplorer(photo_path, settings, mode=cfg.dashboard).show()
     MistakesBrowser(results, data.classes, exclusions=cfg.excluded_csv, mode=cfg.dashboard).show()
 
@@ -37,11 +37,13 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
+from .calibration import Calibration, Verdict, verdict
 from .dashboard import dashboard_mode
 from .data import (CSVDataset, TransformSettings, _to_rgb, denormalize, eval_transform, load_image, make_loader,
                    label_folder)
 from .errors import ConfigError, DataError, ImageLoadError
 from .exclusions import REASONS, ExclusionList, as_exclusion_list
+from .gradcam import GradCAM, show_gradcam, upsample
 from .models import eval_mode
 
 #: Bar colours per class (label order), as in the lessons' figures.
@@ -77,21 +79,28 @@ def _to_pil(x: torch.Tensor, settings: TransformSettings) -> Image.Image:
 class PhotoPrediction:
     """One photo and what the model says about it.
 
-    Further results (an "unsure" verdict, a Grad-CAM overlay) become further
-    fields here, each drawn by one more section in :attr:`PhotoTester.sections`.
+    Further results become further fields here, each drawn by one more section
+    in :attr:`PhotoTester.sections` (as ``heatmap`` is by :func:`gradcam_section`).
     """
 
     source: str  # a file path or an uploaded file's name
     image: Image.Image  # the photo as the model got it before the transform: upright RGB
-    probabilities: dict[str, float]  # class name -> probability, in label order
+    verdict: Verdict  # (calibrated) probabilities, best guess, "unsure" below the calibration's threshold
+    seen: Image.Image | None = None  # the network's input (resized, cropped), shown under the heatmap
+    heatmap: np.ndarray | None = None  # Grad-CAM map of the best guess, seen's size, in [0, 1]
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """Class name -> probability, in label order."""
+        return self.verdict.probabilities
 
     @property
     def label(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
+        return self.verdict.best_guess
 
     @property
     def confidence(self) -> float:
-        return self.probabilities[self.label]
+        return self.verdict.probability
 
 
 def photo_section(prediction: PhotoPrediction) -> str:
@@ -101,7 +110,7 @@ def photo_section(prediction: PhotoPrediction) -> str:
 
 
 def probabilities_section(prediction: PhotoPrediction) -> str:
-    """HTML: one bar per class, the predicted one named in bold above them."""
+    """HTML: one bar per class, the verdict in bold above them ("unsure (maybe ...)" below the threshold)."""
     rows = []
     for k, (name, p) in enumerate(prediction.probabilities.items()):
         rows.append(
@@ -111,7 +120,26 @@ def probabilities_section(prediction: PhotoPrediction) -> str:
             f'<span style="width:{p * 100:.1f}%;background:{COLORS[k % len(COLORS)]};height:16px;'
             f'display:inline-block"></span></span><span style="margin-left:8px">{p:.1%}</span></div>')
     return (f'<div><div class="tlcourse-verdict" style="font-size:1.2em;margin-bottom:6px">'
-            f'<b>{html.escape(prediction.label)}</b> ({prediction.confidence:.1%})</div>{"".join(rows)}</div>')
+            f'<b>{html.escape(prediction.verdict.describe())}</b></div>{"".join(rows)}</div>')
+
+
+def _overlay(prediction: PhotoPrediction, ax) -> None:
+    show_gradcam(np.asarray(prediction.seen) / 255.0, prediction.heatmap, ax=ax,
+                 title=f"where it looked: {prediction.label}")
+
+
+def gradcam_section(prediction: PhotoPrediction) -> str:
+    """HTML: the photo as the network sees it, with the Grad-CAM map of the best guess on top
+    (red: the regions that speak most for it). ``PhotoTester(..., gradcam=True)`` shows it."""
+    if prediction.heatmap is None:
+        return ""
+    from matplotlib.figure import Figure  # not pyplot: the figure must not show up in the notebook too
+
+    figure = Figure(figsize=(3.2, 3.4), dpi=100)
+    _overlay(prediction, figure.add_subplot())
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return f'<div style="margin-left:16px">{_img_tag(Image.open(buffer), 320, "tlcourse-gradcam")}</div>'
 
 
 class PhotoTester:
@@ -121,15 +149,21 @@ class PhotoTester:
     default to the model's ``transform_settings``) or the path of a checkpoint
     saved with :func:`tlcourse.checkpoint.save_checkpoint`. The photo goes
     through the evaluation transform the model was trained with. Nothing is written anywhere.
+
+    With a ``calibration`` (a checkpoint's own, when ``tlcourse train`` stored one) the
+    probabilities are calibrated and the verdict is "unsure" below its threshold.
+    ``gradcam=True`` adds :func:`gradcam_section`: where the model looked.
     """
 
     def __init__(self, model: nn.Module | str | Path, class_names: Sequence[str] | None = None,
-                 settings: TransformSettings | None = None, mode: str = "auto"):
+                 settings: TransformSettings | None = None, mode: str = "auto",
+                 calibration: Calibration | None = None, gradcam: bool = False):
         if isinstance(model, (str, Path)):
             from .checkpoint import load_checkpoint
 
             model, info = load_checkpoint(model)
             class_names = class_names or info["class_names"]
+            calibration = calibration or Calibration.from_extra(info["extra"])
         if class_names is None:
             raise ConfigError("Pass class_names (in label order) with an in-memory model, "
                              "e.g. PhotoTester(model, data.classes).")
@@ -138,27 +172,33 @@ class PhotoTester:
         self.settings = settings or getattr(model, "transform_settings", TransformSettings())
         self.transform = eval_transform(self.settings)
         self.mode = mode
+        self.calibration = calibration
         #: HTML sections drawn for a prediction, left to right; append one to show more.
         self.sections: list[Callable[[PhotoPrediction], str]] = [photo_section, probabilities_section]
+        if gradcam:
+            self.sections.append(gradcam_section)
         self.prediction: PhotoPrediction | None = None
         self.error: str | None = None
         self.widget: Any = None
 
     @torch.no_grad()
     def predict(self, photo: str | Path | Image.Image, source: str | None = None) -> PhotoPrediction:
-        """Class probabilities for a photo (a path or a PIL image)."""
+        """Class probabilities for a photo (a path or a PIL image), and its Grad-CAM map when
+        :func:`gradcam_section` is among the sections."""
         if isinstance(photo, Image.Image):
             image = _to_rgb(photo)
         else:
             image = load_image(Path(photo).expanduser())  # raises ImageLoadError naming the file
             source = source or str(photo)
+        x = self.transform(image).unsqueeze(0)
         with eval_mode(self.model):
-            device = next(self.model.parameters()).device
-            logits = self.model(self.transform(image).unsqueeze(0).to(device))
-        probs = torch.softmax(logits, dim=1)[0].cpu().tolist()
-        if len(probs) != len(self.class_names):
-            raise ConfigError(f"The model has {len(probs)} outputs but {len(self.class_names)} class names were given.")
-        return PhotoPrediction(source or "photo", image, dict(zip(self.class_names, probs)))
+            logits = self.model(x.to(next(self.model.parameters()).device))
+        prediction = PhotoPrediction(source or "photo", image, verdict(logits[0], self.class_names, self.calibration))
+        if gradcam_section in self.sections:  # it costs a backward pass: only when shown
+            maps = GradCAM(self.model)(x, target=self.class_names.index(prediction.label))
+            prediction.seen = _to_pil(x[0], self.settings)
+            prediction.heatmap = upsample(maps, tuple(x.shape[-2:]))[0].cpu().numpy()
+        return prediction
 
     def test_path(self, path: str | Path) -> PhotoPrediction | None:
         """What the path box does: predict the photo at ``path`` and show it (or the error)."""
@@ -237,10 +277,13 @@ class PhotoTester:
         self.figure(prediction)
 
     def figure(self, prediction: PhotoPrediction):
-        """A static figure: the photo and the probability bars."""
+        """A static figure: the photo, the probability bars and, with a heatmap, the Grad-CAM overlay."""
         import matplotlib.pyplot as plt
 
-        fig, (ax_photo, ax_bars) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1.2, 1]})
+        ratios = [1.2, 1] + ([1] if prediction.heatmap is not None else [])
+        fig, axes = plt.subplots(1, len(ratios), figsize=(4.5 * len(ratios), 3.5),
+                                 gridspec_kw={"width_ratios": ratios})
+        ax_photo, ax_bars = axes[:2]
         ax_photo.imshow(prediction.image)
         ax_photo.set_title(Path(prediction.source).name, fontsize=9)
         ax_photo.axis("off")
@@ -249,7 +292,9 @@ class PhotoTester:
         for row, p in enumerate(probs):
             ax_bars.text(min(p, 0.8) + 0.02, row, f"{p:.1%}", va="center")
         ax_bars.set_xlim(0, 1)
-        ax_bars.set_title(f"{prediction.label} ({prediction.confidence:.1%})")
+        ax_bars.set_title(prediction.verdict.describe())
+        if prediction.heatmap is not None:
+            _overlay(prediction, axes[2])
         plt.tight_layout()
         plt.show()
         return fig
