@@ -21,6 +21,7 @@ from torchvision.models import MobileNet_V2_Weights
 from tlcourse.data import TransformSettings, eval_transform, load_course_data, load_image
 from tlcourse.features import (
     FastBackbone,
+    FastModel,
     FeatureKey,
     batches_of_inputs,
     clear_memory_cache,
@@ -169,6 +170,9 @@ def test_fast_forward_matches_plain_features_with_real_weights(real_weights, dat
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
     conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()
+    # FastModel: the head on the fast features gives the whole model's logits.
+    with torch.no_grad():
+        torch.testing.assert_close(FastModel(model)(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "vgg11"])

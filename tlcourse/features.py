@@ -135,6 +135,19 @@ class FastBackbone:
         return self.backbone(x).flatten(1).float().cpu()
 
 
+class FastModel(nn.Module):
+    """A transfer model for predictions only: its head on :class:`FastBackbone` features (the model's
+    logits in eval mode, to float rounding; the backbone's gradients are not available)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.fast = FastBackbone(model)
+        self.head = model.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fast(x).to(next(self.head.parameters()).device))
+
+
 def _decode(path: str, transform: v2.Compose) -> torch.Tensor:
     # Same loader and transform as CSVDataset with the evaluation transform, so inputs are identical.
     return transform(load_image(path))
