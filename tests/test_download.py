@@ -215,6 +215,9 @@ def test_interrupted_download_resumes_without_refetching(tmp_path, subset, serve
         [sys.executable, "-m", "tlcourse", "download-data", "--dest", str(dest), "--mirror", server.url,
          "--manifest", str(tsv), "--workers", "2", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        # Ctrl-C as a person's terminal sends it: a shell's background job (`bash .ci/run &`) starts with
+        # SIGINT ignored, and the child would inherit that and never see the interrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120  # every wait is bounded: a stuck client fails the test, not the suite
