@@ -47,7 +47,7 @@ smoke: data ## quick run: tests and lessons on a small subset
 bench: data ## print the speed benchmark table (~15 min; `make bench BENCH_ARGS=--quick`: ~3 min check)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
-bench-recipes: data ## compare the recipes on validation, test split and field test, and choose the views (~15 min)
+bench-recipes: data ## compare the recipes on validation, test split and field test, and choose the views (~10 min)
 	$(BIN)/python benchmarks/recipes.py $(BENCH_ARGS)
 
 bench-dashboard: data ## print the live dashboard's cost, side by side with no dashboard (10+ min)
