@@ -196,13 +196,14 @@ def _checkpoint_on_folder(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import CSVDataset, eval_transform, make_loader
     from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
+    from .features import for_predictions
     from .fieldtest import field_report
 
     device, model, info, table = _checkpoint_on_folder(args)
     names = info["class_names"]
     loader = make_loader(CSVDataset(table, eval_transform(info["transform"])), batch_size=args.batch_size)
     print(f"Evaluating {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device})", file=sys.stderr)
-    frame = predict(model, loader, device)
+    frame = predict(for_predictions(model), loader, device)  # the fast forward of the feature cache
     acc = accuracy(frame["label"], frame["pred"])
     per_class = per_class_accuracy(frame["label"], frame["pred"], names)
     confusion = confusion_frame(frame["label"], frame["pred"], names)

@@ -148,6 +148,11 @@ class FastModel(nn.Module):
         return self.head(self.fast(x).to(next(self.head.parameters()).device))
 
 
+def for_predictions(model: nn.Module) -> nn.Module:
+    """A transfer model (``backbone`` and ``head``) as a :class:`FastModel`; any other model as it is."""
+    return FastModel(model) if hasattr(model, "backbone") and hasattr(model, "head") else model
+
+
 def _decode(path: str, transform: v2.Compose) -> torch.Tensor:
     # Same loader and transform as CSVDataset with the evaluation transform, so inputs are identical.
     return transform(load_image(path))

@@ -22,9 +22,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data import CSVDataset, eval_transform, load_image, make_loader
 from .evaluation import predict, wilson_interval
-from .features import FastModel
+from .features import for_predictions
 from .fieldtest import balanced_accuracy
-from .models import TransferClassifier
 
 
 # --------------------------------------------------------------------------- the changes
@@ -128,7 +127,7 @@ def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequen
     """
     transform = eval_transform(model.transform_settings)
     # Every change is one more pass over the photos: the fast forward of the feature cache makes it cheaper.
-    net = FastModel(model) if isinstance(model, TransferClassifier) else model
+    net = for_predictions(model)
     rows = []
     for change in changes:
         if progress is not None:
