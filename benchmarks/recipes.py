@@ -12,7 +12,7 @@ photos from other sources, evaluation only). Test-time augmentation (TTA) rows e
 recipe's checkpoint with the softmax averaged over the photo and its mirror image, or over ten crops.
 
 Part 2 is how the number of cached augmented views K was chosen, on the validation photos and the cost:
-the same head trained on the clean features plus K views (3 seeds), judged on the validation photos under
+the recipe trained on the clean features plus K views (3 seeds), judged on the validation photos under
 the robustness report's changes (smaller, JPEG, blur, light, crop, flip), whose accuracy and loss show
 what the clean validation photos (all right for every K) cannot. The field test is printed beside it.
 
@@ -42,10 +42,10 @@ from tlcourse.checkpoint import load_checkpoint
 from tlcourse.config import get_config
 from tlcourse.data import eval_transform, label_folder, load_course_data, load_image
 from tlcourse.evaluation import wilson_interval
-from tlcourse.features import FastBackbone, features_for_files, using_threads
+from tlcourse.features import FastBackbone, features_for_files
 from tlcourse.fieldtest import balanced_accuracy
 from tlcourse.models import build_model
-from tlcourse.recipes import EPOCHS, VIEWS
+from tlcourse.recipes import EPOCHS, VIEWS, train_frozen
 from tlcourse.robustness import DEFAULT_CHANGES
 from tlcourse.scratch import field_test_folder
 
@@ -85,9 +85,8 @@ def judge(model, table, mode: str = "none") -> dict:
     fast, views = FastBackbone(model), crops(model.transform_settings, mode)
     started = time.perf_counter()
     probs = []
-    with using_threads(torch.get_num_threads()):
-        for path in table["file_path"]:
-            probs.append(torch.softmax(model.head(fast(views(load_image(path)))), 1).mean(0))
+    for path in table["file_path"]:
+        probs.append(torch.softmax(model.head(fast(views(load_image(path)))), 1).mean(0))
     pred = torch.stack(probs).argmax(1).numpy()
     return {"pred": pred.tolist(), "label": table["label"].tolist(), "seconds": time.perf_counter() - started}
 
@@ -145,12 +144,12 @@ def part2(cfg, data, field_table, cache: Path, quick: bool) -> tuple[list[dict],
         found = features_for_files(model, list(table["file_path"]), list(table["label"]), cache_dir=cache)
         return found.features, found.labels
 
-    train_x, train_y = clean(data.part("train"))
+    _, train_y = clean(data.part("train"))
     val_x, val_y = clean(data.part("val"))
     field_x, field_y = clean(field_table)
     k_max = 2 if quick else 8
     started = time.perf_counter()
-    views = augmented_features(model, list(data.part("train")["file_path"]), train_y, views=k_max, cache_dir=cache)
+    augmented_features(model, list(data.part("train")["file_path"]), train_y, views=k_max, cache_dir=cache)
     per_view = (time.perf_counter() - started) / k_max  # seconds for one view of every training photo
     # The validation photos under each change of the robustness report, through the same backbone.
     fast, transform = FastBackbone(model), eval_transform(model.transform_settings)
@@ -161,10 +160,13 @@ def part2(cfg, data, field_table, cache: Path, quick: bool) -> tuple[list[dict],
                                           for i in range(0, len(images), 32)])
     rows = []
     for k in ([0, 2] if quick else [0, 1, 2, 4, 8]):
-        pool = torch.cat([train_x.unsqueeze(1), views.features[:, :k]], 1)
         scores = {"acc": [], "loss": [], "field": [], "val": []}
         for seed in range(1 if quick else 3):
-            head = train_head(pool, train_y, seed, len(data.classes))
+            # The recipe itself (its head, optimizer and best epoch on validation); its views are in the cache.
+            torch.manual_seed(seed)
+            trained = build_model(len(data.classes), weights="DEFAULT", offline=cfg.offline)
+            train_frozen(trained, data, seed=seed, views=k, cache_dir=cache, verbose=False)
+            head = trained.head.eval()
             with torch.no_grad():
                 scores["val"].append(float((head(val_x).argmax(1) == val_y).float().mean()))
                 for x in changed.values():
@@ -176,27 +178,6 @@ def part2(cfg, data, field_table, cache: Path, quick: bool) -> tuple[list[dict],
         rows.append({"views": k, "cost_seconds": k * per_view, **{key: float(np.mean(v)) for key, v in scores.items()}})
         print(f"  K={k}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows, per_view
-
-
-def train_head(pool: torch.Tensor, labels: torch.Tensor, seed: int, n_classes: int) -> torch.nn.Module:
-    """The recipe's head and optimizer (dropout 0.2, linear; AdamW 1e-3, weight decay 0.01, batch 32),
-    one view per photo per epoch drawn from ``pool`` (photos x views x features)."""
-    from tlcourse.recipes import WEIGHT_DECAY
-
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(pool.shape[-1], n_classes))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=WEIGHT_DECAY)
-    with using_threads(1):
-        for _ in range(EPOCHS):
-            head.train()
-            pick = torch.randint(pool.shape[1], (len(pool),), generator=generator)
-            x = pool[torch.arange(len(pool)), pick]
-            for rows in torch.randperm(len(x), generator=generator).split(32):
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(head(x[rows]), labels[rows]).backward()
-                optimizer.step()
-    return head.eval()
 
 
 # --------------------------------------------------------------------------- report

@@ -20,7 +20,7 @@ WEIGHT_DECAY = 0.01
 
 #: Augmented views cached per training photo by default (besides the clean one). Chosen in
 #: benchmarks/recipes.py on the validation photos under the robustness report's changes: any views
-#: halve the loss there, one and two tie, more add nothing measurable, and each view costs one
+#: halve the loss there, one and two tie, more do no better, and each view costs one
 #: backbone pass; two give each photo more variety for little more time.
 VIEWS = 2
 
