@@ -22,6 +22,7 @@ def test_defaults_with_an_empty_environment(course):
     assert config == Config(
         data_dir=course / "data",
         backbone="mobilenet_v2",
+        field_test_dir=course / "field-test",
         output_dir=course / "outputs",
         smoke=False,
         seed=0,
@@ -32,6 +33,7 @@ def test_defaults_with_an_empty_environment(course):
     # The README documents these defaults; SETTINGS is what it is generated from.
     assert {name: default for name, (default, _) in SETTINGS.items()} == {
         "TLCOURSE_DATA": "data",
+        "TLCOURSE_FIELD_TEST": "field-test",
         "TLCOURSE_BACKBONE": "mobilenet_v2",
         "TLCOURSE_OUTPUT": "outputs",
         "TLCOURSE_SMOKE": "0",
@@ -46,6 +48,7 @@ def test_environment_overrides_every_setting(course, tmp_path):
     photos = tmp_path / "elsewhere" / "photos"
     env = {
         "TLCOURSE_DATA": str(photos),
+        "TLCOURSE_FIELD_TEST": "elsewhere/field",
         "TLCOURSE_BACKBONE": "vgg11",
         "TLCOURSE_OUTPUT": "build/out",
         "TLCOURSE_SMOKE": "1",
@@ -57,6 +60,7 @@ def test_environment_overrides_every_setting(course, tmp_path):
     config = get_config(env=env, root=course)
     assert config.data_dir == photos  # absolute paths are kept as they are
     assert config.output_dir == course / "build" / "out"  # relative ones are under the course root
+    assert config.field_test_dir == course / "elsewhere" / "field"
     assert config.backbone == "vgg11"
     assert config.smoke is True
     assert config.seed == 42

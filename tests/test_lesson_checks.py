@@ -28,6 +28,16 @@ def test_wilson_interval_against_scipy(correct, n):
     assert 0.0 <= low <= correct / n <= high <= 1.0
 
 
+def test_wilson_interval_is_exact_at_both_ends_for_every_n():
+    # Without the exact ends, 144/144 and 100/100 gave an upper end of 0.9999999999999999, below the
+    # accuracy itself: an error bar drawn from it is negative and matplotlib refuses to draw it.
+    for n in range(1, 2001):
+        assert wilson_interval(n, n)[1] == 1.0, n
+        assert wilson_interval(0, n)[0] == 0.0, n
+        low, high = wilson_interval(n, n)
+        assert low < 1.0 and wilson_interval(0, n)[1] > 0.0
+
+
 @pytest.mark.parametrize("correct,n", [(-1, 5), (6, 5), (0, 0)])
 def test_wilson_interval_rejects_impossible_counts(correct, n):
     with pytest.raises(ValueError):

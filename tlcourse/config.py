@@ -21,6 +21,7 @@ from .errors import ConfigError
 #: Environment variables the course reads, with their defaults and meaning.
 SETTINGS = {
     "TLCOURSE_DATA": ("data", "folder of class subfolders with the photos"),
+    "TLCOURSE_FIELD_TEST": ("field-test", "photos from elsewhere, laid out like the data, for evaluation only"),
     "TLCOURSE_BACKBONE": ("mobilenet_v2", "torchvision backbone name (vgg11, resnet18, ...)"),
     "TLCOURSE_OUTPUT": ("outputs", "where derived files go: labels CSV, feature cache, checkpoints"),
     "TLCOURSE_SMOKE": ("0", "1 = quick run on a small subset with fewer epochs"),
@@ -51,6 +52,7 @@ class Config:
     """Resolved course settings. Build it with :func:`get_config`."""
 
     data_dir: Path
+    field_test_dir: Path = field(default_factory=lambda: Path("field-test"))
     backbone: str = "mobilenet_v2"
     output_dir: Path = field(default_factory=lambda: Path("outputs"))
     smoke: bool = False
@@ -114,6 +116,7 @@ def get_config(env: Mapping[str, str] | None = None, root: Path | None = None) -
         raise ConfigError(f"TLCOURSE_SEED must be an integer, got {get('TLCOURSE_SEED')!r}") from None
     return Config(
         data_dir=_resolve(get("TLCOURSE_DATA"), root),
+        field_test_dir=_resolve(get("TLCOURSE_FIELD_TEST"), root),
         backbone=get("TLCOURSE_BACKBONE"),
         output_dir=_resolve(get("TLCOURSE_OUTPUT"), root),
         smoke=flag("TLCOURSE_SMOKE"),

@@ -77,7 +77,11 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     denominator = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n correct the exact end is 0 or 1; centre +- half lands a rounding error short of it,
+    # and an interval that misses its own point estimate breaks error bars drawn from it.
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return low, high
 
 
 def is_course_example(table: pd.DataFrame) -> bool:
