@@ -63,6 +63,10 @@ def _data_dir() -> Path:
 
 # Lessons and tests read the photos from the same place.
 os.environ.setdefault("TLCOURSE_DATA", str(_data_dir()))
+# The field test beside them (as ../shared lays it out), unless TLCOURSE_FIELD_TEST says otherwise.
+_field_test = SHARED / "data" / "field-test"
+if _field_test.is_dir():
+    os.environ.setdefault("TLCOURSE_FIELD_TEST", str(_field_test))
 # Lessons executed by nbval have no browser watching: the training dashboard prints one
 # line per epoch instead of drawing widgets nobody sees (tests/test_browser.py asks for widgets).
 os.environ.setdefault("TLCOURSE_DASHBOARD", "text")

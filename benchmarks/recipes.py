@@ -7,7 +7,7 @@
 Part 1 trains each recipe with `tlcourse train` in its own process with an empty feature cache (a new
 TLCOURSE_OUTPUT), times the whole command (imports, decoding check, features, training, the validation
 and test logits, the checkpoint), then evaluates the checkpoint on the validation and test photos of the
-split it used and on the field test (TLCOURSE_FIELD, default ../shared/data/field-test beside the course:
+split it used and on the field test (TLCOURSE_FIELD_TEST, see README:
 photos from other sources, evaluation only). Test-time augmentation (TTA) rows evaluate the default
 recipe's checkpoint with the softmax averaged over the photo and its mirror image, or over ten crops.
 
@@ -47,7 +47,6 @@ from tlcourse.fieldtest import balanced_accuracy
 from tlcourse.models import build_model
 from tlcourse.recipes import EPOCHS, VIEWS, train_frozen
 from tlcourse.robustness import DEFAULT_CHANGES
-from tlcourse.scratch import field_test_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,7 +213,7 @@ def main() -> None:
         return
     quick = options.quick
     cfg = get_config()
-    field_dir = Path(os.environ.get("TLCOURSE_FIELD") or field_test_folder(root=ROOT))
+    field_dir = cfg.field_test_dir
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     settings = build_model(2, weights="DEFAULT", offline=cfg.offline).transform_settings
     data = load_course_data(cfg.data_dir, settings, seed=0, per_class=60 if quick else None)

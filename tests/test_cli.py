@@ -318,7 +318,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, out
     which must reach the README's 97 % balanced accuracy; ``predict`` classifies photos one by one.
     """
     from tlcourse.recipes import EPOCHS
-    from tlcourse.scratch import field_test_folder
+    from tlcourse.config import get_config
 
     checkpoint = tmp_path / "reference.pt"
 
@@ -356,7 +356,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, out
     assert sum(map(sum, evaluated["confusion_matrix"])) == 144
     assert evaluated["correct"] == sum(evaluated["confusion_matrix"][k][k] for k in range(2))
 
-    field = field_test_folder(root=Path(__file__).resolve().parents[1])
+    field = get_config().field_test_dir
     require(field.is_dir(), f"the field-test photos in {field}")
     report = json.loads(run("evaluate", str(checkpoint), str(field), "--json", "--device", "cpu").stdout)
     print("evaluate (field test):", {k: report[k] for k in ("n", "accuracy", "balanced_accuracy")})

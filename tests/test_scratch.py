@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tlcourse.config import course_root
 from tlcourse.data import TransformSettings, eval_transform, load_image
-from tlcourse.scratch import FIELD_TEST, field_test_folder, load_field_test, photo_tensors, smaller
+from tlcourse.fieldtest import load_field_test
+from tlcourse.scratch import photo_tensors, smaller
 
 
 def _photos(root: Path, classes: dict[str, int]) -> list[Path]:
@@ -38,11 +38,6 @@ def test_photo_tensors_equal_the_evaluation_transform_photo_by_photo(tmp_path):
     expected = torch.stack([eval_transform(settings)(load_image(p)) for p in paths])
     assert torch.equal(dataset.tensors[0], expected)
     assert dataset.tensors[1].tolist() == [0, 0, 0, 1, 1]
-
-
-def test_field_test_folder_defaults_beside_the_course(tmp_path):
-    assert field_test_folder() == (course_root() / FIELD_TEST).resolve()
-    assert field_test_folder(tmp_path) == tmp_path
 
 
 def test_field_test_takes_the_training_labels_or_is_skipped_with_a_note(tmp_path, capsys):
