@@ -19,23 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .models import eval_mode
+from .evaluation import collect_logits  # noqa: F401 - lesson 7 imports it from here
 
 #: Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. use 15).
 N_BINS = 15
-
-
-@torch.no_grad()
-def collect_logits(model: nn.Module, loader: Iterable, device: torch.device | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits N x k, labels N)`` of a model over a loader of ``(x, y, ...)`` batches (eval mode, CPU tensors)."""
-    device = device or next(model.parameters()).device
-    logits, labels = [], []
-    with eval_mode(model), torch.no_grad():  # logits only: no graph to keep
-        for batch in loader:
-            logits.append(model(batch[0].to(device)).float().cpu())
-            labels.append(torch.as_tensor(batch[1]))
-    return torch.cat(logits), torch.cat(labels)
 
 
 def reliability_table(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DataError
+from .models import model_device
 
 #: The suggestion rules :func:`suggest` knows.
 RULES = ("valley", "steepest", "minimum")
@@ -156,7 +157,7 @@ def lr_range_test(
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if steps < 3:
         raise ValueError(f"steps must be at least 3, got {steps}")
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     first = optimizer.param_groups[0]["lr"]
     if not first > 0:
         raise ValueError("the optimizer's first group needs a positive rate: the others are set relative to it")

@@ -7,7 +7,6 @@ it (as in the original notebook) squashes the gradients. :func:`predict_proba` g
 from __future__ import annotations
 
 import dataclasses
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,13 +16,23 @@ import torchvision
 from torch import nn
 
 from .data import TransformSettings
-from .errors import DataError, WeightsUnavailableError
-
-#: Backbones the course is tested with; any torchvision classification model name also works.
-SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
+from .errors import DataError, WeightsUnavailableError  # noqa: F401 - WeightsUnavailableError: lessons import it here
+from .weights import SUPPORTED_BACKBONES, load_state_dict, weights_enum, weights_path  # noqa: F401 - re-exported
 
 #: Attribute names under which torchvision classification models keep their classifier block.
 _HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters are on (the one place that asks)."""
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A batch's logits in eval mode, without gradients, on the CPU as float32."""
+    with eval_mode(model):
+        return model(x.to(model_device(model))).float().cpu()
 
 
 @contextmanager
@@ -35,54 +44,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
-
-
-def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
-    """Return the torchvision weights enum member for ``backbone`` (``None`` for no weights)."""
-    # Checked also for weights=None, so a typo in TLCOURSE_BACKBONE gets the same clear message.
-    if backbone not in torchvision.models.list_models(module=torchvision.models):
-        raise DataError(
-            f"Unknown backbone {backbone!r}. Use a torchvision classification model name, "
-            f"for example one of {', '.join(SUPPORTED_BACKBONES)}."
-        )
-    if weights is None:
-        return None
-    enum = torchvision.models.get_model_weights(backbone)
-    try:
-        return enum[weights]
-    except KeyError:
-        raise DataError(
-            f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
-            f"{', '.join(member.name for member in enum)}, or None for random weights."
-        ) from None
-
-
-def weights_path(weights) -> Path:
-    """Where torchvision caches the file for ``weights``: ``$TORCH_HOME/hub/checkpoints/<file>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-
-
-def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> dict[str, torch.Tensor]:
-    """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``
-    (giving up after ``timeout`` seconds); the error names the file and where it was looked for.
-    """
-    path = weights_path(weights)
-    if not path.is_file():
-        hint = (
-            f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
-            f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
-            f"Fix: run `tlcourse prefetch-weights` on a machine with internet, or copy {path.name} "
-            f"into {path.parent}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it."
-        )
-        if offline:
-            raise WeightsUnavailableError(hint + " (TLCOURSE_OFFLINE is set, so no download was tried.)")
-        from .weights import DownloadError, download_weights_file
-
-        try:
-            download_weights_file(weights.url, path, timeout=timeout, progress=False)
-        except DownloadError as error:
-            raise WeightsUnavailableError(f"{hint} (Download from {weights.url} failed: {error})") from error
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _split_backbone(model: nn.Module) -> nn.Module:
@@ -223,8 +184,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-@torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities for a batch: softmax of the logits, in eval mode, without gradients."""
-    with eval_mode(model):
-        return torch.softmax(model(x.to(next(model.parameters()).device)), dim=1)
+    """Class probabilities for a batch: softmax of :func:`logits_of` (eval mode, no gradients, CPU).
+    Taught in lesson 5."""
+    return torch.softmax(logits_of(model, x), dim=1)

@@ -21,9 +21,8 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from .data import CSVDataset, eval_transform, load_image, make_loader
-from .evaluation import predict, wilson_interval
+from .evaluation import predict, scores
 from .features import for_predictions
-from .fieldtest import balanced_accuracy
 
 
 # --------------------------------------------------------------------------- the changes
@@ -134,16 +133,11 @@ def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequen
             progress(change.name)
         loader = make_loader(_Changed(table, change.apply, transform), batch_size=batch_size)
         frame = predict(net, loader, device)
-        y_true, y_pred = frame["label"].to_numpy(), frame["pred"].to_numpy()
-        correct = int((y_true == y_pred).sum())
-        low, high = wilson_interval(correct, len(frame))
-        row = {"change": change.name, "kind": change.kind, "n": len(frame), "correct": correct,
-               "accuracy": correct / len(frame), "low": low, "high": high,
-               "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(class_names))}
-        for k, name in enumerate(class_names):
-            mine = y_true == k
-            row[f"recall_{name}"] = float((y_pred[mine] == k).mean()) if mine.any() else float("nan")
-        rows.append(row)
+        result = scores(frame["label"], frame["pred"], class_names)
+        rows.append({"change": change.name, "kind": change.kind, "n": result.n, "correct": result.correct,
+                     "accuracy": result.accuracy, "low": result.interval[0], "high": result.interval[1],
+                     "balanced_accuracy": result.balanced_accuracy,
+                     **{f"recall_{name}": result.recall.at[name, "recall"] for name in class_names}})
     report = pd.DataFrame(rows).set_index("change")
     report["drop"] = report["accuracy"].iloc[0] - report["accuracy"]
     return report
