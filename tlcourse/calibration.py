@@ -10,13 +10,12 @@ sounds. Below a probability threshold, also chosen on validation, ``predict`` an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .errors import ConfigError
 from .evaluation import collect_logits  # noqa: F401 - lesson 7 imports it from here

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -16,7 +15,7 @@ import torchvision
 from torch import nn
 
 from .data import TransformSettings
-from .errors import DataError, WeightsUnavailableError  # noqa: F401 - WeightsUnavailableError: lessons import it here
+from .errors import WeightsUnavailableError  # noqa: F401 - WeightsUnavailableError: lessons import it here
 from .weights import SUPPORTED_BACKBONES, load_state_dict, weights_enum, weights_path  # noqa: F401 - re-exported
 
 #: Attribute names under which torchvision classification models keep their classifier block.

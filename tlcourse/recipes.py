@@ -58,6 +58,7 @@ def train_frozen(
     cache's speed. ``views=0`` trains on the clean features only. ``cache=False`` recomputes the
     backbone every batch instead, and allows ``augment=True`` (a new random crop every epoch).
     """
+    data.use_settings(model.transform_settings)  # data built for another input size: refused
     seed_everything(seed)
     model.freeze()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
@@ -106,6 +107,7 @@ def train_discriminative(
     pretrained layers). BatchNorm keeps its pretrained statistics unless ``update_batchnorm``;
     training uses augmentation, since the backbone now changes.
     """
+    data.use_settings(model.transform_settings)
     seed_everything(seed)
     model.unfreeze(update_batchnorm=update_batchnorm)
     optimizer = torch.optim.AdamW(param_groups(model, head_lr, backbone_lr, weight_decay))

@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 
 from .calibration import Calibration, Verdict, verdict
 from .dashboard import dashboard_mode
-from .data import (CSVDataset, TransformSettings, _to_rgb, denormalize, eval_transform, load_image, make_loader,
+from .data import (CSVDataset, TransformSettings, to_rgb, denormalize, eval_transform, load_image, make_loader,
                    label_folder)
 from .errors import ConfigError, DataError, ImageLoadError
 from .exclusions import REASONS, ExclusionList, as_exclusion_list
@@ -186,7 +186,7 @@ class PhotoTester:
         """Class probabilities for a photo (a path or a PIL image), and its Grad-CAM map when
         :func:`gradcam_section` is among the sections."""
         if isinstance(photo, Image.Image):
-            image = _to_rgb(photo)
+            image = to_rgb(photo)
         else:
             image = load_image(Path(photo).expanduser())  # raises ImageLoadError naming the file
             source = source or str(photo)
@@ -214,7 +214,7 @@ class PhotoTester:
         """What the upload button does: predict a photo given as the file's bytes."""
         try:
             with Image.open(io.BytesIO(bytes(content))) as img:
-                image = _to_rgb(img)
+                image = to_rgb(img)
         except Exception as error:  # Pillow raises several types for a file that is not an image
             return self._set(None, f"Cannot read {name} as an image ({error}). Upload a JPEG or PNG photo.")
         return self._set(self.predict(image, source=name), None)
