@@ -16,9 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from .errors import ConfigError
+from .data import TransformSettings, eval_transform
 from .evaluation import collect_logits  # noqa: F401 - lesson 7 imports it from here
+from .models import logits_of
 
 #: Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. use 15).
 N_BINS = 15
@@ -172,6 +176,16 @@ def verdict(logits: torch.Tensor, class_names: Sequence[str], calibration: Calib
         raise ConfigError(f"The model has {len(probs)} outputs but {len(class_names)} class names were given.")
     probabilities = dict(zip(class_names, probs))
     return Verdict(probabilities, max(probabilities, key=probabilities.get), float(threshold), temperature)
+
+
+def predict_photo(model: nn.Module, image: Image.Image, class_names: Sequence[str],
+                  settings: TransformSettings | None = None, calibration: Calibration | None = None,
+                  threshold: float | None = None) -> tuple[Verdict, torch.Tensor]:
+    """What the model says about one photo (an RGB PIL image): its :func:`verdict` and the model's input
+    ``1 x 3 x H x W`` (``settings``: default the model's ``transform_settings``). The one way the CLI's
+    ``predict`` and the photo tester ask."""
+    x = eval_transform(settings or model.transform_settings)(image).unsqueeze(0)
+    return verdict(logits_of(model, x)[0], class_names, calibration, threshold), x
 
 
 def calibrate(logits: torch.Tensor, labels: torch.Tensor, target_accuracy: float = 0.99) -> Calibration:

@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data import CSVDataset, eval_transform, load_image, make_loader
 from .evaluation import predict, scores
-from .features import for_predictions
+from .inference import for_predictions
 
 
 # --------------------------------------------------------------------------- the changes

@@ -111,8 +111,9 @@ def train_transform(settings: TransformSettings) -> v2.Compose:
     )
 
 
-def denormalize(x: torch.Tensor, settings: TransformSettings) -> torch.Tensor:
-    """Undo :func:`eval_transform`'s normalisation so an input can be shown as a photo (values in [0, 1])."""
+def denormalize(x: torch.Tensor, settings: TransformSettings = TransformSettings()) -> torch.Tensor:
+    """Undo :func:`eval_transform`'s normalisation so an input can be shown as a photo (values in [0, 1]);
+    ``settings``: the model's (default: ImageNet statistics, those of every torchvision classifier)."""
     mean = torch.tensor(settings.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(settings.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x * std + mean).clamp(0, 1)
