@@ -29,7 +29,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data import TransformSettings, load_image
 from .features import Digested, FeatureKey, feature_key, look_up, photo_sha256
-from .inference import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads, using_threads
+from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
+                        using_threads)
 
 #: Bump when the stored layout or the way views are made changes: old stores are then ignored.
 FORMAT_VERSION = 1
@@ -172,7 +173,7 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
                        verbose: bool = False, decode_threads: int = DEFAULT_DECODE_THREADS) -> AugmentedFeatures:
     """Features of views ``0 .. views-1`` of each photo: from memory, else ``cache_dir`` (``None``: memory
     only), else computed once with the fast backbone and stored. ``decode_threads`` threads decode the
-    photos and make their views ahead of the backbone (0: in the calling thread)."""
+    photos and make their views ahead of the backbone (0: in the calling thread). Taught in lesson 7."""
     started = time.perf_counter()
     key = AugmentKey(feature_key(model), augment)
     hashes = [photo_sha256(p) for p in file_paths]

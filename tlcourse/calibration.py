@@ -44,7 +44,8 @@ def reliability_table(probs: np.ndarray | torch.Tensor, labels: np.ndarray | tor
 
 def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                                n_bins: int = N_BINS) -> float:
-    """ECE: the gap between confidence and accuracy in each bin, weighted by the bin's share of photos."""
+    """ECE: the gap between confidence and accuracy in each bin, weighted by the bin's share of photos.
+    Taught in lesson 7."""
     table = reliability_table(probs, labels, n_bins)
     return float((table["n"] * (table["confidence"] - table["accuracy"]).abs()).sum() / table["n"].sum())
 
@@ -61,6 +62,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
 
     The loss is convex in ``1 / T`` (a log-sum-exp of linear functions minus a linear one), so a
     golden-section search over ``1 / T`` finds the minimum without step sizes or tolerances to tune.
+    Taught in lesson 7.
     """
     logits, labels = logits.detach().double(), labels.long()
     if bool((logits.argmax(1) == labels).all()):
@@ -190,7 +192,7 @@ def predict_photo(model: nn.Module, image: Image.Image, class_names: Sequence[st
 
 def calibrate(logits: torch.Tensor, labels: torch.Tensor, target_accuracy: float = 0.99) -> Calibration:
     """Fit the temperature on validation logits, then choose the "unsure" threshold on the calibrated
-    probabilities of the same photos."""
+    probabilities of the same photos. Taught in lesson 7."""
     temperature = fit_temperature(logits, labels)
     before = torch.softmax(logits.double(), 1).numpy()
     after = torch.softmax(logits.double() / temperature, 1).numpy()

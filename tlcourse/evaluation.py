@@ -71,7 +71,7 @@ def per_class_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int]
 
 
 def confusion_frame(y_true, y_pred, class_names: Sequence[str]) -> pd.DataFrame:
-    """The confusion matrix as a labelled table (rows: true, columns: predicted)."""
+    """The confusion matrix as a labelled table (rows: true, columns: predicted). Taught in lesson 5."""
     matrix = confusion_matrix(y_true, y_pred, len(class_names))
     return pd.DataFrame(matrix, index=pd.Index(class_names, name="true"),
                         columns=pd.Index(class_names, name="predicted"))
@@ -176,6 +176,7 @@ def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
 
     ``strict``: the lessons pass it on the course's own photos, where these results are known;
     on a learner's own folder the verdict is printed and the notebook goes on.
+    Taught in lesson 3.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     k = len(class_names)

@@ -279,6 +279,7 @@ def compute_features(
 ) -> dict[str, FeatureSet]:
     """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
     rows in the order of ``data.part(part)``.
+    Taught in lesson 3.
     """
     data.use_settings(model.transform_settings)  # features at another input size than the model's: refused
     parts = [parts] if isinstance(parts, str) else list(parts)

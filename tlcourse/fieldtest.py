@@ -95,6 +95,6 @@ class FieldReport(Scores):
 
 def field_report(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names: Sequence[str]) -> FieldReport:
     """The :class:`FieldReport` of a :func:`~tlcourse.evaluation.predict` frame whose rows are the photos
-    ``file_paths`` (same order)."""
+    ``file_paths`` (same order). Taught in lesson 7."""
     result = scores(frame["label"].to_numpy(), frame["pred"].to_numpy(), class_names)
     return FieldReport(**vars(result), mistakes=mistakes(frame, file_paths, class_names))

@@ -67,6 +67,7 @@ class TransferClassifier(nn.Module):
     The model knows what it is: its constructor arguments (:meth:`arguments`) name the backbone,
     its weights, the input transform and the head's shape; a checkpoint stores them. ``freeze()``
     stops the backbone from learning, BatchNorm statistics included, even in train mode.
+    Taught in lesson 2.
     """
 
     def __init__(self, backbone: nn.Module, n_features: int, n_classes: int, hidden: int | None = None,
@@ -99,7 +100,7 @@ class TransferClassifier(nn.Module):
         return self.head(self.features(x))
 
     def freeze(self) -> "TransferClassifier":
-        """Freeze the backbone: no gradients, no weight updates, no BatchNorm statistics updates."""
+        """Freeze the backbone: no gradients, no weight updates, no BatchNorm statistics updates. Taught in lesson 3."""
         self.backbone.requires_grad_(False)
         self.frozen = True
         self.backbone.eval()
@@ -110,6 +111,7 @@ class TransferClassifier(nn.Module):
 
         ``update_batchnorm=False`` keeps BatchNorm's running statistics the pretrained ones: those
         of small batches of a small dataset are noisy, and the later layers were trained on the others.
+        Taught in lesson 4.
         """
         self.backbone.requires_grad_(True)
         self.frozen = False
@@ -141,6 +143,7 @@ def build_model(
 
     ``weights="DEFAULT"``: the best ImageNet weights torchvision has (from the torch cache, downloaded
     unless ``offline``); ``None``: random weights (quick, for tests).
+    Taught in lesson 2.
     """
     enum = weights_enum(backbone, weights)
     model = rebuild({"backbone_name": backbone, "weights_name": None if enum is None else str(enum),
@@ -167,6 +170,7 @@ def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
     """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
     pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out. Both groups get
     ``weight_decay`` (AdamW's default, as both recipes use).
+    Taught in lesson 4.
     """
     groups = [
         {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},
@@ -179,7 +183,7 @@ def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (only those with ``requires_grad`` when ``trainable_only``)."""
+    """Number of parameters (only those with ``requires_grad`` when ``trainable_only``). Taught in lesson 2."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

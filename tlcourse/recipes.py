@@ -59,6 +59,7 @@ def train_frozen(
     downscale), and each epoch the head sees one of the ``views + 1`` per photo: augmentation at the
     cache's speed. ``views=0`` trains on the clean features only. ``cache=False`` recomputes the
     backbone every batch instead, and allows ``augment=True`` (a new random crop every epoch).
+    Taught in lesson 3.
     """
     data.use_settings(model.transform_settings)  # data built for another input size: refused
     seed_everything(seed)
@@ -108,6 +109,7 @@ def train_discriminative(
     Run it after :func:`train_frozen` (a random head would send large random gradients into the
     pretrained layers). BatchNorm keeps its pretrained statistics unless ``update_batchnorm``;
     training uses augmentation, since the backbone now changes.
+    Taught in lesson 4.
     """
     data.use_settings(model.transform_settings)
     seed_everything(seed)

@@ -123,6 +123,7 @@ def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequen
     One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``),
     ``balanced_accuracy``, ``recall_<class>`` and ``drop`` (accuracy lost against the first change,
     the unchanged photos). The model's own evaluation transform follows each change.
+    Taught in lesson 7.
     """
     transform = eval_transform(model.transform_settings)
     # Every change is one more pass over the photos: the fast forward of the feature cache makes it cheaper.

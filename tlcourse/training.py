@@ -164,6 +164,7 @@ def fit(
     A ``scheduler`` (any ``torch.optim.lr_scheduler``) is stepped once per batch, after the
     optimizer; each batch record holds the rate it trained with (``lr``, the first parameter
     group's, and ``lr_<name>`` per named group).
+    Taught in lesson 3.
     """
     device = device or model_device(model)
     history = history if history is not None else History()
@@ -197,18 +198,16 @@ def fit(
             for state.batch, batch in enumerate(train_loader):
                 x, y = batch[0].to(device), batch[1].to(device)
                 state.index = batch[2] if len(batch) > 2 else None
-                logits = model(x)
-                # Mean over the batch for the gradient; kept as a sum below for the epoch loss.
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    error = NonFiniteLossError(
-                        _non_finite_message(loss.item(), state, optimizer, x, model, best_state, history))
-                    error.history = history
-                    raise error
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 rates = _rates(optimizer)  # the rates this step uses, before a scheduler moves them
-                optimizer.step()
+
+                def check(loss: torch.Tensor) -> None:
+                    if not torch.isfinite(loss):
+                        error = NonFiniteLossError(
+                            _non_finite_message(loss.item(), state, optimizer, x, model, best_state, history))
+                        error.history = history
+                        raise error
+
+                loss, logits = train_step(model, optimizer, x, y, check=check)
                 if scheduler is not None:
                     scheduler.step()  # once per batch: one-cycle and warm-up schedules count batches
                 batch_loss = loss.item()
@@ -253,6 +252,20 @@ def fit(
         history.seconds += time.perf_counter() - started
     notify("on_train_end", state)
     return history
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               loss_fn=F.cross_entropy, check: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: ``(loss, logits)``. ``check(loss)`` runs before the step (``fit``
+    raises there on a NaN loss). The step of :func:`fit` and of the learning-rate range test."""
+    logits = model(x)
+    loss = loss_fn(logits, y)  # the mean over the batch, for the gradient
+    if check is not None:
+        check(loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
 
 
 def _rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -9,14 +9,6 @@ from .folders import (IMAGE_EXTENSIONS, LABEL_COLUMNS, SYSTEM_FILES, FolderScan,
                       scan_folder, worth_warning, write_labels_csv)
 from .images import CHECKS, MIN_IMAGE_SIDE, inspect_image, load_image, to_rgb
 from .split import Split, stratified_split, subset_per_class
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageToTensor, SquareCrop, TransformSettings, denormalize,
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Augmentation, ImageToTensor, SquareCrop, TransformSettings, denormalize,
                          eval_transform, train_transform)
 
-__all__ = [
-    "CHECKS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "LABEL_COLUMNS", "MIN_IMAGE_SIDE", "SYSTEM_FILES",
-    "CSVDataset", "CourseData", "FolderScan", "ImageToTensor", "SkippedFile", "SkippedFilesWarning", "Split",
-    "SquareCrop", "TransformSettings", "class_names", "create_csv", "denormalize", "eval_transform", "find_classes",
-    "inspect_folder", "inspect_image", "label_folder", "load_course_data", "load_image", "make_loader",
-    "read_labels_csv", "scan_folder", "stratified_split", "subset_per_class", "to_rgb", "train_transform",
-    "worth_warning", "write_labels_csv",
-]

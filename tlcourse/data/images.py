@@ -48,6 +48,7 @@ def load_image(path: str | Path) -> Image.Image:
 
     16-bit images are scaled, not clipped; transparency is composited on white; animations give
     their first frame. Raises :class:`ImageLoadError` naming the file, the reason and the fix.
+    Taught in lesson 1.
     """
     path = Path(path)
     try:

@@ -33,6 +33,7 @@ def stratified_split(
 
     Each class is shuffled with ``numpy.random.default_rng(seed)`` and cut at ``round(n * val)`` and
     ``round(n * test)``: the same seed and labels give the same split on every machine.
+    Taught in lesson 1.
     """
     labels = np.asarray(labels)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:

@@ -97,18 +97,41 @@ def eval_transform(settings: TransformSettings) -> v2.Compose:
     )
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """The training transform's random parts (the augmentation explorer's sliders); the defaults make
+    :func:`train_transform`. Taught in lesson 1."""
+
+    scale: tuple[float, float] = (0.5, 1.0)  # share of the photo's area the random crop keeps
+    flip: bool = True  # random left-right flip
+    jitter: float = 0.0  # brightness, contrast and saturation change, up to +-this share (0: off)
+    downscale: int = 0  # first shrink the short side to this many pixels, a low-resolution photo (0: off)
+
+    def code(self, settings: TransformSettings = TransformSettings()) -> str:
+        """Python source of the transform (``from torchvision.transforms import v2`` and ``import torch``)."""
+        lines = []
+        if self.downscale:
+            lines.append(f"v2.Resize({self.downscale}, antialias=True),")
+        scale = tuple(round(float(s), 4) for s in self.scale)
+        lines.append(f"v2.RandomResizedCrop({settings.crop}, scale={scale!r}, antialias=True),")
+        if self.flip:
+            lines.append("v2.RandomHorizontalFlip(),")
+        if self.jitter:
+            j = round(float(self.jitter), 4)
+            lines.append(f"v2.ColorJitter(brightness={j}, contrast={j}, saturation={j}),")
+        lines += ["v2.ToImage(),", "v2.ToDtype(torch.float32, scale=True),",
+                  f"v2.Normalize(mean={list(settings.mean)!r}, std={list(settings.std)!r}),"]
+        return "v2.Compose([\n" + "".join(f"    {line}\n" for line in lines) + "])"
+
+    def transform(self, settings: TransformSettings = TransformSettings()) -> v2.Compose:
+        """The torchvision v2 transform these settings make: :meth:`code` run, so the two cannot differ."""
+        return eval(self.code(settings), {"v2": v2, "torch": torch})  # our own text, made just above
+
+
 def train_transform(settings: TransformSettings) -> v2.Compose:
-    """Training transform with augmentation (random crop and flip), then the same normalisation.
-    Taught in lesson 1."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(settings.crop, scale=(0.5, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(settings.mean), std=list(settings.std)),
-        ]
-    )
+    """Training transform with augmentation (:class:`Augmentation`'s defaults: random crop and flip), then
+    the same normalisation. Taught in lesson 1."""
+    return Augmentation().transform(settings)
 
 
 def denormalize(x: torch.Tensor, settings: TransformSettings = TransformSettings()) -> torch.Tensor:

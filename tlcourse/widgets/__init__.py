@@ -25,5 +25,3 @@ from .common import COLORS
 from .mistakes import SORTS, MistakesBrowser, with_loss
 from .photo_tester import PhotoPrediction, PhotoTester, gradcam_section, photo_section, probabilities_section
 
-__all__ = ["COLORS", "SORTS", "Augmentation", "AugmentationExplorer", "MistakesBrowser", "PhotoPrediction",
-           "PhotoTester", "gradcam_section", "photo_section", "probabilities_section", "with_loss"]

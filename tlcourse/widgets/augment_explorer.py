@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,51 +11,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from ..data import TransformSettings, load_image
+from ..data import Augmentation, TransformSettings, load_image
 from ..errors import DataError
 from .common import interactive, jpeg_bytes, to_pil
-
-@dataclass(frozen=True)
-class Augmentation:
-    """The training transform's random parts. The defaults are :func:`tlcourse.data.train_transform`'s."""
-
-    scale: tuple[float, float] = (0.5, 1.0)  # share of the photo's area the random crop keeps
-    flip: bool = True  # random left-right flip
-    jitter: float = 0.0  # brightness, contrast and saturation change, up to +-this share (0: off)
-    downscale: int = 0  # first shrink the short side to this many pixels, a low-resolution photo (0: off)
-
-    def code(self, settings: TransformSettings = TransformSettings()) -> str:
-        """Python source of the transform (``from torchvision.transforms import v2`` and ``import torch``)."""
-        lines = []
-        if self.downscale:
-            lines.append(f"v2.Resize({self.downscale}, antialias=True),")
-        scale = tuple(round(float(s), 4) for s in self.scale)
-        lines.append(f"v2.RandomResizedCrop({settings.crop}, scale={scale!r}, antialias=True),")
-        if self.flip:
-            lines.append("v2.RandomHorizontalFlip(),")
-        if self.jitter:
-            j = round(float(self.jitter), 4)
-            lines.append(f"v2.ColorJitter(brightness={j}, contrast={j}, saturation={j}),")
-        lines += ["v2.ToImage(),", "v2.ToDtype(torch.float32, scale=True),",
-                  f"v2.Normalize(mean={list(settings.mean)!r}, std={list(settings.std)!r}),"]
-        return "v2.Compose([\n" + "".join(f"    {line}\n" for line in lines) + "])"
-
-    def transform(self, settings: TransformSettings = TransformSettings()) -> v2.Compose:
-        """The torchvision v2 transform these settings make (the same one :meth:`code` writes out)."""
-        steps: list[Any] = []
-        if self.downscale:
-            steps.append(v2.Resize(self.downscale, antialias=True))
-        steps.append(v2.RandomResizedCrop(settings.crop, scale=tuple(round(float(s), 4) for s in self.scale),
-                                          antialias=True))
-        if self.flip:
-            steps.append(v2.RandomHorizontalFlip())
-        if self.jitter:
-            j = round(float(self.jitter), 4)
-            steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
-        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                  v2.Normalize(mean=list(settings.mean), std=list(settings.std))]
-        return v2.Compose(steps)
-
 
 class AugmentationExplorer:
     """Sliders for the training transform's random parts, and a grid of what they do to one photo.
@@ -65,6 +22,7 @@ class AugmentationExplorer:
     shows ``n`` draws of the transform, de-normalised: what the network receives
     during training. The draws are seeded, so moving a slider changes only what
     that setting does; "New draws" picks other random numbers.
+    Taught in lesson 1.
     """
 
     def __init__(self, photos: str | Path | Sequence[str | Path], settings: TransformSettings = TransformSettings(),

@@ -44,6 +44,7 @@ class MistakesBrowser:
     ``exclusions`` (a CSV path, the course's is ``cfg.excluded_csv``, or an
     :class:`ExclusionList`) it offers to mark the photo shown as "leave out of the
     data"; the file itself is not touched.
+    Taught in lesson 5.
     """
 
     def __init__(self, results: pd.DataFrame, class_names: Sequence[str], sort: str = "loss",

@@ -97,6 +97,7 @@ class PhotoTester:
     With a ``calibration`` (a checkpoint's own, when ``tlcourse train`` stored one) the
     probabilities are calibrated and the verdict is "unsure" below its threshold.
     ``gradcam=True`` adds :func:`gradcam_section`: where the model looked.
+    Taught in lesson 5.
     """
 
     def __init__(self, model: nn.Module | str | Path, class_names: Sequence[str] | None = None,
