@@ -61,6 +61,13 @@ def train_frozen(
     backbone every batch instead, and allows ``augment=True`` (a new random crop every epoch).
     Taught in lesson 3.
     """
+    if augment and cache:
+        raise ValueError(
+            "augment=True needs cache=False: cached features are computed once, so a new random crop every "
+            "epoch cannot be applied to them. The cached recipe augments with fixed views instead: "
+            f"train_frozen(..., views={VIEWS}) (the default). For fresh crops every epoch use "
+            "train_frozen(..., cache=False, augment=True) (slower: the backbone runs every epoch)."
+        )
     data.use_settings(model.transform_settings)  # data built for another input size: refused
     seed_everything(seed)
     model.freeze()
@@ -69,13 +76,6 @@ def train_frozen(
     if not cache:
         return fit(model, data.loader("train", batch_size, augment=augment, seed=seed), optimizer, epochs,
                    val_loader=data.loader("val", batch_size), callbacks=callbacks)
-    if augment:
-        raise ValueError(
-            "augment=True needs cache=False: cached features are computed once, so a new random crop every "
-            "epoch cannot be applied to them. The cached recipe augments with fixed views instead: "
-            f"train_frozen(..., views={VIEWS}) (the default). For fresh crops every epoch use "
-            "train_frozen(..., cache=False, augment=True) (slower: the backbone runs every epoch)."
-        )
     # Computing features draws no random numbers, so the head's dropout and the shuffling
     # see the same random streams as in the uncached loop.
     sets = compute_features(model, data, ("train", "val"), cache_dir=cache_dir, verbose=verbose)
