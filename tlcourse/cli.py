@@ -184,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"accuracy: {report.accuracy:.4f} ({report.correct} of {report.n} correct), 95 % interval (Wilson) "
           f"{report.interval[0]:.4f} to {report.interval[1]:.4f}; balanced accuracy {report.balanced_accuracy:.4f}")
-    print("per-class accuracy (recall):")
+    print("per-class accuracy:")
     for name, row in report.recall.iterrows():
         shown = "no photos" if row.n == 0 else f"{row.recall:.4f}, 95 % interval {row.low:.4f} to {row.high:.4f}"
         print(f"  {name}: {shown} ({int(row.n)} photos)")
