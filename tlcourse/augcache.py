@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from .data import TransformSettings, load_image
-from .features import Digested, FeatureKey, feature_key, look_up, photo_sha256
+from .features import CacheCounts, Digested, FeatureKey, feature_key, look_up, photo_sha256
 from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
                         using_threads)
 
@@ -124,17 +124,12 @@ class AugmentKey(Digested):
 
 
 @dataclass
-class AugmentedFeatures:
+class AugmentedFeatures(CacheCounts):
     """Features of ``views`` augmented views per photo: ``features[i, v]`` is view ``v`` of photo ``i``."""
 
     features: torch.Tensor  # N x K x n_features
     labels: torch.Tensor  # N
     sha256: list[str]
-    n_computed: int = 0
-    n_from_memory: int = 0
-    n_from_disk: int = 0
-    seconds: float = 0.0
-    cache_file: Path | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -176,20 +176,25 @@ def look_up(digest: str, filename: str, ids: Sequence[str], cache_dir: str | Pat
     return found
 
 
-@dataclass
-class FeatureSet:
-    """Cached backbone features of a list of photos, with their labels, row for row."""
+@dataclass(kw_only=True)
+class CacheCounts:
+    """Where a call's vectors came from, and how long it took."""
 
-    features: torch.Tensor  # N x n_features, float32, CPU
-    labels: torch.Tensor  # N, int64
-    sha256: list[str]
-    file_paths: list[str]
     n_computed: int = 0  # vectors computed by the backbone in this call
     n_from_memory: int = 0  # vectors found in the in-memory cache
     n_from_disk: int = 0  # vectors read from the disk cache
     seconds: float = 0.0
     cache_file: Path | None = None
 
+
+@dataclass
+class FeatureSet(CacheCounts):
+    """Cached backbone features of a list of photos, with their labels, row for row."""
+
+    features: torch.Tensor  # N x n_features, float32, CPU
+    labels: torch.Tensor  # N, int64
+    sha256: list[str]
+    file_paths: list[str]
     def __len__(self) -> int:
         return len(self.labels)
 

@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .data import CSVDataset, eval_transform, load_image, make_loader
+from .data import CSVDataset, eval_transform, make_loader
 from .evaluation import predict, scores
 from .inference import for_predictions
 
@@ -103,18 +104,6 @@ DEFAULT_CHANGES: tuple[Change, ...] = (
 
 
 # --------------------------------------------------------------------------- the report
-class _Changed(CSVDataset):
-    """A labels table's photos, each changed by ``change`` before ``transform``."""
-
-    def __init__(self, table: pd.DataFrame, change: Callable, transform: Callable):
-        super().__init__(table, transform)
-        self.change = change
-
-    def __getitem__(self, idx: int):
-        row = self.table.iloc[idx]
-        return self.transform(self.change(load_image(row["file_path"]))), int(row["label"])
-
-
 def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
                       changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
                       device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -132,7 +121,7 @@ def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequen
     for change in changes:
         if progress is not None:
             progress(change.name)
-        loader = make_loader(_Changed(table, change.apply, transform), batch_size=batch_size)
+        loader = make_loader(CSVDataset(table, v2.Compose([change.apply, transform])), batch_size=batch_size)
         frame = predict(net, loader, device)
         result = scores(frame["label"], frame["pred"], class_names)
         rows.append({"change": change.name, "kind": change.kind, "n": result.n, "correct": result.correct,
