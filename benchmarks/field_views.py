@@ -20,7 +20,7 @@ from tlcourse.data import load_course_data
 from tlcourse.features import features_for_files
 from tlcourse.augcache import augmented_features
 from tlcourse.config import get_config
-from tlcourse.evaluation import scores
+from tlcourse.evaluation import prediction_scores
 from tlcourse.fieldtest import load_field_test
 K = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 config = get_config()
@@ -55,7 +55,7 @@ for name, views in [("clean only", tr.unsqueeze(1)), (f"clean + {K} views", allv
     with torch.no_grad():
         for part, x, y in [("val", va, yva), ("test", te, yte), ("field", fi, yfi)]:
             p = head(x).argmax(1).numpy()
-            s = scores(y.numpy(), p, data.classes)
+            s = prediction_scores(y.numpy(), p, data.classes)
             r = s.recall
             print(f"{name:18s} {part:5s} balanced {s.balanced_accuracy:.3f} " + "; ".join(
                 f"{c} {int(r.at[c,'correct'])}/{int(r.at[c,'n'])} [{r.at[c,'low']:.2f}, {r.at[c,'high']:.2f}]" for c in data.classes), flush=True)

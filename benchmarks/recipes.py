@@ -41,7 +41,7 @@ from tlcourse.augcache import augmented_features
 from tlcourse.checkpoint import load_checkpoint
 from tlcourse.config import get_config
 from tlcourse.data import eval_transform, load_course_data, load_image
-from tlcourse.evaluation import scores, wilson_interval
+from tlcourse.evaluation import prediction_scores, wilson_interval
 from tlcourse.features import features_for_files
 from tlcourse.fieldtest import load_field_test
 from tlcourse.inference import FastBackbone
@@ -92,7 +92,7 @@ def judge(model, table, mode: str = "none") -> dict:
 
 
 def summary(result: dict, classes: list[str]) -> dict:
-    s = scores(result["label"], result["pred"], classes)
+    s = prediction_scores(result["label"], result["pred"], classes)
     return {"n": s.n, "correct": s.correct, "balanced": s.balanced_accuracy,
             **{name: (int(row.correct), int(row.n)) for name, row in s.recall.iterrows()}}
 
@@ -170,7 +170,7 @@ def part2(cfg, data, field_table, cache: Path, quick: bool) -> tuple[list[dict],
                     logits = head(x)
                     runs["acc"].append(float((logits.argmax(1) == val_y).float().mean()))
                     runs["loss"].append(float(torch.nn.functional.cross_entropy(logits, val_y)))
-                runs["field"].append(scores(field_y.numpy(), head(field_x).argmax(1).numpy(),
+                runs["field"].append(prediction_scores(field_y.numpy(), head(field_x).argmax(1).numpy(),
                                                   data.classes).balanced_accuracy)
         rows.append({"views": k, "cost_seconds": k * per_view, **{key: float(np.mean(v)) for key, v in runs.items()}})
         print(f"  K={k}: {rows[-1]}", file=sys.stderr, flush=True)

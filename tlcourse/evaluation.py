@@ -134,7 +134,7 @@ class Scores:
     recall: pd.DataFrame  # one row per class: n, correct, recall, low, high
 
 
-def scores(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+def prediction_scores(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
            class_names: Sequence[str]) -> Scores:
     """The course's scores of one set of predictions, each proportion with its 95 % interval: the one
     function the CLI, the field test, the robustness report and the benchmarks use. Taught in lesson 7."""

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .data import scan_folder
-from .evaluation import Scores, balanced_accuracy, recall_table, scores  # noqa: F401 - lessons import these here
+from .evaluation import Scores, balanced_accuracy, recall_table, prediction_scores  # noqa: F401 - lessons import these here
 
 
 def load_field_test(classes: Sequence[str], folder: str | Path) -> pd.DataFrame | None:
@@ -96,5 +96,5 @@ class FieldReport(Scores):
 def field_report(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names: Sequence[str]) -> FieldReport:
     """The :class:`FieldReport` of a :func:`~tlcourse.evaluation.predict` frame whose rows are the photos
     ``file_paths`` (same order). Taught in lesson 7."""
-    result = scores(frame["label"].to_numpy(), frame["pred"].to_numpy(), class_names)
+    result = prediction_scores(frame["label"].to_numpy(), frame["pred"].to_numpy(), class_names)
     return FieldReport(**vars(result), mistakes=mistakes(frame, file_paths, class_names))

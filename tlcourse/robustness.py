@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .data import CSVDataset, eval_transform, make_loader
-from .evaluation import predict, scores
+from .evaluation import predict, prediction_scores
 from .inference import for_predictions
 
 
@@ -123,7 +123,7 @@ def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequen
             progress(change.name)
         loader = make_loader(CSVDataset(table, v2.Compose([change.apply, transform])), batch_size=batch_size)
         frame = predict(net, loader, device)
-        result = scores(frame["label"], frame["pred"], class_names)
+        result = prediction_scores(frame["label"], frame["pred"], class_names)
         rows.append({"change": change.name, "kind": change.kind, "n": result.n, "correct": result.correct,
                      "accuracy": result.accuracy, "low": result.interval[0], "high": result.interval[1],
                      "balanced_accuracy": result.balanced_accuracy,
