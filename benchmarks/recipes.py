@@ -171,7 +171,7 @@ def part2(cfg, data, field_table, cache: Path, quick: bool) -> tuple[list[dict],
                     runs["acc"].append(float((logits.argmax(1) == val_y).float().mean()))
                     runs["loss"].append(float(torch.nn.functional.cross_entropy(logits, val_y)))
                 runs["field"].append(prediction_scores(field_y.numpy(), head(field_x).argmax(1).numpy(),
-                                                  data.classes).balanced_accuracy)
+                                                       data.classes).balanced_accuracy)
         rows.append({"views": k, "cost_seconds": k * per_view, **{key: float(np.mean(v)) for key, v in runs.items()}})
         print(f"  K={k}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows, per_view

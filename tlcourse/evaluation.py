@@ -135,9 +135,10 @@ class Scores:
 
 
 def prediction_scores(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-           class_names: Sequence[str]) -> Scores:
+                      class_names: Sequence[str]) -> Scores:
     """The course's scores of one set of predictions, each proportion with its 95 % interval: the one
-    function the CLI, the field test, the robustness report and the benchmarks use. Taught in lesson 7."""
+    function the CLI, the field test, the robustness report and the benchmarks use (lesson 7 writes
+    the same scores out as a table row)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     correct = int((y_true == y_pred).sum())
     return Scores(n=len(y_true), correct=correct, accuracy=accuracy(y_true, y_pred),
