@@ -6,13 +6,12 @@
 Trains the same linear head (AdamW 1e-3, weight decay 0.01, dropout 0.2, 10 epochs, seed 0) on the
 clean features only, then on the clean features plus K cached views (one of the K+1 drawn per photo per
 epoch), and reports balanced accuracy and recall per class with 95 % Wilson intervals on validation,
-the test split and the field test (TLCOURSE_FIELD, default ../shared/data/field-test: evaluation only,
+the test split and the field test (TLCOURSE_FIELD_TEST, read by tlcourse.fieldtest: evaluation only,
 nothing is chosen on it here). Timings depend on what else the machine is doing.
 """
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -20,20 +19,21 @@ from tlcourse.models import build_model
 from tlcourse.data import load_course_data
 from tlcourse.features import features_for_files
 from tlcourse.augcache import augmented_features
-from tlcourse.cli import _folder_table
 from tlcourse.config import get_config
-from tlcourse.fieldtest import recall_table, balanced_accuracy
+from tlcourse.evaluation import prediction_scores
+from tlcourse.fieldtest import load_field_test
 K = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 config = get_config()
 cache = config.feature_cache
-FIELD = Path(os.environ.get("TLCOURSE_FIELD", Path(__file__).resolve().parents[1].parent / "shared/data/field-test"))
 torch.manual_seed(0)
 model = build_model(2, weights="DEFAULT", offline=config.offline).eval()
 data = load_course_data(config.data_dir, model.transform_settings, seed=0)
 def feats(table):
     return features_for_files(model, list(table["file_path"]), list(table["label"]), cache_dir=cache).features, torch.tensor(table["label"].to_numpy())
 tr, ytr = feats(data.part("train")); va, yva = feats(data.part("val")); te, yte = feats(data.part("test"))
-field = _folder_table(FIELD, data.classes)
+field = load_field_test(data.classes, config.field_test_dir)
+if field is None:
+    sys.exit("This benchmark needs the field test (TLCOURSE_FIELD_TEST).")
 fi, yfi = feats(field)
 t0 = time.perf_counter()
 aug = augmented_features(model, list(data.part("train")["file_path"]), ytr, views=K, cache_dir=cache, verbose=True)
@@ -55,6 +55,7 @@ for name, views in [("clean only", tr.unsqueeze(1)), (f"clean + {K} views", allv
     with torch.no_grad():
         for part, x, y in [("val", va, yva), ("test", te, yte), ("field", fi, yfi)]:
             p = head(x).argmax(1).numpy()
-            r = recall_table(y.numpy(), p, data.classes)
-            print(f"{name:18s} {part:5s} balanced {balanced_accuracy(y.numpy(), p, 2):.3f} " + "; ".join(
+            s = prediction_scores(y.numpy(), p, data.classes)
+            r = s.recall
+            print(f"{name:18s} {part:5s} balanced {s.balanced_accuracy:.3f} " + "; ".join(
                 f"{c} {int(r.at[c,'correct'])}/{int(r.at[c,'n'])} [{r.at[c,'low']:.2f}, {r.at[c,'high']:.2f}]" for c in data.classes), flush=True)

@@ -40,10 +40,11 @@ from torchvision.transforms import v2
 from tlcourse.augcache import augmented_features
 from tlcourse.checkpoint import load_checkpoint
 from tlcourse.config import get_config
-from tlcourse.data import eval_transform, label_folder, load_course_data, load_image
-from tlcourse.evaluation import wilson_interval
-from tlcourse.features import FastBackbone, features_for_files
-from tlcourse.fieldtest import balanced_accuracy
+from tlcourse.data import eval_transform, load_course_data, load_image
+from tlcourse.evaluation import prediction_scores, wilson_interval
+from tlcourse.features import features_for_files
+from tlcourse.fieldtest import load_field_test
+from tlcourse.inference import FastBackbone
 from tlcourse.models import build_model
 from tlcourse.recipes import EPOCHS, VIEWS, train_frozen
 from tlcourse.robustness import DEFAULT_CHANGES
@@ -91,12 +92,9 @@ def judge(model, table, mode: str = "none") -> dict:
 
 
 def summary(result: dict, classes: list[str]) -> dict:
-    y, p = np.array(result["label"]), np.array(result["pred"])
-    out = {"n": len(y), "correct": int((y == p).sum()), "balanced": balanced_accuracy(y, p, len(classes))}
-    for k, name in enumerate(classes):
-        mine = y == k
-        out[name] = (int((p[mine] == k).sum()), int(mine.sum()))
-    return out
+    s = prediction_scores(result["label"], result["pred"], classes)
+    return {"n": s.n, "correct": s.correct, "balanced": s.balanced_accuracy,
+            **{name: (int(row.correct), int(row.n)) for name, row in s.recall.iterrows()}}
 
 
 def cell(s: dict, classes: list[str]) -> str:
@@ -159,7 +157,7 @@ def part2(cfg, data, field_table, cache: Path, quick: bool) -> tuple[list[dict],
                                           for i in range(0, len(images), 32)])
     rows = []
     for k in ([0, 2] if quick else [0, 1, 2, 4, 8]):
-        scores = {"acc": [], "loss": [], "field": [], "val": []}
+        runs = {"acc": [], "loss": [], "field": [], "val": []}
         for seed in range(1 if quick else 3):
             # The recipe itself (its head, optimizer and best epoch on validation); its views are in the cache.
             torch.manual_seed(seed)
@@ -167,14 +165,14 @@ def part2(cfg, data, field_table, cache: Path, quick: bool) -> tuple[list[dict],
             train_frozen(trained, data, seed=seed, views=k, cache_dir=cache, verbose=False)
             head = trained.head.eval()
             with torch.no_grad():
-                scores["val"].append(float((head(val_x).argmax(1) == val_y).float().mean()))
+                runs["val"].append(float((head(val_x).argmax(1) == val_y).float().mean()))
                 for x in changed.values():
                     logits = head(x)
-                    scores["acc"].append(float((logits.argmax(1) == val_y).float().mean()))
-                    scores["loss"].append(float(torch.nn.functional.cross_entropy(logits, val_y)))
-                scores["field"].append(balanced_accuracy(field_y.numpy(), head(field_x).argmax(1).numpy(),
-                                                         len(data.classes)))
-        rows.append({"views": k, "cost_seconds": k * per_view, **{key: float(np.mean(v)) for key, v in scores.items()}})
+                    runs["acc"].append(float((logits.argmax(1) == val_y).float().mean()))
+                    runs["loss"].append(float(torch.nn.functional.cross_entropy(logits, val_y)))
+                runs["field"].append(prediction_scores(field_y.numpy(), head(field_x).argmax(1).numpy(),
+                                                       data.classes).balanced_accuracy)
+        rows.append({"views": k, "cost_seconds": k * per_view, **{key: float(np.mean(v)) for key, v in runs.items()}})
         print(f"  K={k}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows, per_view
 
@@ -217,7 +215,9 @@ def main() -> None:
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     settings = build_model(2, weights="DEFAULT", offline=cfg.offline).transform_settings
     data = load_course_data(cfg.data_dir, settings, seed=0, per_class=60 if quick else None)
-    field = label_folder(field_dir, data.classes)
+    field = load_field_test(data.classes, field_dir)
+    if field is None:
+        sys.exit("This benchmark needs the field test (TLCOURSE_FIELD_TEST).")
     tables = {"val": data.part("val"), "test": data.part("test"), "field": field}
     with tempfile.TemporaryDirectory(prefix="tlcourse-recipes-") as work:
         rows = part1(cfg, tables, data.classes, Path(work), quick)

@@ -20,16 +20,14 @@ from typing import Any, Callable
 import torch
 
 from tlcourse.data import eval_transform, load_course_data, load_image
-from tlcourse.features import (
+from tlcourse.features import clear_memory_cache, compute_features, features_for_files
+from tlcourse.inference import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DECODE_THREADS,
     FastBackbone,
     batches_of_inputs,
-    clear_memory_cache,
-    compute_features,
     extract_features,
     extraction_threads,
-    features_for_files,
 )
 from tlcourse.models import build_model
 from tlcourse.recipes import train_frozen

@@ -343,7 +343,7 @@ def test_photo_folder_is_never_written(small_model, photo_folder, output_dir):
 
 # --------------------------------------------------------------------------- parts, loaders, recipe
 def test_compute_features_lines_up_with_the_parts(small_model, data_dir, tmp_path):
-    data = load_course_data(data_dir, SETTINGS, seed=0, per_class=6)
+    data = load_course_data(data_dir, small_model.transform_settings, seed=0, per_class=6)  # the model's (issue 20)
     sets = compute_features(small_model, data, ("train", "test"), cache_dir=tmp_path)
     for name in ("train", "test"):
         part = data.part(name)

@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from tlcourse import data as tldata
+from tlcourse.errors import ImageLoadError
 from tlcourse.data import (
     CSVDataset,
-    ImageLoadError,
     SkippedFilesWarning,
     TransformSettings,
     create_csv,

@@ -56,11 +56,11 @@ def _python_source(cell) -> str:
 def _package_names() -> set[str]:
     """Public functions and classes defined in the tlcourse package's modules."""
     names = set()
-    for info in pkgutil.iter_modules(tlcourse.__path__):
-        if info.name.startswith("_"):
+    for info in pkgutil.walk_packages(tlcourse.__path__, "tlcourse."):  # subpackages too (tlcourse.data, ...)
+        if info.name.rsplit(".", 1)[-1].startswith("_"):
             continue
         try:
-            module = importlib.import_module(f"tlcourse.{info.name}")
+            module = importlib.import_module(info.name)
         except ImportError:  # an optional module whose extra is not installed
             continue
         for name, obj in vars(module).items():

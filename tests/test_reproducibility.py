@@ -67,6 +67,7 @@ def run(folder: Path, seed: int, method: str, cache: Path):
     data = load_course_data(folder, SMALL, seed=seed)
     seed_everything(seed)  # before build_model: the new head's initial weights come from it
     model = build_model(2, "mobilenet_v2", weights=None, dropout=0.2)
+    model.transform_settings = SMALL  # this quick run's input size; data and model must agree (issue 20)
     if method == "frozen":
         history = train_frozen(model, data, epochs=2, lr=1e-2, batch_size=8, seed=seed, cache_dir=cache,
                                verbose=False)

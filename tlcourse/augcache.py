@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
+import math
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -25,12 +25,13 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from .data import TransformSettings, load_image
-from .features import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, MEMORY, Digested, FastBackbone, FeatureKey,  # noqa: F401
-                       ahead_of_time, clear_memory_cache, extraction_threads, feature_key, read_store, sha256_file,
-                       using_threads, write_store)
+from .features import (CacheCounts, Digested, FeatureKey, clear_memory_cache,  # noqa: F401 - tests clear it here
+                       feature_key, look_up, photo_sha256)
+from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
+                        using_threads)
 
 #: Bump when the stored layout or the way views are made changes: old stores are then ignored.
 FORMAT_VERSION = 1
@@ -50,38 +51,6 @@ class AugmentSettings:
     downscale: tuple[float, float] = (0.3, 0.7)  # factor of each side when shrinking
 
 
-class RandomDownscale:
-    """With probability ``p``, shrink a PIL image by a factor drawn from ``factors`` and enlarge it back:
-    the detail of a small web image at the original size."""
-
-    def __init__(self, p: float, factors: tuple[float, float]):
-        self.p, self.factors = p, factors
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        if torch.rand(()) >= self.p:
-            return image
-        factor = float(torch.empty(()).uniform_(*self.factors))
-        width, height = image.size
-        small = image.resize((max(1, int(width * factor)), max(1, int(height * factor))), Image.Resampling.BICUBIC)
-        return small.resize((width, height), Image.Resampling.BICUBIC)
-
-
-def augment_transform(augment: AugmentSettings, settings: TransformSettings) -> v2.Compose:
-    """The random view transform (uses torch's global random generator; :func:`view_seed` fixes it)."""
-    return v2.Compose([
-        RandomDownscale(augment.downscale_p, augment.downscale),
-        v2.RandomResizedCrop(settings.crop, scale=augment.scale, ratio=augment.ratio, antialias=True),
-        v2.RandomHorizontalFlip(augment.flip),
-        v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast, saturation=augment.saturation),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(settings.mean), std=list(settings.std)),
-    ])
-
-
-_GLOBAL_RNG = threading.Lock()
-
-
 def view_seed(photo_sha256: str, view: int, augment: AugmentSettings) -> int:
     """The seed of one view: the same photo content, view index and settings give the same view."""
     return int(hashlib.sha256(f"{photo_sha256}:{view}:{augment!r}".encode()).hexdigest()[:15], 16)
@@ -89,12 +58,57 @@ def view_seed(photo_sha256: str, view: int, augment: AugmentSettings) -> int:
 
 def augmented_view(image: Image.Image, photo_sha256: str, view: int, augment: AugmentSettings,
                    settings: TransformSettings) -> torch.Tensor:
-    """The normalised input tensor of view ``view`` of a photo (the global random state is left untouched)."""
-    # torchvision's random transforms draw from torch's one global generator: one view at a time, so
-    # views made in several threads still get their own seed's numbers.
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(view_seed(photo_sha256, view, augment))
-        return augment_transform(augment, settings)(image)
+    """The normalised input tensor of view ``view`` of a photo. Taught in lesson 7.
+
+    Every random number comes from a ``torch.Generator`` seeded by :func:`view_seed`, drawn in the order
+    and from the distributions of torchvision's ``RandomResizedCrop``, ``RandomHorizontalFlip`` and
+    ``ColorJitter`` (the lesson writes the view out with those transforms and checks it against this
+    one, bit for bit). No global random state is touched, so views can be made in several threads.
+    """
+    g = torch.Generator().manual_seed(view_seed(photo_sha256, view, augment))
+
+    def uniform(low: float, high: float) -> float:
+        return torch.empty(1).uniform_(low, high, generator=g).item()
+
+    if torch.rand(1, generator=g) < augment.downscale_p:  # sometimes: a small web image, enlarged again
+        factor = uniform(*augment.downscale)
+        width, height = image.size
+        small = image.resize((max(1, int(width * factor)), max(1, int(height * factor))), Image.Resampling.BICUBIC)
+        image = small.resize((width, height), Image.Resampling.BICUBIC)
+    top, left, h, w = _crop_box(image.size, augment, uniform, g)
+    x = TF.resized_crop(image, top, left, h, w, size=[settings.crop, settings.crop], antialias=True)
+    if torch.rand(1, generator=g) < augment.flip:
+        x = TF.horizontal_flip(x)
+    order = torch.randperm(4, generator=g)
+    jitter = [(TF.adjust_brightness, augment.brightness), (TF.adjust_contrast, augment.contrast),
+              (TF.adjust_saturation, augment.saturation)]
+    factors = [uniform(max(0.0, 1 - amount), 1 + amount) if amount else None for _, amount in jitter]
+    for k in order.tolist():
+        if k < 3 and factors[k] is not None:
+            x = jitter[k][0](x, factors[k])
+    x = TF.to_dtype(TF.to_image(x), torch.float32, scale=True)
+    return TF.normalize(x, mean=list(settings.mean), std=list(settings.std))
+
+
+def _crop_box(size: tuple[int, int], augment: AugmentSettings, uniform, g: torch.Generator) -> tuple[int, ...]:
+    """``RandomResizedCrop``'s box: up to 10 draws of area and aspect ratio, else a centre crop."""
+    width, height = size
+    log_ratio = torch.log(torch.tensor(augment.ratio))
+    for _ in range(10):
+        target_area = width * height * uniform(*augment.scale)
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=g)).item()
+        w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=g))
+            return top, int(torch.randint(0, width - w + 1, size=(1,), generator=g)), h, w
+    ratio = width / height
+    if ratio < min(augment.ratio):
+        w, h = width, int(round(width / min(augment.ratio)))
+    elif ratio > max(augment.ratio):
+        w, h = int(round(height * max(augment.ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 @dataclass(frozen=True)
@@ -111,17 +125,12 @@ class AugmentKey(Digested):
 
 
 @dataclass
-class AugmentedFeatures:
+class AugmentedFeatures(CacheCounts):
     """Features of ``views`` augmented views per photo: ``features[i, v]`` is view ``v`` of photo ``i``."""
 
     features: torch.Tensor  # N x K x n_features
     labels: torch.Tensor  # N
     sha256: list[str]
-    n_computed: int = 0
-    n_from_memory: int = 0
-    n_from_disk: int = 0
-    seconds: float = 0.0
-    cache_file: Path | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -160,31 +169,20 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
                        verbose: bool = False, decode_threads: int = DEFAULT_DECODE_THREADS) -> AugmentedFeatures:
     """Features of views ``0 .. views-1`` of each photo: from memory, else ``cache_dir`` (``None``: memory
     only), else computed once with the fast backbone and stored. ``decode_threads`` threads decode the
-    photos and make their views ahead of the backbone (0: in the calling thread)."""
+    photos and make their views ahead of the backbone (0: in the calling thread). Taught in lesson 7."""
     started = time.perf_counter()
     key = AugmentKey(feature_key(model), augment)
-    path = Path(cache_dir) / key.filename if cache_dir not in (None, False) else None
-    memory = MEMORY.setdefault(key.digest, {})  # beside the clean features, by digest
-    hashes = [sha256_file(p) for p in file_paths]
-    wanted = {f"{h}:{v}" for h in hashes for v in range(views)}
-    in_memory = {i for i in wanted if i in memory}
-    from_disk = set()
-    if path is not None and len(in_memory) < len(wanted):
-        on_disk = read_store(path, key.digest)
-        for i in wanted - in_memory:
-            if i in on_disk:
-                memory[i] = on_disk[i]
-                from_disk.add(i)
+    hashes = [photo_sha256(p) for p in file_paths]
+    found = look_up(key.digest, key.filename, sorted({f"{h}:{v}" for h in hashes for v in range(views)}), cache_dir)
     todo: dict[str, list[int]] = {}  # photo sha256 -> its missing views (identical files once)
     paths = dict(zip(hashes, map(str, file_paths)))
-    for i in sorted(wanted - set(memory)):
+    for i in found.missing:
         h, v = i.rsplit(":", 1)
         todo.setdefault(h, []).append(int(v))
-    n_computed = sum(len(v) for v in todo.values())
     if todo:
         if verbose:
-            print(f"Computing features of {n_computed} augmented view(s) of {len(todo)} photo(s), once"
-                  + (f" (cached in {path.parent})" if path is not None else "") + "...", flush=True)
+            print(f"Computing features of {len(found.missing)} augmented view(s) of {len(todo)} photo(s), once"
+                  + (f" (cached in {found.path.parent})" if found.path else "") + "...", flush=True)
         fast = FastBackbone(model)
         settings = model.transform_settings
 
@@ -198,13 +196,10 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
                       for view in made)
         with using_threads(extraction_threads(decode_threads)):
             while batch := list(islice(views_made, batch_size)):
-                vectors = fast(torch.stack([x for _, x in batch]))
-                for (i, _), vector in zip(batch, vectors):
-                    memory[i] = vector.clone()  # own storage: a row view would keep the whole batch alive
-        if path is not None:
-            write_store(path, key.digest, memory, {"augment": repr(key.augment)})
-    features = torch.stack([torch.stack([memory[f"{h}:{v}"] for v in range(views)]) for h in hashes])
+                found.store(zip([i for i, _ in batch], fast(torch.stack([x for _, x in batch]))))
+        found.save({"augment": repr(key.augment)})
+    features = torch.stack([torch.stack([found.memory[f"{h}:{v}"] for v in range(views)]) for h in hashes])
     return AugmentedFeatures(
         features=features, labels=torch.as_tensor(labels, dtype=torch.long), sha256=hashes,
-        n_computed=n_computed, n_from_disk=len(from_disk), n_from_memory=len(in_memory),
-        seconds=time.perf_counter() - started, cache_file=path)
+        n_computed=len(found.missing), n_from_disk=len(found.from_disk), n_from_memory=len(found.in_memory),
+        seconds=time.perf_counter() - started, cache_file=found.path)

@@ -10,32 +10,22 @@ sounds. Below a probability threshold, also chosen on validation, ``predict`` an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from .errors import ConfigError
-from .models import eval_mode
+from .data import TransformSettings, eval_transform
+from .evaluation import collect_logits  # noqa: F401 - lesson 7 imports it from here
+from .models import logits_of
 
 #: Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. use 15).
 N_BINS = 15
-
-
-@torch.no_grad()
-def collect_logits(model: nn.Module, loader: Iterable, device: torch.device | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits N x k, labels N)`` of a model over a loader of ``(x, y, ...)`` batches (eval mode, CPU tensors)."""
-    device = device or next(model.parameters()).device
-    logits, labels = [], []
-    with eval_mode(model), torch.no_grad():  # logits only: no graph to keep
-        for batch in loader:
-            logits.append(model(batch[0].to(device)).float().cpu())
-            labels.append(torch.as_tensor(batch[1]))
-    return torch.cat(logits), torch.cat(labels)
 
 
 def reliability_table(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
@@ -54,7 +44,8 @@ def reliability_table(probs: np.ndarray | torch.Tensor, labels: np.ndarray | tor
 
 def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                                n_bins: int = N_BINS) -> float:
-    """ECE: the gap between confidence and accuracy in each bin, weighted by the bin's share of photos."""
+    """ECE: the gap between confidence and accuracy in each bin, weighted by the bin's share of photos.
+    Taught in lesson 7."""
     table = reliability_table(probs, labels, n_bins)
     return float((table["n"] * (table["confidence"] - table["accuracy"]).abs()).sum() / table["n"].sum())
 
@@ -71,6 +62,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
 
     The loss is convex in ``1 / T`` (a log-sum-exp of linear functions minus a linear one), so a
     golden-section search over ``1 / T`` finds the minimum without step sizes or tolerances to tune.
+    Taught in lesson 7.
     """
     logits, labels = logits.detach().double(), labels.long()
     if bool((logits.argmax(1) == labels).all()):
@@ -188,9 +180,19 @@ def verdict(logits: torch.Tensor, class_names: Sequence[str], calibration: Calib
     return Verdict(probabilities, max(probabilities, key=probabilities.get), float(threshold), temperature)
 
 
+def predict_photo(model: nn.Module, image: Image.Image, class_names: Sequence[str],
+                  settings: TransformSettings | None = None, calibration: Calibration | None = None,
+                  threshold: float | None = None) -> tuple[Verdict, torch.Tensor]:
+    """What the model says about one photo (an RGB PIL image): its :func:`verdict` and the model's input
+    ``1 x 3 x H x W`` (``settings``: default the model's ``transform_settings``). The one way the CLI's
+    ``predict`` and the photo tester ask."""
+    x = eval_transform(settings or model.transform_settings)(image).unsqueeze(0)
+    return verdict(logits_of(model, x)[0], class_names, calibration, threshold), x
+
+
 def calibrate(logits: torch.Tensor, labels: torch.Tensor, target_accuracy: float = 0.99) -> Calibration:
     """Fit the temperature on validation logits, then choose the "unsure" threshold on the calibrated
-    probabilities of the same photos."""
+    probabilities of the same photos. Taught in lesson 7."""
     temperature = fit_temperature(logits, labels)
     before = torch.softmax(logits.double(), 1).numpy()
     after = torch.softmax(logits.double() / temperature, 1).numpy()

@@ -28,6 +28,7 @@ def save_checkpoint(
 ) -> Path:
     """Save ``model``, its arguments, ``class_names``, ``history``, ``extra`` (plain values) and the
     ``optimizer``'s state to ``path``. An interruption leaves the previous file intact.
+    Taught in lesson 5.
     """
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # a typo must not overwrite a learner's photo

@@ -96,13 +96,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from .calibration import calibrate, collect_logits
-    from .checkpoint import save_checkpoint
     from .dashboard import TextProgress
     from .data import find_classes, load_course_data
-    from .features import compute_features
     from .models import build_model
-    from .recipes import EPOCHS, VIEWS, train_discriminative, train_frozen
+    from .recipes import EPOCHS, VIEWS, train_reference
     from .training import seed_everything
 
     config = get_config()
@@ -115,57 +112,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     seed_everything(seed)
     # Build the model first: its weights define the input transform (sizes, normalisation).
-    classes = find_classes(args.data_dir)
-    model = build_model(len(classes), backbone=backbone, weights="DEFAULT", offline=config.offline).to(device)
-    # Every photo decoded once up front: a truncated file is skipped and named now, not found mid-training.
-    skipped: list = []
+    model = build_model(len(find_classes(args.data_dir)), backbone=backbone, offline=config.offline).to(device)
+    skipped: list = []  # every photo is decoded up front: a truncated file is skipped and named now
     data = load_course_data(args.data_dir, model.transform_settings, seed=seed, per_class=args.per_class,
-                            check="decode", skipped=skipped, exclusions=config.excluded_csv)
+                            skipped=skipped, exclusions=config.excluded_csv)
     _report_skipped(skipped)
     sizes = data.split.sizes()
     print(f"Training {backbone} ({'weight freezing' if args.method == 'freeze' else 'discriminative learning rates'}) "
           f"on {device}: {len(data.table)} photos of {', '.join(data.classes)}; split train {sizes['train']}, "
           f"val {sizes['val']}, test {sizes['test']} (seed {seed}); {epochs} epoch(s)", file=sys.stderr)
-    progress = TextProgress(file=sys.stderr)
     started = time.perf_counter()
     # Progress (ours and the recipes' own messages) goes to stderr; stdout keeps only the results.
     with contextlib.redirect_stdout(sys.stderr):
-        if args.method == "freeze":
-            # Cached features (the recipe's default): each photo goes through the backbone once.
-            history = train_frozen(model, data, epochs=epochs, lr=args.lr or 1e-3, batch_size=args.batch_size,
-                                   callbacks=[progress], seed=seed, cache_dir=config.feature_cache, views=views)
-        else:
-            # Head first, on the frozen backbone (fast, cached): fine-tuning from a random head would send
-            # large random gradients into the pretrained layers. Then everything, the backbone 10x slower.
-            train_frozen(model, data, epochs=5, batch_size=args.batch_size, callbacks=[progress], seed=seed,
-                         cache_dir=config.feature_cache, views=views)
-            history = train_discriminative(model, data, epochs=epochs, head_lr=args.lr or 1e-4,
-                                           batch_size=args.batch_size, callbacks=[progress], seed=seed)
-    seconds = time.perf_counter() - started
-    if args.method == "freeze":
-        # The backbone is frozen, so the head on the cached features gives the whole model's logits
-        # without a second pass of the backbone over the validation photos (the test ones join the cache).
-        sets = compute_features(model, data, ("val", "test"), cache_dir=config.feature_cache)
-        net, loaders = model.head, {part: sets[part].loader(args.batch_size) for part in sets}
-    else:
-        net, loaders = model, {part: data.loader(part, args.batch_size) for part in ("val", "test")}
-    # The validation logits give its accuracy and, fitted on them (never on the test photos), the
-    # temperature and the "unsure" threshold that `predict` uses.
-    val_logits, val_labels = collect_logits(net, loaders["val"], device)
-    val = {"accuracy": float((val_logits.argmax(1) == val_labels).float().mean()), "n": len(val_labels)}
-    calibration = calibrate(val_logits, val_labels)
-    test_logits, test_labels = collect_logits(net, loaders["test"], device)
-    test = {"accuracy": float((test_logits.argmax(1) == test_labels).float().mean()), "n": len(test_labels)}
-    save_checkpoint(out, model, data.classes, history, extra={
-        "method": args.method, "epochs": epochs, "views": views, "seed": seed, "data_dir": str(Path(args.data_dir).resolve()),
-        "per_class": args.per_class, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-        "calibration": calibration.to_dict(),
-    })
-    if history.interrupted:
+        result = train_reference(model, data, out, args.method, epochs, args.lr, views, args.batch_size, seed,
+                                 config.feature_cache, [TextProgress(file=sys.stderr)], device=device, extra={
+                                     "epochs": epochs, "data_dir": str(Path(args.data_dir).resolve()),
+                                     "per_class": args.per_class})
+    if result.history.interrupted:
         print("Training was interrupted; the checkpoint holds the best weights so far.", file=sys.stderr)
-    print(f"trained in {seconds:.1f} s")
-    print(f"validation accuracy: {val['accuracy']:.4f} ({val['n']} photos)")
-    print(f"test accuracy: {test['accuracy']:.4f} ({test['n']} photos)")
+    calibration = result.calibration
+    print(f"trained in {time.perf_counter() - started:.1f} s")
+    print(f"validation accuracy: {result.val_accuracy:.4f} ({result.n_val} photos)")
+    print(f"test accuracy: {result.test_accuracy:.4f} ({result.n_test} photos)")
     print(f"calibration (validation): temperature {calibration.temperature:.3f}, expected calibration error "
           f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}; predict answers 'unsure' below "
           f"{calibration.threshold:.3f}")
@@ -174,62 +142,54 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- evaluate
-def _folder_table(data_dir: Path, class_names: Sequence[str]):
-    """``data_dir``'s photos labelled with the checkpoint's classes; skipped files are named."""
-    from .data import label_folder
-
-    skipped: list = []
-    table = label_folder(data_dir, class_names, skipped)
-    _report_skipped(skipped)
-    return table
-
-
 def _checkpoint_on_folder(args: argparse.Namespace):
-    """``(device, model, info, table)``: the checkpoint's model and ``args.data_dir`` labelled with its classes."""
+    """``(device, model, info, table)``: the checkpoint's model and ``args.data_dir`` labelled with its
+    classes (skipped files are named)."""
     from .checkpoint import load_checkpoint
+    from .data import label_folder
 
     device = _device(args.device)
     model, info = load_checkpoint(args.checkpoint, device)
-    return device, model, info, _folder_table(Path(args.data_dir), info["class_names"])
+    skipped: list = []
+    table = label_folder(Path(args.data_dir), info["class_names"], skipped)
+    _report_skipped(skipped)
+    return device, model, info, table
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import CSVDataset, eval_transform, make_loader
-    from .evaluation import accuracy, confusion_frame, per_class_accuracy, predict
-    from .features import for_predictions
+    from .evaluation import confusion_frame, predict
     from .fieldtest import field_report
+    from .inference import for_predictions
 
     device, model, info, table = _checkpoint_on_folder(args)
     names = info["class_names"]
     loader = make_loader(CSVDataset(table, eval_transform(info["transform"])), batch_size=args.batch_size)
     print(f"Evaluating {args.checkpoint} on {len(table)} photos in {args.data_dir} ({device})", file=sys.stderr)
     frame = predict(for_predictions(model), loader, device)  # the fast forward of the feature cache
-    acc = accuracy(frame["label"], frame["pred"])
-    per_class = per_class_accuracy(frame["label"], frame["pred"], names)
     confusion = confusion_frame(frame["label"], frame["pred"], names)
-    counts = table["class_name"].value_counts().to_dict()
-    report = field_report(frame, list(table["file_path"]), names)  # intervals, balanced accuracy, mistakes
+    report = field_report(frame, list(table["file_path"]), names)  # scores with intervals, and the mistakes
     if args.json:
-        correct = int((frame["label"] == frame["pred"]).sum())
         print(json.dumps({
-            "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "n": int(len(frame)),
-            "correct": correct, "accuracy": acc, "class_names": list(names),
-            "counts": {name: int(counts.get(name, 0)) for name in names},
+            "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "n": report.n,
+            "correct": report.correct, "accuracy": report.accuracy, "class_names": list(names),
+            "counts": {name: int(row.n) for name, row in report.recall.iterrows()},
             # null for a class with no photos in the folder (JSON has no NaN)
-            "per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
+            "per_class": {name: (None if math.isnan(row.recall) else row.recall)
+                          for name, row in report.recall.iterrows()},
             "confusion_matrix": confusion.to_numpy().tolist(),
             "confusion_matrix_axes": "rows: true class, columns: predicted class, in class_names order",
             **report.to_dict(),
         }))
         return EXIT_OK
-    print(f"accuracy: {acc:.4f} ({int((frame['label'] == frame['pred']).sum())} of {len(frame)} correct)")
+    print(f"accuracy: {report.accuracy:.4f} ({report.correct} of {report.n} correct), 95 % interval (Wilson) "
+          f"{report.interval[0]:.4f} to {report.interval[1]:.4f}; balanced accuracy {report.balanced_accuracy:.4f}")
     print("per-class accuracy:")
-    for name, value in per_class.items():
-        shown = "no photos" if math.isnan(value) else f"{value:.4f}"
-        print(f"  {name}: {shown} ({counts.get(name, 0)} photos)")
+    for name, row in report.recall.iterrows():
+        shown = "no photos" if row.n == 0 else f"{row.recall:.4f}, 95 % interval {row.low:.4f} to {row.high:.4f}"
+        print(f"  {name}: {shown} ({int(row.n)} photos)")
     print("confusion matrix (rows: true, columns: predicted):")
     print(confusion.to_string())
-    print(f"95 % intervals (Wilson):\n{report.summary()}")
     if len(report.mistakes):
         print(f"mistakes ({len(report.mistakes)}, most confident first):")
         print(report.mistakes.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -260,30 +220,24 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    from .calibration import Calibration, verdict
+    from .calibration import Calibration, predict_photo
     from .checkpoint import load_checkpoint
-    from .data import eval_transform, load_image
+    from .data import load_image
     from .errors import ImageLoadError
 
-    device = _device(args.device)
-    model, info = load_checkpoint(args.checkpoint, device)
-    names = info["class_names"]
-    transform = eval_transform(info["transform"])
+    model, info = load_checkpoint(args.checkpoint, _device(args.device))
     # Calibrated probabilities and the "unsure" threshold, both fitted on validation by `tlcourse train`;
     # an older checkpoint without them gives the plain softmax and never says unsure.
     calibration = Calibration.from_extra(info["extra"])
     results, failures = [], 0
     for image in args.images:
         try:
-            x = transform(load_image(image)).unsqueeze(0)
+            answer, _ = predict_photo(model, load_image(image), info["class_names"], info["transform"], calibration,
+                                      args.threshold)
         except ImageLoadError as error:  # missing, not an image, truncated: say so and go on with the others
             _err(str(error))
             failures += 1
             continue
-        with torch.no_grad():
-            answer = verdict(model(x.to(device))[0], names, calibration, args.threshold)
         results.append({"image": str(image), "class": answer.answer, "best_guess": answer.best_guess,
                         "probability": answer.probability, "unsure": answer.unsure, "threshold": answer.threshold,
                         "temperature": answer.temperature, "probabilities": answer.probabilities})

@@ -218,8 +218,11 @@ class TrainingDashboard(Callback):
         from IPython.display import display
         from tqdm.notebook import tqdm
 
-        def bar(name: str, unit: str, total: int) -> Any:  # display=False: the bar goes into the panel
-            return tqdm(total=total, desc=name, display=False, mininterval=self.bar_interval, unit=unit)
+        bars = w.Output()  # tqdm displays its bars where it is created: inside the panel
+
+        def bar(name: str, unit: str, total: int) -> Any:
+            with bars:
+                return tqdm(total=total, desc=name, mininterval=self.bar_interval, unit=unit)
 
         self._epochs_bar = bar("Epochs", "epoch", state.epochs - self._first)
         self._batches_bar = bar("Batches", "batch", (state.epochs - self._first) * state.batches or None)
@@ -230,7 +233,7 @@ class TrainingDashboard(Callback):
         self._footer = w.HTML(f"<span style='color:#666'>{html.escape(STOP_HINT)}</span>")
         for widget, name in ((self._curves, "curves"), (self._photo, "sample"), (self._footer, "summary")):
             widget.add_class(f"tlcourse-{name}")
-        self.widget = w.VBox([self._header, self._epochs_bar.container, self._batches_bar.container,
+        self.widget = w.VBox([self._header, bars,
                               w.HBox([self._curves, w.VBox([self._photo, self._caption])]), self._footer],
                              layout=w.Layout(border="1px solid #ddd", padding="8px 12px", width="860px"))
         self.widget.add_class("tlcourse-dashboard")

@@ -4,6 +4,7 @@ accuracy with its 95 % interval, and the lessons' check that a model learnt the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -11,24 +12,35 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .models import eval_mode
+from .models import eval_mode, model_device
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
-    """Run ``model`` over ``loader`` (eval mode, no gradients): one row per example, in loader order,
-    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``.
-    """
-    device = device or next(model.parameters()).device
-    labels, probs = [], []
+def collect_logits(model: nn.Module, loader: Iterable, device: torch.device | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits N x k, labels N)`` of a model over a loader of ``(x, y, ...)`` batches, in eval mode
+    without gradients, as float32 CPU tensors: the one loop that collects a model's outputs."""
+    device = device or model_device(model)
+    logits, labels = [], []
     with eval_mode(model):
-        for batch in loader:  # (x, y) or (x, y, index)
-            probs.append(torch.softmax(model(batch[0].to(device)), dim=1).cpu())
+        for batch in loader:
+            logits.append(model(batch[0].to(device)).float().cpu())
             labels.append(torch.as_tensor(batch[1]))
-    prob = torch.cat(probs).numpy()
+    if not logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
+    """Run ``model`` over ``loader`` (:func:`collect_logits`): one row per example, in loader order,
+    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``.
+    Taught in lesson 3.
+    """
+    logits, labels = collect_logits(model, loader, device)
+    prob = torch.softmax(logits, dim=1).numpy()
     frame = pd.DataFrame(prob, columns=[f"prob_{k}" for k in range(prob.shape[1])])
     frame.insert(0, "pred", prob.argmax(1))
-    frame.insert(0, "label", torch.cat(labels).numpy())
+    frame.insert(0, "label", labels.numpy())
     frame["confidence"] = prob.max(1)
     return frame
 
@@ -59,7 +71,7 @@ def per_class_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int]
 
 
 def confusion_frame(y_true, y_pred, class_names: Sequence[str]) -> pd.DataFrame:
-    """The confusion matrix as a labelled table (rows: true, columns: predicted)."""
+    """The confusion matrix as a labelled table (rows: true, columns: predicted). Taught in lesson 5."""
     matrix = confusion_matrix(y_true, y_pred, len(class_names))
     return pd.DataFrame(matrix, index=pd.Index(class_names, name="true"),
                         columns=pd.Index(class_names, name="predicted"))
@@ -68,7 +80,7 @@ def confusion_frame(y_true, y_pred, class_names: Sequence[str]) -> pd.DataFrame:
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a proportion ``correct / n`` (``z=1.96``: 95 %).
 
-    Unlike the normal approximation ``p +- z*sqrt(p(1-p)/n)``, it stays inside [0, 1] and is
+    Taught in lesson 3. Unlike the normal approximation ``p +- z*sqrt(p(1-p)/n)``, it stays inside [0, 1] and is
     not empty at 0 or ``n`` correct: 144 of 144 gives about (0.974, 1.0), not (1.0, 1.0).
     """
     if n <= 0 or not 0 <= correct <= n:
@@ -82,6 +94,57 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     low = 0.0 if correct == 0 else max(0.0, centre - half)
     high = 1.0 if correct == n else min(1.0, centre + half)
     return low, high
+
+
+def balanced_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                      n_classes: int) -> float:
+    """Mean recall over the classes that have examples (each class counts the same, whatever its size)."""
+    matrix = confusion_matrix(y_true, y_pred, n_classes)
+    totals = matrix.sum(1)
+    present = totals > 0
+    if not present.any():
+        raise ValueError("need at least one example")
+    return float(np.mean(np.diag(matrix)[present] / totals[present]))
+
+
+def recall_table(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                 class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per class: ``n`` photos, ``correct``, ``recall`` and its 95 % Wilson interval
+    (``low``, ``high``); NaN for a class without photos. Taught in lesson 7.
+    """
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
+    rows = []
+    for k, name in enumerate(class_names):
+        n, right = int(matrix[k].sum()), int(matrix[k, k])
+        low, high = wilson_interval(right, n) if n else (float("nan"), float("nan"))
+        rows.append({"class": name, "n": n, "correct": right,
+                     "recall": right / n if n else float("nan"), "low": low, "high": high})
+    return pd.DataFrame(rows).set_index("class")
+
+
+@dataclass
+class Scores:
+    """Accuracy with its 95 % Wilson interval, balanced accuracy and recall per class with intervals."""
+
+    n: int
+    correct: int
+    accuracy: float
+    interval: tuple[float, float]
+    balanced_accuracy: float
+    recall: pd.DataFrame  # one row per class: n, correct, recall, low, high
+
+
+def prediction_scores(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                      class_names: Sequence[str]) -> Scores:
+    """The course's scores of one set of predictions, each proportion with its 95 % interval: the one
+    function the CLI, the field test, the robustness report and the benchmarks use (lesson 7 writes
+    the same scores out as a table row)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    correct = int((y_true == y_pred).sum())
+    return Scores(n=len(y_true), correct=correct, accuracy=accuracy(y_true, y_pred),
+                  interval=wilson_interval(correct, len(y_true)),
+                  balanced_accuracy=balanced_accuracy(y_true, y_pred, len(class_names)),
+                  recall=recall_table(y_true, y_pred, class_names))
 
 
 def is_course_example(table: pd.DataFrame) -> bool:
@@ -114,6 +177,7 @@ def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
 
     ``strict``: the lessons pass it on the course's own photos, where these results are known;
     on a learner's own folder the verdict is printed and the notebook goes on.
+    Taught in lesson 3.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     k = len(class_names)

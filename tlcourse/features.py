@@ -1,4 +1,4 @@
-"""Feature caching for the frozen method, and a fast backbone forward on the CPU.
+"""Feature caching for the frozen method (the fast forward it uses is :mod:`tlcourse.inference`).
 
 A frozen backbone gives a photo the same feature vector every epoch, so it is computed once,
 kept in memory and on disk, and the head gets a loader of cached vectors. Vectors come from the
@@ -12,43 +12,41 @@ process added meanwhile.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import hashlib
 import time
-from collections import deque
-from contextlib import contextmanager
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Sequence
 
 import PIL
 import torch
 import torchvision
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
-from torchvision.transforms import v2
 
-from .data import CourseData, TransformSettings, eval_transform, load_image
+from .data import CourseData, TransformSettings
+from .errors import ImageLoadError
 from .files import atomic_write, sha256_file
+from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, FastModel,  # noqa: F401 - re-exported
+                        batches_of_inputs, extract_features, for_predictions, using_threads)
 
 #: Bump when the stored layout or the way features are computed changes: old stores are then ignored.
 FORMAT_VERSION = 2
 
-#: Images per backbone batch: the fastest of 16, 32 and 64 in benchmarks/run.py.
-DEFAULT_BATCH_SIZE = 32
-
-#: Threads that decode and transform photos while the backbone runs (Pillow and torch release
-#: the GIL). Threads, not DataLoader worker processes: those re-import the notebook on Windows and macOS.
-DEFAULT_DECODE_THREADS = 1
-
-T = TypeVar("T")
-
 #: The cache keys photos by content (sha256 of the bytes), never by name or modification time.
 file_sha256 = sha256_file
+
+
+def photo_sha256(path: str | Path) -> str:
+    """The sha256 of a photo's bytes; a photo moved or deleted since the folder was scanned is an
+    :class:`~tlcourse.errors.ImageLoadError` naming it (one line, with the fix), not a traceback."""
+    try:
+        return sha256_file(path)
+    except OSError as error:
+        raise ImageLoadError(f"Cannot read {path}: {error.strerror or error}. It was moved, deleted or made "
+                             "unreadable after the folder was scanned; put it back, or run again to rescan "
+                             "the folder.", path) from None
 
 
 # --------------------------------------------------------------------------- keys
@@ -100,142 +98,6 @@ def feature_key(model: nn.Module, settings: TransformSettings | None = None) -> 
     )
 
 
-# --------------------------------------------------------------------------- the fast forward
-class FastBackbone:
-    """A copy of a model's backbone prepared for fast inference; the model itself is not changed.
-
-    ``torch.inference_mode`` (no autograd bookkeeping), ``channels_last`` (oneDNN's depthwise and 1x1
-    convolutions are faster in NHWC) and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``;
-    the same affine map). Outputs match ``model.features`` to float rounding (the tests check it).
-    """
-
-    def __init__(self, model: nn.Module, channels_last: bool = True, fuse: bool = True):
-        backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
-        self.fused = False
-        if fuse:
-            try:
-                from torch.fx.experimental.optimization import fuse as fx_fuse
-
-                backbone = fx_fuse(backbone)
-                self.fused = True
-            except Exception:  # noqa: BLE001 - any tracing failure: keep the plain copy, it is only slower
-                pass
-        self.channels_last = channels_last
-        if channels_last:
-            backbone = backbone.to(memory_format=torch.channels_last)
-        self.backbone = backbone
-        self.device = next(model.parameters()).device
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Features ``N x n_features`` (float32, on the CPU) for a normalised batch ``N x 3 x H x W``."""
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).flatten(1).float().cpu()
-
-
-class FastModel(nn.Module):
-    """A transfer model for predictions only: its head on :class:`FastBackbone` features (the model's
-    logits in eval mode, to float rounding; the backbone's gradients are not available)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.fast = FastBackbone(model)
-        self.head = model.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fast(x).to(next(self.head.parameters()).device))
-
-
-def for_predictions(model: nn.Module) -> nn.Module:
-    """A transfer model (``backbone`` and ``head``) as a :class:`FastModel`; any other model as it is."""
-    return FastModel(model) if hasattr(model, "backbone") and hasattr(model, "head") else model
-
-
-def _decode(path: str, transform: v2.Compose) -> torch.Tensor:
-    # Same loader and transform as CSVDataset with the evaluation transform, so inputs are identical.
-    return transform(load_image(path))
-
-
-def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> Iterator[T]:
-    """The results of ``jobs`` in order, each started up to ``ahead`` jobs early in ``threads`` threads
-    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for.
-    """
-    if threads <= 0:
-        for job in jobs:
-            yield job()
-        return
-    todo = iter(jobs)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlcourse-decode") as pool:
-        pending: deque[Future] = deque(pool.submit(job) for job in islice(todo, max(1, ahead)))
-        try:
-            while pending:
-                result = pending.popleft().result()
-                job = next(todo, None)
-                if job is not None:
-                    pending.append(pool.submit(job))
-                yield result
-        finally:
-            for future in pending:  # generator closed early: do not run the rest
-                future.cancel()
-
-
-def batches_of_inputs(
-    paths: Sequence[str],
-    settings: TransformSettings,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-) -> Iterator[torch.Tensor]:
-    """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
-
-    Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
-    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
-    """
-    transform = eval_transform(settings)
-    inputs = ahead_of_time((functools.partial(_decode, p, transform) for p in paths), decode_threads,
-                           ahead=2 * batch_size)
-    while batch := list(islice(inputs, batch_size)):
-        yield torch.stack(batch)
-
-
-@contextmanager
-def using_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads, then put the previous setting back."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
-    """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder
-    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all).
-    """
-    return max(1, torch.get_num_threads() - max(0, decode_threads))
-
-
-def extract_features(
-    model: nn.Module,
-    paths: Sequence[str],
-    settings: TransformSettings | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-    fast: FastBackbone | None = None,
-    torch_threads: int | None = None,
-) -> torch.Tensor:
-    """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
-    settings = settings or model.transform_settings
-    fast = fast or FastBackbone(model)
-    with using_threads(torch_threads or extraction_threads(decode_threads)):
-        out = [fast(batch) for batch in batches_of_inputs(paths, settings, batch_size, decode_threads)]
-    if not out:
-        return torch.empty(0, model.n_features)
-    return torch.cat(out)
-
-
 # --------------------------------------------------------------------------- the cache
 # In-memory stores, one per store key: {id: feature vector}, the id being the photo's content sha256
 # (augcache adds ":<view>"). Shared by every call in a process (a notebook kernel), so a second lesson
@@ -276,19 +138,63 @@ def write_store(path: Path, digest: str, store: dict[str, torch.Tensor], meta: d
 
 
 @dataclass
-class FeatureSet:
-    """Cached backbone features of a list of photos, with their labels, row for row."""
+class Lookup:
+    """What :func:`look_up` found of the vectors asked for: ``missing`` ids, in the order asked."""
 
-    features: torch.Tensor  # N x n_features, float32, CPU
-    labels: torch.Tensor  # N, int64
-    sha256: list[str]
-    file_paths: list[str]
+    memory: dict[str, torch.Tensor]
+    path: Path | None
+    digest: str
+    in_memory: set[str] = field(default_factory=set)
+    from_disk: set[str] = field(default_factory=set)
+    missing: list[str] = field(default_factory=list)
+
+    def store(self, vectors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Keep computed vectors in memory."""
+        for i, vector in vectors:
+            self.memory[i] = vector.clone()  # own storage: a row view would keep the whole batch alive
+
+    def save(self, meta: dict) -> None:
+        """Write the store to disk (with a cache folder); ``meta`` says in words what the vectors are."""
+        if self.path is not None:
+            write_store(self.path, self.digest, self.memory, meta)
+
+
+def look_up(digest: str, filename: str, ids: Sequence[str], cache_dir: str | Path | None) -> Lookup:
+    """The one cache lookup (clean features and augmented views alike): ``ids`` from memory, else from
+    the store file ``cache_dir/filename`` (``None``: memory only); the rest are ``missing``."""
+    path = Path(cache_dir) / filename if cache_dir not in (None, False) else None
+    found = Lookup(MEMORY.setdefault(digest, {}), path, digest)
+    wanted = list(dict.fromkeys(ids))  # identical photos are looked up (and computed) once
+    found.in_memory = {i for i in wanted if i in found.memory}
+    if path is not None and len(found.in_memory) < len(wanted):
+        on_disk = read_store(path, digest)
+        for i in wanted:
+            if i not in found.in_memory and i in on_disk:
+                found.memory[i] = on_disk[i]
+                found.from_disk.add(i)
+    found.missing = [i for i in wanted if i not in found.memory]
+    return found
+
+
+@dataclass(kw_only=True)
+class CacheCounts:
+    """Where a call's vectors came from, and how long it took."""
+
     n_computed: int = 0  # vectors computed by the backbone in this call
     n_from_memory: int = 0  # vectors found in the in-memory cache
     n_from_disk: int = 0  # vectors read from the disk cache
     seconds: float = 0.0
     cache_file: Path | None = None
 
+
+@dataclass
+class FeatureSet(CacheCounts):
+    """Cached backbone features of a list of photos, with their labels, row for row."""
+
+    features: torch.Tensor  # N x n_features, float32, CPU
+    labels: torch.Tensor  # N, int64
+    sha256: list[str]
+    file_paths: list[str]
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -342,46 +248,25 @@ def features_for_files(
     started = time.perf_counter()
     settings = settings or model.transform_settings
     key = feature_key(model, settings)
-    folder = Path(cache_dir) if cache_dir not in (None, False) else None
-    path = folder / key.filename if folder is not None else None
-    memory = MEMORY.setdefault(key.digest, {})
-
-    hashes = [sha256_file(p) for p in file_paths]
-    in_memory = {h for h in hashes if h in memory}
-    from_disk: set[str] = set()
-    if path is not None and len(in_memory) < len(set(hashes)):
-        on_disk = read_store(path, key.digest)
-        for h in set(hashes) - in_memory:
-            if h in on_disk:
-                memory[h] = on_disk[h]
-                from_disk.add(h)
-    missing: dict[str, str] = {}
-    for h, p in zip(hashes, file_paths):
-        if h not in memory:
-            missing.setdefault(h, str(p))  # identical files are computed once
-    if missing:
+    hashes = [photo_sha256(p) for p in file_paths]
+    found = look_up(key.digest, key.filename, hashes, cache_dir)
+    if found.missing:
         if verbose:
-            print(f"Computing {key.backbone} ({key.weights.rsplit('.', 1)[-1]}) features of {len(missing)} photo(s), once"
-                  + (f" (cached in {folder})" if folder is not None else "") + "...", flush=True)
-        computed = extract_features(model, list(missing.values()), settings, batch_size, decode_threads)
-        for h, vector in zip(missing, computed):
-            memory[h] = vector.clone()  # own storage: a row view would keep the whole batch alive
-        if path is not None:
-            write_store(path, key.digest, memory, {
-                "backbone": key.backbone, "weights": key.weights, "fingerprint": key.fingerprint,
-                "settings": repr(key.settings), "libraries": key.libraries})
-    features = torch.stack([memory[h] for h in hashes]) if hashes else torch.empty(0)
+            print(f"Computing {key.backbone} ({key.weights.rsplit('.', 1)[-1]}) features of {len(found.missing)} "
+                  "photo(s), once" + (f" (cached in {found.path.parent})" if found.path else "") + "...", flush=True)
+        paths = dict(zip(hashes, map(str, file_paths)))
+        computed = extract_features(model, [paths[h] for h in found.missing], settings, batch_size, decode_threads)
+        found.store(zip(found.missing, computed))
+        found.save({
+            "backbone": key.backbone, "weights": key.weights, "fingerprint": key.fingerprint,
+            "settings": repr(key.settings), "libraries": key.libraries})
+    missing = set(found.missing)
     result = FeatureSet(
-        features=features,
-        labels=torch.as_tensor(labels, dtype=torch.long),
-        sha256=hashes,
-        file_paths=[str(p) for p in file_paths],
-        n_computed=sum(h in missing for h in hashes),
-        n_from_memory=sum(h in in_memory for h in hashes),
-        n_from_disk=sum(h in from_disk for h in hashes),
-        seconds=time.perf_counter() - started,
-        cache_file=path,
-    )
+        features=torch.stack([found.memory[h] for h in hashes]) if hashes else torch.empty(0),
+        labels=torch.as_tensor(labels, dtype=torch.long), sha256=hashes, file_paths=[str(p) for p in file_paths],
+        n_computed=sum(h in missing for h in hashes), n_from_memory=sum(h in found.in_memory for h in hashes),
+        n_from_disk=sum(h in found.from_disk for h in hashes), seconds=time.perf_counter() - started,
+        cache_file=found.path)
     if verbose and missing:
         rate = len(missing) / max(result.seconds, 1e-9)
         print(f"  done in {result.seconds:.1f} s ({rate:.0f} photos/s).", flush=True)
@@ -399,7 +284,9 @@ def compute_features(
 ) -> dict[str, FeatureSet]:
     """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
     rows in the order of ``data.part(part)``.
+    Taught in lesson 3.
     """
+    data.use_settings(model.transform_settings)  # features at another input size than the model's: refused
     parts = [parts] if isinstance(parts, str) else list(parts)
     tables = {name: data.part(name) for name in parts}
     paths = [p for t in tables.values() for p in t["file_path"]]

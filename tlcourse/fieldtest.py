@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .data import scan_folder
-from .evaluation import accuracy, confusion_matrix, wilson_interval
+from .evaluation import Scores, balanced_accuracy, recall_table, prediction_scores  # noqa: F401 - lessons import these here
 
 
 def load_field_test(classes: Sequence[str], folder: str | Path) -> pd.DataFrame | None:
@@ -44,32 +44,6 @@ def load_field_test(classes: Sequence[str], folder: str | Path) -> pd.DataFrame 
     return table
 
 
-def balanced_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                      n_classes: int) -> float:
-    """Mean recall over the classes that have examples (each class counts the same, whatever its size)."""
-    matrix = confusion_matrix(y_true, y_pred, n_classes)
-    totals = matrix.sum(1)
-    present = totals > 0
-    if not present.any():
-        raise ValueError("need at least one example")
-    return float(np.mean(np.diag(matrix)[present] / totals[present]))
-
-
-def recall_table(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                 class_names: Sequence[str]) -> pd.DataFrame:
-    """One row per class: ``n`` photos, ``correct``, ``recall`` and its 95 % Wilson interval
-    (``low``, ``high``); NaN for a class without photos.
-    """
-    matrix = confusion_matrix(y_true, y_pred, len(class_names))
-    rows = []
-    for k, name in enumerate(class_names):
-        n, right = int(matrix[k].sum()), int(matrix[k, k])
-        low, high = wilson_interval(right, n) if n else (float("nan"), float("nan"))
-        rows.append({"class": name, "n": n, "correct": right,
-                     "recall": right / n if n else float("nan"), "low": low, "high": high})
-    return pd.DataFrame(rows).set_index("class")
-
-
 def mistakes(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names: Sequence[str]) -> pd.DataFrame:
     """The wrongly predicted photos of a :func:`~tlcourse.evaluation.predict` frame (rows in
     ``file_paths`` order): ``file``, ``true``, ``predicted`` and the predicted class's ``probability``,
@@ -88,15 +62,9 @@ def mistakes(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names:
 
 
 @dataclass
-class FieldReport:
-    """Accuracy with its interval, balanced accuracy, recall per class and the mistakes of one folder."""
+class FieldReport(Scores):
+    """The :class:`~tlcourse.evaluation.Scores` of one folder, and its mistakes."""
 
-    n: int
-    correct: int
-    accuracy: float
-    interval: tuple[float, float]
-    balanced_accuracy: float
-    recall: pd.DataFrame
     mistakes: pd.DataFrame = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,13 +95,6 @@ class FieldReport:
 
 def field_report(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names: Sequence[str]) -> FieldReport:
     """The :class:`FieldReport` of a :func:`~tlcourse.evaluation.predict` frame whose rows are the photos
-    ``file_paths`` (same order)."""
-    y_true, y_pred = frame["label"].to_numpy(), frame["pred"].to_numpy()
-    correct = int((y_true == y_pred).sum())
-    return FieldReport(
-        n=len(frame), correct=correct, accuracy=accuracy(y_true, y_pred),
-        interval=wilson_interval(correct, len(frame)),
-        balanced_accuracy=balanced_accuracy(y_true, y_pred, len(class_names)),
-        recall=recall_table(y_true, y_pred, class_names),
-        mistakes=mistakes(frame, file_paths, class_names),
-    )
+    ``file_paths`` (same order). Taught in lesson 7."""
+    result = prediction_scores(frame["label"].to_numpy(), frame["pred"].to_numpy(), class_names)
+    return FieldReport(**vars(result), mistakes=mistakes(frame, file_paths, class_names))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import eval_mode
+from .models import eval_mode, model_device
 
 
 def last_conv_block(model: nn.Module) -> nn.Module:
@@ -40,6 +40,7 @@ class GradCAM:
     ``target``), at the layer's resolution; :func:`upsample` brings them to the photo's size.
     The model's weights and modes are left as they were (a frozen backbone stays frozen: the
     gradient is taken with respect to the block's output, not its weights).
+    Taught in lesson 7.
     """
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None):
@@ -57,7 +58,7 @@ class GradCAM:
     def __call__(self, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """Maps ``N x h x w`` (non-negative) for a normalised batch ``x``; ``target``: a class index per
         photo, one for all, or ``None`` for each photo's predicted class."""
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         # The input asks for gradients so that a frozen backbone's block output has one too.
         x = x.to(device).detach().requires_grad_(True)
         handles = [self.layer.register_forward_hook(self._keep_activations),

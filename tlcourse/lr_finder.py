@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DataError
+from .models import model_device
+from .training import train_step
 
 #: The suggestion rules :func:`suggest` knows.
 RULES = ("valley", "steepest", "minimum")
@@ -151,12 +153,13 @@ def lr_range_test(
     (the loader is repeated if it is shorter); the other groups keep their ratio to it. The test
     stops early once the smoothed loss exceeds ``diverge`` times its lowest value (or is not finite).
     ``loader`` yields ``(x, y)`` or ``(x, y, index)``.
+    Taught in lesson 6.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if steps < 3:
         raise ValueError(f"steps must be at least 3, got {steps}")
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     first = optimizer.param_groups[0]["lr"]
     if not first > 0:
         raise ValueError("the optimizer's first group needs a positive rate: the others are set relative to it")
@@ -185,11 +188,7 @@ def lr_range_test(
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
             x, y = batch[0].to(device), batch[1].to(device)
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.item()
+            value = train_step(model, optimizer, x, y, loss_fn)[0].item()
             avg = beta * avg + (1 - beta) * value
             current = avg / (1 - beta ** (step + 1))
             lrs.append(lr)

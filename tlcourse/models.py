@@ -7,9 +7,7 @@ it (as in the original notebook) squashes the gradients. :func:`predict_proba` g
 from __future__ import annotations
 
 import dataclasses
-import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -17,13 +15,23 @@ import torchvision
 from torch import nn
 
 from .data import TransformSettings
-from .errors import DataError, WeightsUnavailableError
-
-#: Backbones the course is tested with; any torchvision classification model name also works.
-SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
+from .errors import WeightsUnavailableError  # noqa: F401 - WeightsUnavailableError: lessons import it here
+from .weights import SUPPORTED_BACKBONES, load_state_dict, weights_enum, weights_path  # noqa: F401 - re-exported
 
 #: Attribute names under which torchvision classification models keep their classifier block.
 _HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters are on (the one place that asks)."""
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A batch's logits in eval mode, without gradients, on the CPU as float32."""
+    with eval_mode(model):
+        return model(x.to(model_device(model))).float().cpu()
 
 
 @contextmanager
@@ -35,54 +43,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
-
-
-def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
-    """Return the torchvision weights enum member for ``backbone`` (``None`` for no weights)."""
-    # Checked also for weights=None, so a typo in TLCOURSE_BACKBONE gets the same clear message.
-    if backbone not in torchvision.models.list_models(module=torchvision.models):
-        raise DataError(
-            f"Unknown backbone {backbone!r}. Use a torchvision classification model name, "
-            f"for example one of {', '.join(SUPPORTED_BACKBONES)}."
-        )
-    if weights is None:
-        return None
-    enum = torchvision.models.get_model_weights(backbone)
-    try:
-        return enum[weights]
-    except KeyError:
-        raise DataError(
-            f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
-            f"{', '.join(member.name for member in enum)}, or None for random weights."
-        ) from None
-
-
-def weights_path(weights) -> Path:
-    """Where torchvision caches the file for ``weights``: ``$TORCH_HOME/hub/checkpoints/<file>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-
-
-def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> dict[str, torch.Tensor]:
-    """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``
-    (giving up after ``timeout`` seconds); the error names the file and where it was looked for.
-    """
-    path = weights_path(weights)
-    if not path.is_file():
-        hint = (
-            f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
-            f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
-            f"Fix: run `tlcourse prefetch-weights` on a machine with internet, or copy {path.name} "
-            f"into {path.parent}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it."
-        )
-        if offline:
-            raise WeightsUnavailableError(hint + " (TLCOURSE_OFFLINE is set, so no download was tried.)")
-        from .weights import DownloadError, download_weights_file
-
-        try:
-            download_weights_file(weights.url, path, timeout=timeout, progress=False)
-        except DownloadError as error:
-            raise WeightsUnavailableError(f"{hint} (Download from {weights.url} failed: {error})") from error
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _split_backbone(model: nn.Module) -> nn.Module:
@@ -107,6 +67,7 @@ class TransferClassifier(nn.Module):
     The model knows what it is: its constructor arguments (:meth:`arguments`) name the backbone,
     its weights, the input transform and the head's shape; a checkpoint stores them. ``freeze()``
     stops the backbone from learning, BatchNorm statistics included, even in train mode.
+    Taught in lesson 2.
     """
 
     def __init__(self, backbone: nn.Module, n_features: int, n_classes: int, hidden: int | None = None,
@@ -139,7 +100,7 @@ class TransferClassifier(nn.Module):
         return self.head(self.features(x))
 
     def freeze(self) -> "TransferClassifier":
-        """Freeze the backbone: no gradients, no weight updates, no BatchNorm statistics updates."""
+        """Freeze the backbone: no gradients, no weight updates, no BatchNorm statistics updates. Taught in lesson 3."""
         self.backbone.requires_grad_(False)
         self.frozen = True
         self.backbone.eval()
@@ -150,6 +111,7 @@ class TransferClassifier(nn.Module):
 
         ``update_batchnorm=False`` keeps BatchNorm's running statistics the pretrained ones: those
         of small batches of a small dataset are noisy, and the later layers were trained on the others.
+        Taught in lesson 4.
         """
         self.backbone.requires_grad_(True)
         self.frozen = False
@@ -181,6 +143,7 @@ def build_model(
 
     ``weights="DEFAULT"``: the best ImageNet weights torchvision has (from the torch cache, downloaded
     unless ``offline``); ``None``: random weights (quick, for tests).
+    Taught in lesson 2.
     """
     enum = weights_enum(backbone, weights)
     model = rebuild({"backbone_name": backbone, "weights_name": None if enum is None else str(enum),
@@ -207,6 +170,7 @@ def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
     """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
     pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out. Both groups get
     ``weight_decay`` (AdamW's default, as both recipes use).
+    Taught in lesson 4.
     """
     groups = [
         {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},
@@ -219,12 +183,11 @@ def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (only those with ``requires_grad`` when ``trainable_only``)."""
+    """Number of parameters (only those with ``requires_grad`` when ``trainable_only``). Taught in lesson 2."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-@torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities for a batch: softmax of the logits, in eval mode, without gradients."""
-    with eval_mode(model):
-        return torch.softmax(model(x.to(next(model.parameters()).device)), dim=1)
+    """Class probabilities for a batch: softmax of :func:`logits_of` (eval mode, no gradients, CPU).
+    Taught in lesson 5."""
+    return torch.softmax(logits_of(model, x), dim=1)

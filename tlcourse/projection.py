@@ -31,7 +31,7 @@ class PCA:
 
 
 def pca(x: torch.Tensor, k: int = 2) -> PCA:
-    """Fit a ``k``-component PCA to the rows of ``x`` (``n x d``, ``n >= 2``); use ``.transform`` to project."""
+    """Fit a ``k``-component PCA to the rows of ``x`` (``n x d``, ``n >= 2``); use ``.transform`` to project. Taught in lesson 6."""
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"need an n x d matrix with n >= 2, got shape {tuple(x.shape)}")
     if not 1 <= k <= min(x.shape):

@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .data import CSVDataset, eval_transform, load_image, make_loader
-from .evaluation import predict, wilson_interval
-from .features import for_predictions
-from .fieldtest import balanced_accuracy
+from .data import CSVDataset, eval_transform, make_loader
+from .evaluation import predict, prediction_scores
+from .inference import for_predictions
 
 
 # --------------------------------------------------------------------------- the changes
@@ -104,18 +104,6 @@ DEFAULT_CHANGES: tuple[Change, ...] = (
 
 
 # --------------------------------------------------------------------------- the report
-class _Changed(CSVDataset):
-    """A labels table's photos, each changed by ``change`` before ``transform``."""
-
-    def __init__(self, table: pd.DataFrame, change: Callable, transform: Callable):
-        super().__init__(table, transform)
-        self.change = change
-
-    def __getitem__(self, idx: int):
-        row = self.table.iloc[idx]
-        return self.transform(self.change(load_image(row["file_path"]))), int(row["label"])
-
-
 def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
                       changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
                       device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -124,6 +112,7 @@ def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequen
     One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``),
     ``balanced_accuracy``, ``recall_<class>`` and ``drop`` (accuracy lost against the first change,
     the unchanged photos). The model's own evaluation transform follows each change.
+    Taught in lesson 7.
     """
     transform = eval_transform(model.transform_settings)
     # Every change is one more pass over the photos: the fast forward of the feature cache makes it cheaper.
@@ -132,18 +121,13 @@ def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequen
     for change in changes:
         if progress is not None:
             progress(change.name)
-        loader = make_loader(_Changed(table, change.apply, transform), batch_size=batch_size)
+        loader = make_loader(CSVDataset(table, v2.Compose([change.apply, transform])), batch_size=batch_size)
         frame = predict(net, loader, device)
-        y_true, y_pred = frame["label"].to_numpy(), frame["pred"].to_numpy()
-        correct = int((y_true == y_pred).sum())
-        low, high = wilson_interval(correct, len(frame))
-        row = {"change": change.name, "kind": change.kind, "n": len(frame), "correct": correct,
-               "accuracy": correct / len(frame), "low": low, "high": high,
-               "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(class_names))}
-        for k, name in enumerate(class_names):
-            mine = y_true == k
-            row[f"recall_{name}"] = float((y_pred[mine] == k).mean()) if mine.any() else float("nan")
-        rows.append(row)
+        result = prediction_scores(frame["label"], frame["pred"], class_names)
+        rows.append({"change": change.name, "kind": change.kind, "n": result.n, "correct": result.correct,
+                     "accuracy": result.accuracy, "low": result.interval[0], "high": result.interval[1],
+                     "balanced_accuracy": result.balanced_accuracy,
+                     **{f"recall_{name}": result.recall.at[name, "recall"] for name in class_names}})
     report = pd.DataFrame(rows).set_index("change")
     report["drop"] = report["accuracy"].iloc[0] - report["accuracy"]
     return report

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .data import TransformSettings
-from .features import batches_of_inputs
+from .inference import batches_of_inputs
 
 def smaller(settings: TransformSettings, crop: int) -> TransformSettings:
     """The same transform at a smaller crop, resizing in the same proportion (e.g. 232/224 -> 116/112)."""

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DataError, DeviceError, NonFiniteLossError
-from .models import eval_mode
+from .evaluation import collect_logits
+from .models import model_device
 
 
 # --------------------------------------------------------------------------- helpers
@@ -61,10 +62,6 @@ def choose_device(preference: str = "auto") -> torch.device:
         raise DeviceError(f"{device.type.upper()} was asked for (TLCOURSE_DEVICE={preference}) but is not available "
                           "on this machine. Set TLCOURSE_DEVICE=auto (or cpu) to use what is there.")
     return device
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 # --------------------------------------------------------------------------- history and state
@@ -130,21 +127,15 @@ class Callback:
 
 
 # --------------------------------------------------------------------------- evaluation pass
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict[str, float]:
-    """Mean cross-entropy loss and accuracy over a whole loader, in eval mode without gradients."""
-    device = device or _device_of(model)
-    loss_sum, correct, n = 0.0, 0, 0
-    with eval_mode(model):
-        for batch in loader:
-            x, y = batch[0].to(device), batch[1].to(device)
-            logits = model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
-    if n == 0:
+    """Mean cross-entropy loss and accuracy over a whole loader, in eval mode without gradients
+    (:func:`~tlcourse.evaluation.collect_logits`). Taught in lesson 3."""
+    logits, labels = collect_logits(model, loader, device)
+    if len(labels) == 0:
         raise DataError("evaluate() got an empty loader: the part of the data it was given has no photos")
-    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
+    loss = F.cross_entropy(logits, labels, reduction="sum").item()
+    return {"loss": loss / len(labels), "accuracy": (logits.argmax(1) == labels).sum().item() / len(labels),
+            "n": len(labels)}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -173,8 +164,9 @@ def fit(
     A ``scheduler`` (any ``torch.optim.lr_scheduler``) is stepped once per batch, after the
     optimizer; each batch record holds the rate it trained with (``lr``, the first parameter
     group's, and ``lr_<name>`` per named group).
+    Taught in lesson 3.
     """
-    device = device or _device_of(model)
+    device = device or model_device(model)
     history = history if history is not None else History()
     history.interrupted = history.stopped_early = False  # these describe the latest run
     first_epoch = len(history.epochs)
@@ -206,18 +198,16 @@ def fit(
             for state.batch, batch in enumerate(train_loader):
                 x, y = batch[0].to(device), batch[1].to(device)
                 state.index = batch[2] if len(batch) > 2 else None
-                logits = model(x)
-                # Mean over the batch for the gradient; kept as a sum below for the epoch loss.
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    error = NonFiniteLossError(
-                        _non_finite_message(loss.item(), state, optimizer, x, model, best_state, history))
-                    error.history = history
-                    raise error
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 rates = _rates(optimizer)  # the rates this step uses, before a scheduler moves them
-                optimizer.step()
+
+                def check(loss: torch.Tensor) -> None:
+                    if not torch.isfinite(loss):
+                        error = NonFiniteLossError(
+                            _non_finite_message(loss.item(), state, optimizer, x, model, best_state, history))
+                        error.history = history
+                        raise error
+
+                loss, logits = train_step(model, optimizer, x, y, check=check)
                 if scheduler is not None:
                     scheduler.step()  # once per batch: one-cycle and warm-up schedules count batches
                 batch_loss = loss.item()
@@ -262,6 +252,20 @@ def fit(
         history.seconds += time.perf_counter() - started
     notify("on_train_end", state)
     return history
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               loss_fn=F.cross_entropy, check: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: ``(loss, logits)``. ``check(loss)`` runs before the step (``fit``
+    raises there on a NaN loss). The step of :func:`fit` and of the learning-rate range test."""
+    logits = model(x)
+    loss = loss_fn(logits, y)  # the mean over the batch, for the gradient
+    if check is not None:
+        check(loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
 
 
 def _rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:

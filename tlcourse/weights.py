@@ -8,6 +8,8 @@ it loads into the model. torchvision names its files after their sha256
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,17 @@ from typing import Iterable
 
 import pooch
 import requests
+import torch
+import torchvision
 
-from .errors import DownloadError
+from .errors import DataError, DownloadError, WeightsUnavailableError
 from .files import atomic_write, sha256_file
+
+#: Backbones the course is tested with; any torchvision classification model name also works.
+SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
+
+#: torchvision's file names end in ``-<first hex digits of the sha256>.<ending>`` (torch.hub's convention).
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
 
 
 @dataclass
@@ -33,19 +43,60 @@ class WeightsResult:
 
 def hash_prefix(file_name: str) -> str | None:
     """The sha256 prefix torchvision puts in a weights file name (``mobilenet_v2-7ebf99e0.pth`` -> ``7ebf99e0``)."""
-    import torch.hub
-
-    match = torch.hub.HASH_REGEX.search(file_name)
+    match = HASH_IN_NAME.search(file_name)
     return match.group(1) if match else None
+
+
+def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
+    """Return the torchvision weights enum member for ``backbone`` (``None`` for no weights)."""
+    # Checked also for weights=None, so a typo in TLCOURSE_BACKBONE gets the same clear message.
+    if backbone not in torchvision.models.list_models(module=torchvision.models):
+        raise DataError(
+            f"Unknown backbone {backbone!r}. Use a torchvision classification model name, "
+            f"for example one of {', '.join(SUPPORTED_BACKBONES)}."
+        )
+    if weights is None:
+        return None
+    enum = torchvision.models.get_model_weights(backbone)
+    try:
+        return enum[weights]
+    except KeyError:
+        raise DataError(
+            f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
+            f"{', '.join(member.name for member in enum)}, or None for random weights."
+        ) from None
+
+
+def weights_path(weights) -> Path:
+    """Where torchvision caches the file for ``weights``: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> dict[str, torch.Tensor]:
+    """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``
+    (giving up after ``timeout`` seconds); the error names the file and where it was looked for.
+    """
+    path = weights_path(weights)
+    if not path.is_file():
+        hint = (
+            f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
+            f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
+            f"Fix: run `tlcourse prefetch-weights` on a machine with internet, or copy {path.name} "
+            f"into {path.parent}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it."
+        )
+        if offline:
+            raise WeightsUnavailableError(hint + " (TLCOURSE_OFFLINE is set, so no download was tried.)")
+        try:
+            download_weights_file(weights.url, path, timeout=timeout, progress=False)
+        except DownloadError as error:
+            raise WeightsUnavailableError(f"{hint} (Download from {weights.url} failed: {error})") from error
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def verify_weights_file(path: str | Path, backbone: str) -> tuple[str, str | None]:
     """Check that ``path`` loads as a state dict that fits ``backbone``: ``(sha256, warning)``, the
     warning when the sha256 does not start with the prefix in the file name (not torchvision's file).
     """
-    import torch
-    import torchvision
-
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -113,8 +164,6 @@ def prefetch_weights(backbones: Iterable[str], source_dir: str | Path | None = N
     Downloaded from torchvision's address unless cached (``offline``: a missing file is an error), or
     copied from ``source_dir`` (a USB stick, another machine's torch cache).
     """
-    from .models import weights_enum, weights_path
-
     results = []
     for backbone in backbones:
         enum = weights_enum(backbone)

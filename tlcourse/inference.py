@@ -1,0 +1,165 @@
+"""Fast inference on the CPU: a backbone prepared for predictions only, fed by a thread that decodes
+the next photos while it runs. The feature cache (:mod:`tlcourse.features`), the augmented views
+(:mod:`tlcourse.augcache`), the robustness report and ``tlcourse evaluate`` use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from .data import TransformSettings, eval_transform, load_image
+from .models import model_device
+
+#: Images per backbone batch (benchmarks/run.py compares batch sizes).
+DEFAULT_BATCH_SIZE = 32
+
+#: Threads that decode and transform photos while the backbone runs (Pillow and torch release
+#: the GIL). Threads, not DataLoader worker processes: those re-import the notebook on Windows and macOS.
+DEFAULT_DECODE_THREADS = 1
+
+T = TypeVar("T")
+
+
+class FastBackbone:
+    """A copy of a model's backbone prepared for fast inference; the model itself is not changed.
+
+    ``torch.inference_mode`` (no autograd bookkeeping), ``channels_last`` (oneDNN's depthwise and 1x1
+    convolutions are faster in NHWC) and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``;
+    the same affine map). Outputs match ``model.features`` to float rounding (the tests check it).
+    """
+
+    def __init__(self, model: nn.Module, channels_last: bool = True, fuse: bool = True):
+        backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
+        self.fused = False
+        if fuse:
+            try:
+                from torch.fx.experimental.optimization import fuse as fx_fuse
+
+                backbone = fx_fuse(backbone)
+                self.fused = True
+            except Exception:  # noqa: BLE001 - any tracing failure: keep the plain copy, it is only slower
+                pass
+        self.channels_last = channels_last
+        if channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)
+        self.backbone = backbone
+        self.device = model_device(model)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``N x n_features`` (float32, on the CPU) for a normalised batch ``N x 3 x H x W``."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x).flatten(1).float().cpu()
+
+
+class FastModel(nn.Module):
+    """A transfer model for predictions only: its head on :class:`FastBackbone` features (the model's
+    logits in eval mode, to float rounding; the backbone's gradients are not available)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.fast = FastBackbone(model)
+        self.head = model.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fast(x).to(self.fast.device))
+
+
+def for_predictions(model: nn.Module) -> nn.Module:
+    """A transfer model (``backbone`` and ``head``) as a :class:`FastModel`; any other model as it is."""
+    return FastModel(model) if hasattr(model, "backbone") and hasattr(model, "head") else model
+
+
+def decode(path: str, transform: v2.Compose) -> torch.Tensor:
+    """One photo through ``transform``: the same loader as CSVDataset, so inputs are identical."""
+    return transform(load_image(path))
+
+
+def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> Iterator[T]:
+    """The results of ``jobs`` in order, each started up to ``ahead`` jobs early in ``threads`` threads
+    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for.
+    """
+    if threads <= 0:
+        for job in jobs:
+            yield job()
+        return
+    todo = iter(jobs)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlcourse-decode") as pool:
+        pending: deque[Future] = deque(pool.submit(job) for job in islice(todo, max(1, ahead)))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                job = next(todo, None)
+                if job is not None:
+                    pending.append(pool.submit(job))
+                yield result
+        finally:
+            for future in pending:  # generator closed early: do not run the rest
+                future.cancel()
+
+
+def batches_of_inputs(
+    paths: Sequence[str],
+    settings: TransformSettings,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    decode_threads: int = DEFAULT_DECODE_THREADS,
+) -> Iterator[torch.Tensor]:
+    """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
+
+    Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
+    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
+    """
+    transform = eval_transform(settings)
+    inputs = ahead_of_time((functools.partial(decode, p, transform) for p in paths), decode_threads,
+                           ahead=2 * batch_size)
+    while batch := list(islice(inputs, batch_size)):
+        yield torch.stack(batch)
+
+
+@contextmanager
+def using_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, then put the previous setting back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
+    """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder
+    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all).
+    """
+    return max(1, torch.get_num_threads() - max(0, decode_threads))
+
+
+def extract_features(
+    model: nn.Module,
+    paths: Sequence[str],
+    settings: TransformSettings | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    decode_threads: int = DEFAULT_DECODE_THREADS,
+    fast: FastBackbone | None = None,
+    torch_threads: int | None = None,
+) -> torch.Tensor:
+    """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
+    settings = settings or model.transform_settings
+    fast = fast or FastBackbone(model)
+    with using_threads(torch_threads or extraction_threads(decode_threads)):
+        out = [fast(batch) for batch in batches_of_inputs(paths, settings, batch_size, decode_threads)]
+    if not out:
+        return torch.empty(0, model.n_features)
+    return torch.cat(out)

@@ -1,0 +1,151 @@
+"""The augmentation explorer: sliders for the training transform's random parts, and what they do to a photo."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from ..data import Augmentation, TransformSettings, load_image
+from ..errors import DataError
+from .common import interactive, jpeg_bytes, to_pil
+
+class AugmentationExplorer:
+    """Sliders for the training transform's random parts, and a grid of what they do to one photo.
+
+    ``photos`` is one photo path or a list (then a menu picks one). The grid
+    shows ``n`` draws of the transform, de-normalised: what the network receives
+    during training. The draws are seeded, so moving a slider changes only what
+    that setting does; "New draws" picks other random numbers.
+    Taught in lesson 1.
+    """
+
+    def __init__(self, photos: str | Path | Sequence[str | Path], settings: TransformSettings = TransformSettings(),
+                 augmentation: Augmentation = Augmentation(), n: int = 8, columns: int = 4, seed: int = 0,
+                 mode: str = "auto"):
+        self.photos = [Path(photos)] if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
+        if not self.photos:
+            raise DataError("Give at least one photo path.")
+        self.settings, self.augmentation, self.n, self.columns, self.seed = settings, augmentation, n, columns, seed
+        self.mode = mode
+        self.photo_path = self.photos[0]
+        self.widget: Any = None
+        self.tiles: list[Image.Image] = []
+        self.draw()
+
+    @property
+    def code(self) -> str:
+        """The current settings' transform as Python source, to copy into a training script."""
+        return self.augmentation.code(self.settings)
+
+    @property
+    def transform(self) -> v2.Compose:
+        return self.augmentation.transform(self.settings)
+
+    def update(self, **changes: Any) -> None:
+        """Change settings (``scale``, ``flip``, ``jitter``, ``downscale``) and redraw, as the sliders do."""
+        self.augmentation = Augmentation(**{**self.augmentation.__dict__, **changes})
+        self.draw()
+
+    def choose(self, photo: str | Path) -> None:
+        """Show another photo."""
+        self.photo_path = Path(photo)
+        self.draw()
+
+    def new_draws(self) -> None:
+        """Other random crops, flips and colours for the same settings."""
+        self.seed += 1
+        self.draw()
+
+    def draw(self) -> list[Image.Image]:
+        """Apply the transform ``n`` times (seeded, without touching the global random state)."""
+        photo = load_image(self.photo_path)
+        transform = self.transform
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.tiles = [to_pil(transform(photo), self.settings) for _ in range(self.n)]
+        if self.widget is not None:
+            self._refresh()
+        return self.tiles
+
+    def grid(self, gap: int = 4) -> Image.Image:
+        """The tiles as one image, ``columns`` wide."""
+        size = self.settings.crop
+        rows = math.ceil(len(self.tiles) / self.columns)
+        grid = Image.new("RGB", (self.columns * (size + gap) - gap, rows * (size + gap) - gap), "white")
+        for k, tile in enumerate(self.tiles):
+            grid.paste(tile, ((k % self.columns) * (size + gap), (k // self.columns) * (size + gap)))
+        return grid
+
+    def build(self) -> Any:
+        """Create the ipywidgets panel (done by :meth:`show`; tests call it directly)."""
+        import ipywidgets as w
+
+        a = self.augmentation
+        style = {"description_width": "150px"}
+        wide = w.Layout(width="460px")
+        self.scale_slider = w.FloatRangeSlider(value=a.scale, min=0.05, max=1.0, step=0.05, readout_format=".2f",
+                                               description="crop keeps (area)", style=style, layout=wide,
+                                               continuous_update=False)
+        self.flip_box = w.Checkbox(value=a.flip, description="random left-right flip", indent=False)
+        self.jitter_slider = w.FloatSlider(value=a.jitter, min=0.0, max=0.8, step=0.05, readout_format=".2f",
+                                           description="colour jitter", style=style, layout=wide,
+                                           continuous_update=False)
+        self.downscale_slider = w.IntSlider(value=a.downscale, min=0, max=self.settings.resize, step=16,
+                                            description="downscale to (px)", style=style, layout=wide,
+                                            continuous_update=False)
+        self.redraw_button = w.Button(description="New draws", icon="refresh")
+        hint = w.HTML('<div style="color:#555;font-size:0.9em">crop keeps: the share of the photo\'s area in each '
+                      'random crop · colour jitter: up to this much brighter/darker, more/less contrast and '
+                      'colour · downscale: shrink the photo to this many pixels first, as a low-resolution '
+                      'photo (0: off)</div>', layout=w.Layout(max_width="700px"))
+        controls: list[Any] = [self.scale_slider, self.jitter_slider, self.downscale_slider,
+                               w.HBox([self.flip_box, self.redraw_button]), hint]
+        if len(self.photos) > 1:
+            self.photo_menu = w.Dropdown(options=[(p.name, str(p)) for p in self.photos], value=str(self.photo_path),
+                                         description="photo", style=style)
+            self.photo_menu.observe(lambda c: self.choose(c["new"]), names="value")
+            controls.insert(0, self.photo_menu)
+        self.image = w.Image(format="jpeg", layout=w.Layout(max_width="100%", align_self="flex-start"))
+        self.image.add_class("tlcourse-augment-grid")
+        self.code_view = w.HTML()
+        self.code_view.add_class("tlcourse-augment-code")
+        self.scale_slider.observe(lambda c: self.update(scale=tuple(c["new"])), names="value")
+        self.flip_box.observe(lambda c: self.update(flip=bool(c["new"])), names="value")
+        self.jitter_slider.observe(lambda c: self.update(jitter=float(c["new"])), names="value")
+        self.downscale_slider.observe(lambda c: self.update(downscale=int(c["new"])), names="value")
+        self.redraw_button.on_click(lambda _: self.new_draws())
+        self.widget = w.VBox([*controls, self.image, self.code_view])
+        self.widget.add_class("tlcourse-augment")
+        self._refresh()
+        return self.widget
+
+    def _refresh(self) -> None:
+        self.image.value = jpeg_bytes(self.grid())
+        self.code_view.value = ('<div style="color:#555">The transform these settings make:</div>'
+                                f'<pre style="user-select:text">{html.escape(self.code)}</pre>')
+
+    def show(self) -> None:
+        """Show the sliders and grid (widgets) or, without widgets, the grid as a figure and the code."""
+        if interactive(self.mode):
+            from IPython.display import display
+
+            display(self.build())
+            return
+        import matplotlib.pyplot as plt
+
+        rows = math.ceil(len(self.tiles) / self.columns)
+        fig, axes = plt.subplots(rows, self.columns, figsize=(3 * self.columns, 3 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, tile in zip(axes.flat, self.tiles):
+            ax.imshow(tile)
+        fig.suptitle(f"{len(self.tiles)} random draws of the training transform: {self.photo_path.name}")
+        plt.tight_layout()
+        plt.show()
+        print(self.code)
