@@ -94,4 +94,5 @@ def test_lesson_runs_at_home(home, name, homes, monkeypatch, real_weights):
         assert str(course / "field-test") in text, f"{name} should name the folder it looked in"
     if home != "no-field-test":
         assert MISSING not in text, f"{name} did not find the field test that TLCOURSE_FIELD_TEST names"
-    assert sorted(p.name for p in (course / "data").iterdir()) == ["dog", "hotdog"], "nothing is written among the photos"
+    photos = sorted(p.name for p in (course / "data").iterdir())
+    assert photos == ["dog", "hotdog"], f"nothing may be written among the photos: {photos}"

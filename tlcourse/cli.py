@@ -344,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         "download-data", cmd_download_data, "download the example photos and the field test, verified by sha256",
         "Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and DEST/hotdog, and its "
         "field test (100 photos from other sources, for evaluation only) into a folder of its own, by default "
-        "TLCOURSE_FIELD_TEST (field-test/ in the course folder). Each photo is fetched from where it is published (a GitHub repository pinned to a commit) or from a classroom "
-        "mirror, and checked against the sha256 in the manifest shipped with tlcourse. Downloads run in parallel; "
+        "TLCOURSE_FIELD_TEST (field-test/ in the course folder). Each photo is fetched from where it is published "
+        "(a GitHub repository pinned to a commit) or from a classroom mirror, and checked against the sha256 in "
+        "the manifest shipped with tlcourse. Downloads run in parallel; "
         "transient failures are retried; an interrupted run resumes without fetching verified files again; a file "
         "with the wrong hash is rejected and never left under its final name.",
         MIRROR_HELP, options=["quiet"])
