@@ -28,7 +28,9 @@ import pytest
 import torch
 
 from tlcourse import cli
-from tlcourse.download import MANIFEST_FILE, STAGING, DownloadError, download_data, published_url, read_manifest
+from tlcourse import download
+from tlcourse.download import (FIELD_TEST_MANIFEST, MANIFEST_FILE, STAGING, DownloadError, download_data,
+                               download_sets, published_url, read_manifest)
 from tlcourse.weights import download_weights_file, hash_prefix, prefetch_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +129,29 @@ def subset(tmp_path, data_dir) -> tuple[pd.DataFrame, Path, Path]:
 
 
 @pytest.fixture
+def field_subset(subset, require) -> tuple[pd.DataFrame, Path]:
+    """6 real field-test photos (3 per class) in the mirror's field-test/ folder, their rows and a TSV of them."""
+    source = Path(os.environ.get("TLCOURSE_FIELD_TEST", ROOT / "field-test"))
+    require((source / "dog").is_dir() and (source / "hotdog").is_dir(), f"The field-test folder {source}")
+    manifest = read_manifest(FIELD_TEST_MANIFEST)
+    rows = pd.concat([manifest[manifest["class"] == c].head(3) for c in ("dog", "hotdog")]).reset_index(drop=True)
+    for row in rows.itertuples():
+        (subset[1] / "field-test" / row[1]).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / row[1] / row.file, subset[1] / "field-test" / row[1] / row.file)
+    tsv = subset[2].with_name("field-subset.tsv")
+    rows.to_csv(tsv, sep="\t", index=False)
+    return rows, tsv
+
+
+@pytest.fixture
+def small_sets(monkeypatch, subset, field_subset):
+    """The course's two sets, cut down to the subsets the mirror holds (what the CLI fetches by default)."""
+    monkeypatch.setitem(download.SETS, "photos", (subset[2], ""))
+    monkeypatch.setitem(download.SETS, "field-test", (field_subset[1], "field-test"))
+    return subset[0], field_subset[0]
+
+
+@pytest.fixture
 def server(subset):
     srv = MirrorServer(subset[1])
     yield srv
@@ -174,6 +199,19 @@ def test_published_url_is_pinned_to_the_commit_without_the_annotation():
     assert url.endswith(dog["original_path"].split(" (")[0])
     hotdog = table[table["class"] == "hotdog"].iloc[0]
     assert published_url(hotdog).endswith("/" + hotdog["original_path"])
+
+
+def test_packaged_field_test_manifest_is_the_field_test(require):
+    """Same columns as the training set's, 50 + 50 photos, each pinned to a commit, hashes as on disk."""
+    table = read_manifest(FIELD_TEST_MANIFEST)
+    assert list(table.columns) == list(read_manifest().columns)
+    assert table["class"].value_counts().to_dict() == {"dog": 50, "hotdog": 50}
+    assert table["commit"].str.fullmatch(r"[0-9a-f]{40}").all()
+    assert all(published_url(row).startswith("https://raw.githubusercontent.com/") for _, row in table.iterrows())
+    source = Path(os.environ.get("TLCOURSE_FIELD_TEST", ROOT / "field-test"))
+    require((source / "dog").is_dir(), f"The field-test folder {source}")
+    for row in table.itertuples():  # all 100 (3 MB): the manifest is what a learner's download is checked against
+        assert sha256(source / row[1] / row.file) == row.sha256, row.file
 
 
 def test_manifest_with_unsafe_names_is_refused(tmp_path, subset):
@@ -329,6 +367,100 @@ def test_server_that_never_answers_times_out(tmp_path, subset):
         with pytest.raises(DownloadError, match="does not answer"):
             download_data(tmp_path / "data", manifest=rows, mirror=url, timeout=0.5, retries=1,
                           backoff=0.01, progress=False)
+
+
+# --------------------------------------------------------------------------- both sets: photos and field test
+def test_both_sets_by_default_over_http(tmp_path, small_sets, server, capsys):
+    photos, field = small_sets
+    dest, field_dest = tmp_path / "data", tmp_path / "field-test"
+    code = cli.main(["download-data", "--dest", str(dest), "--field-test-dest", str(field_dest),
+                     "--mirror", server.url, "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out
+    assert_complete(dest, photos)
+    assert_complete(field_dest, field)
+    assert sorted(p.name for p in dest.iterdir()) == ["dog", "hotdog"]  # nothing of the field test among the photos
+    assert server.requests == Counter({p: 1 for p in paths(photos) + ["field-test/" + p for p in paths(field)]})
+    assert "10 downloaded" in out.out and "6 downloaded" in out.out and "field test" in out.err
+
+
+def test_field_test_goes_where_the_setting_points(tmp_path, small_sets, subset, monkeypatch):
+    """No --field-test-dest: TLCOURSE_FIELD_TEST decides (the folder the lessons read); a folder mirror serves it."""
+    _, field = small_sets
+    monkeypatch.setenv("TLCOURSE_FIELD_TEST", str(tmp_path / "my field test"))
+    code = cli.main(["download-data", "--dest", str(tmp_path / "data"), "--only", "field-test",
+                     "--mirror", str(subset[1]), "--quiet"])
+    assert code == 0
+    assert_complete(tmp_path / "my field test", field)
+    assert not (tmp_path / "data").exists()
+
+
+def test_only_photos(tmp_path, small_sets, server):
+    photos, _ = small_sets
+    dest, field_dest = tmp_path / "data", tmp_path / "field-test"
+    code = cli.main(["download-data", "--dest", str(dest), "--field-test-dest", str(field_dest), "--only", "photos",
+                     "--mirror", server.url, "--quiet"])
+    assert code == 0
+    assert_complete(dest, photos)
+    assert not field_dest.exists() and not any(p.startswith("field-test/") for p in server.requests)
+
+
+@pytest.mark.parametrize("over", ["http", "folder"])
+def test_tampered_field_test_file_is_rejected(tmp_path, small_sets, subset, server, over, capsys):
+    photos, field = small_sets
+    bad = "field-test/" + paths(field)[4]
+    if over == "http":
+        server.corrupt.add(bad)
+        mirror = server.url
+    else:  # a USB stick whose copy was damaged: one byte changed, same length
+        data = bytearray((subset[1] / bad).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (subset[1] / bad).write_bytes(bytes(data))
+        mirror = str(subset[1])
+    dest, field_dest = tmp_path / "data", tmp_path / "field-test"
+    code = cli.main(["download-data", "--dest", str(dest), "--field-test-dest", str(field_dest), "--mirror", mirror,
+                     "--retries", "0", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "sha256 mismatch" in out and bad.split("/")[-1] in out
+    assert not (field_dest / paths(field)[4]).exists()  # rejected: nothing under its final name
+    assert leftovers(field_dest) == []
+    assert_complete(dest, photos)
+    assert_complete(field_dest, field.drop(index=4))
+
+
+@pytest.mark.parametrize("inside", [".", "field-test", "dog/field-test"])
+def test_field_test_inside_the_photo_folder_is_refused(tmp_path, small_sets, subset, inside, capsys):
+    dest = tmp_path / "data"
+    code = cli.main(["download-data", "--dest", str(dest), "--field-test-dest", str(dest / inside),
+                     "--mirror", str(subset[1]), "--quiet"])
+    assert code == 1 and "overlap" in capsys.readouterr().err
+    assert not dest.exists()  # refused before anything is fetched
+
+
+def test_folder_mirror_without_the_field_test(tmp_path, small_sets, subset, capsys):
+    shutil.rmtree(subset[1] / "field-test")
+    code = cli.main(["download-data", "--dest", str(tmp_path / "data"), "--field-test-dest",
+                     str(tmp_path / "field-test"), "--mirror", str(subset[1]), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Mirror folder not found" in err and "field-test" in err
+    assert not (tmp_path / "data").exists()  # found out before anything is fetched
+
+
+def test_http_mirror_without_the_field_test_says_so(tmp_path, small_sets, subset, server, capsys):
+    photos, _ = small_sets
+    shutil.rmtree(subset[1] / "field-test")
+    code = cli.main(["download-data", "--dest", str(tmp_path / "data"), "--field-test-dest",
+                     str(tmp_path / "field-test"), "--mirror", server.url, "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1 and "HTTP 404" in out and "<mirror>/field-test/<class>/<file>" in out
+    assert "run the same command again" not in out  # it would not help
+    assert_complete(tmp_path / "data", photos)
+
+
+def test_download_sets_rejects_an_unknown_set(tmp_path):
+    with pytest.raises(ValueError, match="unknown set"):
+        download_sets(tmp_path / "data", tmp_path / "field-test", ["photos", "fieldtest"])
 
 
 # --------------------------------------------------------------------------- local folder mirror

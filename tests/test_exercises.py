@@ -1,9 +1,12 @@
 """Every lesson on a learner's own folder, and every exercise checker with a right and a wrong answer.
 
-The lessons are executed in a kernel (quick mode, ``TLCOURSE_SMOKE=1``) on a folder that is not the
-course's example: three classes with spaced, non-ASCII names ("chien de garde", "hot dög", "ñandú"),
-copied from disjoint subsets of the shared photos. Nothing may assume two classes or the names dog
-and hotdog, and the accuracy checks must print a verdict instead of stopping the notebook.
+The lessons are executed in a kernel (quick mode, ``TLCOURSE_SMOKE=1``) on a folder built like the
+README's example of a learner's own folder, not the course's: three classes with spaced, non-ASCII
+names ("chien de garde", "hot dög", "ñandú") copied from disjoint subsets of the shared photos, each
+with a nested subfolder ("holiday 2024/"), ``.png``, ``.webp`` and upper-case ``.JPG`` files, and in
+one class a truncated JPEG and a zero-byte file, which the lessons must skip and name. Nothing may
+assume two classes, the names dog and hotdog, flat folders or clean files, and the accuracy checks
+must print a verdict instead of stopping the notebook.
 
 Then, in the same kernel, after the lesson's last cell, each exercise checker runs twice: with the
 right answer (it must print "Correct") and with a wrong one (it must raise ``AssertionError`` with a
@@ -21,6 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -65,9 +69,12 @@ ANSWERS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
-# Three classes, disjoint photos, 20 each (the quick mode would take up to 40): small, so the test is cheap.
+# Three classes, disjoint photos, 20 usable each (the quick mode would take up to 40): small, so the test is cheap.
 OWN_CLASSES = {"chien de garde": ("dog", 0), "hot dög": ("hotdog", 0), "ñandú": ("dog", 20)}
 PER_CLASS = 20
+NESTED = "holiday 2024"  # a subfolder of a class folder: its photos belong to the class
+BROKEN_CLASS = "hot dög"  # holds the two files that cannot be used
+TRUNCATED, EMPTY = "cut off.jpg", "empty.jpg"
 
 
 def checkers(nb) -> list[tuple[int, list[str]]]:
@@ -95,17 +102,48 @@ def test_checker_finder_and_answers_cover_every_lesson():
     assert sum(len(checkers(nbformat.read(p, as_version=4))) for p in NOTEBOOKS) >= 9
 
 
-@pytest.fixture(scope="module")
-def own_folder(tmp_path_factory, data_dir) -> Path:
-    """A learner's folder: three classes with spaced, non-ASCII names, copied from the shared photos."""
-    root = tmp_path_factory.mktemp("own photos") / "mes photos à moi"
+def build_own_folder(root: Path, data_dir: Path) -> Path:
+    """A learner's folder as the README shows one, at ``root``, from the shared photos (see the module's text).
+
+    Per class: 2 photos as PNG in the nested folder, 1 as WebP, 2 with the ending upper-case ``.JPG``,
+    the rest as they are; the broken class also gets a JPEG cut off halfway and a zero-byte file.
+    """
     for name, (source, start) in OWN_CLASSES.items():
         photos = sorted((data_dir / source).glob("*.jpg"))[start:start + PER_CLASS]
         assert len(photos) == PER_CLASS
-        (root / name).mkdir(parents=True)
-        for photo in photos:
-            shutil.copy(photo, root / name / photo.name)
+        folder = root / name
+        (folder / NESTED).mkdir(parents=True)
+        for index, photo in enumerate(photos):
+            if index < 2:
+                Image.open(photo).save(folder / NESTED / f"{photo.stem}.png")
+            elif index == 2:
+                Image.open(photo).save(folder / f"{photo.stem}.webp")
+            else:
+                shutil.copy(photo, folder / (f"{photo.stem}.JPG" if index < 5 else photo.name))
+    whole = photos[-1].read_bytes()
+    (root / BROKEN_CLASS / TRUNCATED).write_bytes(whole[: len(whole) // 2])
+    (root / BROKEN_CLASS / EMPTY).write_bytes(b"")
     return root
+
+
+@pytest.fixture(scope="module")
+def own_folder(tmp_path_factory, data_dir) -> Path:
+    """A learner's folder built like the README's example (:func:`build_own_folder`)."""
+    return build_own_folder(tmp_path_factory.mktemp("own photos") / "mes photos à moi", data_dir)
+
+
+def test_own_folder_is_built_like_the_readme_example(own_folder):
+    """The folder holds what it claims: the package's full scan finds 20 usable photos per class and skips
+    exactly the two broken files; every kind of file is there."""
+    from tlcourse.data import scan_folder
+
+    skipped = []
+    table = scan_folder(own_folder, check="decode", skipped=skipped)
+    assert table["class_name"].value_counts().to_dict() == {name: PER_CLASS for name in OWN_CLASSES}
+    assert sorted(s.path.name for s in skipped) == sorted([TRUNCATED, EMPTY])
+    names = [Path(p) for p in table["file_path"]]
+    assert {p.suffix for p in names} == {".jpg", ".JPG", ".png", ".webp"}
+    assert sum(p.parent.name == NESTED for p in names) == 2 * len(OWN_CLASSES)
 
 
 def _exercise_cells(nb) -> list[tuple[str, str, str]]:
@@ -148,6 +186,8 @@ def test_lesson_runs_on_own_folder_and_its_exercise_checkers_work(path, own_fold
     outputs = [cell.outputs for cell in nb.cells[:lesson_cells] if cell.cell_type == "code"]
     text = "\n".join(o.get("text", "") for cell_outputs in outputs for o in cell_outputs)
     assert "chien de garde" in text, "the lesson should print the learner's classes"
+    for broken in (TRUNCATED, EMPTY):
+        assert broken in text, f"{path.name}: the lesson should skip the unusable file {broken!r} and name it"
     for (kind, name, _), cell in zip(added, nb.cells[lesson_cells:]):
         out = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
         if kind == RIGHT:

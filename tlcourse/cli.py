@@ -19,12 +19,14 @@ from .config import get_config
 from .errors import TLCourseError
 
 EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130
-MIRROR_HELP = """Classroom mirror: any folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file>
-(a finished data/ folder). Serve it on the local network with
-    cd data && python -m http.server 8000
+MIRROR_HELP = """Classroom mirror: a folder laid out as <mirror>/dog/<file> and <mirror>/hotdog/<file> for the
+photos, and <mirror>/field-test/dog/<file> and <mirror>/field-test/hotdog/<file> for the field test.
+Make one from a finished download and serve it on the local network with
+    mkdir mirror && cp -r data/dog data/hotdog field-test mirror/
+    cd mirror && python3 -m http.server 8000
 and on each machine run
     tlcourse download-data --mirror http://TEACHER-IP:8000
-or copy from a USB stick: tlcourse download-data --mirror /media/usb/data"""
+or copy from a USB stick: tlcourse download-data --mirror /media/usb/mirror"""
 
 
 def _err(message: str) -> None:
@@ -46,25 +48,37 @@ def _report_skipped(skipped) -> None:
 
 
 # --------------------------------------------------------------------------- download-data
-def cmd_download_data(args: argparse.Namespace) -> int:
-    from .download import download_data
+SET_TITLES = {"photos": "the example photos", "field-test": "the field test (photos from elsewhere, evaluation only)"}
 
+
+def cmd_download_data(args: argparse.Namespace) -> int:
+    from .download import check_sets, download_sets
+
+    field_test_dest = args.field_test_dest or get_config().field_test_dir
+    sets = ["photos"] if args.manifest else [args.only] if args.only else ["photos", "field-test"]
+    check_sets(args.dest, field_test_dest, sets, args.mirror)  # refuses before fetching anything
     where = args.mirror or "the published addresses (raw.githubusercontent.com, pinned by commit)"
-    print(f"Downloading the example set into {args.dest} from {where}", file=sys.stderr)
-    try:
-        report = download_data(args.dest, manifest=args.manifest, mirror=args.mirror, workers=args.workers,
-                               retries=args.retries, timeout=args.timeout, progress=not args.quiet)
-    except OSError as error:  # the destination cannot be created or written (permissions, full disk)
-        if isinstance(error, TLCourseError):
-            raise
-        _err(f"cannot write the photos into {args.dest}: {error}")
-        return EXIT_FAIL
-    except KeyboardInterrupt:
-        _err(f"interrupted. Files completed so far are verified and kept in {args.dest}; "
-             "run the same command again to resume.")
-        return EXIT_INTERRUPTED
-    print(report.summary())
-    return EXIT_OK if report.ok else EXIT_FAIL
+    ok = True
+    for name in sets:
+        folder = args.dest if name == "photos" else field_test_dest
+        print(f"Downloading {SET_TITLES[name]} into {folder} from {where}", file=sys.stderr)
+        try:
+            [report] = download_sets(args.dest, field_test_dest, [name], mirror=args.mirror,
+                                     manifests={"photos": args.manifest} if args.manifest else None,
+                                     workers=args.workers, retries=args.retries, timeout=args.timeout,
+                                     progress=not args.quiet).values()
+        except OSError as error:  # the destination cannot be created or written (permissions, full disk)
+            if isinstance(error, TLCourseError):
+                raise
+            _err(f"cannot write the photos into {folder}: {error}")
+            return EXIT_FAIL
+        except KeyboardInterrupt:
+            _err(f"interrupted. Files completed so far are verified and kept in {folder}; "
+                 "run the same command again to resume.")
+            return EXIT_INTERRUPTED
+        print(report.summary())
+        ok = ok and report.ok
+    return EXIT_OK if ok else EXIT_FAIL
 
 
 # --------------------------------------------------------------------------- prefetch-weights
@@ -281,18 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command(
-        "download-data", cmd_download_data, "download the example photos (dog/hotdog), verified by sha256",
-        "Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and DEST/hotdog. Each "
-        "photo is fetched from where it is published (a GitHub repository pinned to a commit) or from a classroom "
-        "mirror, and checked against the sha256 in the manifest shipped with tlcourse. Downloads run in parallel; "
+        "download-data", cmd_download_data, "download the example photos and the field test, verified by sha256",
+        "Download the course's example set (1,434 dog and hotdog photos) into DEST/dog and DEST/hotdog, and its "
+        "field test (100 photos from other sources, for evaluation only) into a folder of its own, by default "
+        "TLCOURSE_FIELD_TEST (field-test/ in the course folder). Each photo is fetched from where it is published "
+        "(a GitHub repository pinned to a commit) or from a classroom mirror, and checked against the sha256 in "
+        "the manifest shipped with tlcourse. Downloads run in parallel; "
         "transient failures are retried; an interrupted run resumes without fetching verified files again; a file "
         "with the wrong hash is rejected and never left under its final name.",
         MIRROR_HELP, options=["quiet"])
-    p.add_argument("--dest", default="data", help="folder to fill (default: data)")
+    p.add_argument("--dest", default="data", help="folder for the example photos (default: data)")
+    p.add_argument("--field-test-dest", metavar="DIR",
+                   help="folder for the field test, never inside DEST (default: TLCOURSE_FIELD_TEST, field-test/)")
+    p.add_argument("--only", choices=["photos", "field-test"], help="fetch one set only (default: both)")
     p.add_argument("--mirror", metavar="URL_OR_DIR",
-                   help="take the files from an http(s) address or a local folder laid out as <mirror>/<class>/<file>")
+                   help="take the files from an http(s) address or a local folder laid out as <mirror>/<class>/<file>, "
+                        "with the field test in <mirror>/field-test/<class>/<file>")
     p.add_argument("--manifest", metavar="TSV",
-                   help="another manifest in the same tab-separated format (default: the course's example set)")
+                   help="fetch another set instead, listed in the same tab-separated format, into DEST")
     p.add_argument("--workers", type=int, default=8, help="parallel downloads (default: 8)")
     p.add_argument("--retries", type=int, default=3, help="retries per file for transient failures (default: 3)")
     p.add_argument("--timeout", type=float, default=15.0,

@@ -1,10 +1,13 @@
-"""Getting the example photos onto a machine, verified, from where they are published or a mirror.
+"""Getting the course's photos onto a machine, verified, from where they are published or a mirror.
 
-Only the set's manifest ships with the package (``dogs_vs_hotdogs.tsv``: class, file, sha256 and a
-GitHub repository pinned to a commit per photo). :func:`download_data` gives that registry to
-`pooch <https://www.fatiando.org/pooch>`_, which fetches each file, checks its sha256 and only then
-gives it its name, in a thread pool. A classroom mirror is an HTTP address or a local folder laid
-out as ``<mirror>/<class>/<file>``. Pretrained weights: :mod:`tlcourse.weights`.
+The course has two sets (:data:`SETS`): the example photos it trains on (``dogs_vs_hotdogs.tsv``)
+and a field test of photos from other sources, for evaluation only (``field_test.tsv``). Only their
+manifests ship with the package: class, file, sha256 and a GitHub repository pinned to a commit per
+photo. :func:`download_data` gives one manifest to `pooch <https://www.fatiando.org/pooch>`_, which
+fetches each file, checks its sha256 and only then gives it its name, in a thread pool;
+:func:`download_sets` fetches the sets into their own folders. A classroom mirror is an HTTP address
+or a local folder laid out as ``<mirror>/<class>/<file>`` for the photos and
+``<mirror>/field-test/<class>/<file>`` for the field test. Pretrained weights: :mod:`tlcourse.weights`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from .errors import DataError, DataNotFoundError, DownloadError
 from .files import sha256_file
 
 MANIFEST_FILE = Path(__file__).with_name("dogs_vs_hotdogs.tsv")
+FIELD_TEST_MANIFEST = Path(__file__).with_name("field_test.tsv")
+#: The course's sets: name -> (manifest, the sub-folder of a classroom mirror that serves it).
+SETS = {"photos": (MANIFEST_FILE, ""), "field-test": (FIELD_TEST_MANIFEST, "field-test")}
 MANIFEST_COLUMNS = ["class", "file", "sha256", "bytes", "source_repo", "commit", "original_path"]
 RAW_GITHUB = "https://raw.githubusercontent.com/{source_repo}/{commit}/{path}"
 #: HTTP statuses worth retrying: the server or a proxy is busy or briefly broken.
@@ -99,7 +105,12 @@ class DownloadReport:
         lines = [f"{len(self.downloaded)} downloaded in {self.seconds:.1f} s, {len(self.already_present)} already "
                  f"present and verified, {len(self.failed)} failed, in {self.dest}"]
         lines += [f"  failed: {name}: {why}" for name, why in list(self.failed.items())[:10]]
-        if self.failed:
+        absent = [why for why in self.failed.values() if "HTTP 404" in why or "not in the mirror folder" in why]
+        if absent:  # running again cannot help: the source lacks these files
+            lines.append(f"Fix: the source does not have {len(absent)} of these files. A classroom mirror holds "
+                         "the photos as <mirror>/<class>/<file> and the field test as "
+                         "<mirror>/field-test/<class>/<file>; ask for a complete one, or leave out --mirror.")
+        if len(absent) < len(self.failed):
             lines.append("Fix: run the same command again; it resumes and fetches only what is missing.")
         lines += [f"  kept, but differs from the example set: {name}: {why}" for name, why in self.conflicts.items()]
         if self.conflicts:
@@ -132,6 +143,13 @@ def _classify(error: Exception, url: str) -> _Failed:
     return _Failed("transient", f"{type(error).__name__}: {error} ({url})")
 
 
+def _check_mirror(mirror: str | Path | None) -> None:
+    if mirror is not None and not _is_url(mirror) and not Path(mirror).is_dir():
+        raise DownloadError(f"Mirror folder not found: {mirror}. Give an http(s):// address or a folder laid "
+                            "out as <mirror>/<class>/<file> for the photos and <mirror>/field-test/<class>/<file> "
+                            "for the field test (a copy of a finished data/ folder, with field-test/ copied into it).")
+
+
 def _copy(url: str, output_file: str, _pooch: object) -> None:
     """A pooch downloader for a mirror folder on this machine (a USB stick)."""
     shutil.copyfile(url, output_file)
@@ -150,9 +168,7 @@ def download_data(dest: str | Path = "data", manifest: pd.DataFrame | str | Path
     """
     started, dest = time.perf_counter(), Path(dest)
     table = check_manifest(manifest) if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
-    if mirror is not None and not _is_url(mirror) and not Path(mirror).is_dir():
-        raise DownloadError(f"Mirror folder not found: {mirror}. Give an http(s):// address or a folder "
-                            "laid out as <mirror>/<class>/<file> (for example a copy of a finished data/ folder).")
+    _check_mirror(mirror)
     report, todo, urls = DownloadReport(dest=dest), [], {}
     for row in table.to_dict("records"):
         name = f"{row['class']}/{row['file']}"
@@ -226,3 +242,52 @@ def download_data(dest: str | Path = "data", manifest: pd.DataFrame | str | Path
         shutil.rmtree(staging, ignore_errors=True)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def check_destinations(photos: str | Path, field_test: str | Path) -> None:
+    """Refuse a field-test folder that is the photo folder, or inside it, or holds it.
+
+    The lessons read every subfolder of the photo folder as a class: a field test inside it would be
+    trained on, and its files (named like the photos) would clash with theirs.
+    """
+    a, b = Path(photos).expanduser().resolve(), Path(field_test).expanduser().resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise DownloadError(f"The field test's folder {field_test} and the photo folder {photos} overlap. The field "
+                            "test is for evaluation only: give it a folder of its own beside the photos, such as "
+                            "field-test/ (--field-test-dest, or the TLCOURSE_FIELD_TEST setting).")
+
+
+def _mirror_of(mirror: str | Path | None, sub: str) -> str | Path | None:
+    """Where a classroom mirror serves one set (``sub`` is "" for the photos, "field-test" for the field test)."""
+    if mirror is None or not sub:
+        return mirror
+    return f"{str(mirror).rstrip('/')}/{sub}" if _is_url(mirror) else Path(mirror) / sub
+
+
+def check_sets(dest: str | Path, field_test_dest: str | Path, sets: Iterable[str],
+               mirror: str | Path | None = None) -> None:
+    """Everything :func:`download_sets` can refuse before fetching a file: an unknown set, overlapping
+    folders (:func:`check_destinations`), a mirror folder without one of the sets."""
+    unknown = [name for name in sets if name not in SETS]
+    if unknown:
+        raise ValueError(f"unknown set(s) {unknown}: choose from {list(SETS)}")
+    check_destinations(dest, field_test_dest)
+    for name in sets:
+        _check_mirror(_mirror_of(mirror, SETS[name][1]))
+
+
+def download_sets(dest: str | Path, field_test_dest: str | Path, sets: Iterable[str] = tuple(SETS),
+                  mirror: str | Path | None = None, manifests: dict[str, object] | None = None,
+                  **options) -> dict[str, DownloadReport]:
+    """Download the course's ``sets`` (default: both, see :data:`SETS`): the photos into ``dest``, the
+    field test into ``field_test_dest``, a folder of its own (:func:`check_destinations`).
+
+    ``mirror`` serves both: the photos at ``<mirror>/<class>/<file>``, the field test at
+    ``<mirror>/field-test/<class>/<file>``. ``manifests`` replaces a set's manifest (a table or a TSV);
+    ``options`` go to :func:`download_data`. Returns one :class:`DownloadReport` per set, in order.
+    """
+    sets, manifests = list(sets), manifests or {}
+    check_sets(dest, field_test_dest, sets, mirror)
+    folders = {"photos": dest, "field-test": field_test_dest}
+    return {name: download_data(folders[name], manifest=manifests.get(name, SETS[name][0]),
+                                mirror=_mirror_of(mirror, SETS[name][1]), **options) for name in sets}
