@@ -479,6 +479,7 @@ def test_train_backbone_option(small_folder, real_weights, output_dir, tmp_path,
 
 # --------------------------------------------------------------------------- end to end (slow)
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a full training run on 1,434 photos (about 80 s cold on a quiet 2-core CPU)
 def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, output_dir, require):
     """The reference solution from a terminal, on the real photos with the real MobileNetV2 weights.
 
