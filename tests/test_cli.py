@@ -484,13 +484,16 @@ def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, out
     """The reference solution from a terminal, on the real photos with the real MobileNetV2 weights.
 
     ``train`` runs the course's default recipe (weight freezing with cached augmented views, all
-    1,434 photos split 80/10/10 from seed 0); ``evaluate`` then runs the saved model over a folder
-    holding only the held-out test photos of that split (never trained on), which must reach
-    the README's 98%, and over the field test (photos from elsewhere, never trained or tuned on),
-    which must reach the README's 97 % balanced accuracy; ``predict`` classifies photos one by one.
+    1,434 photos split 80/10/10 from seed 0); ``robustness`` then runs the saved model over the
+    validation photos under every change of the report, the guard against a recipe that gets
+    worse on changed photos (chosen on validation, as everything is); ``evaluate`` runs it over a
+    folder holding only the held-out test photos of that split (never trained on), which must reach
+    the README's 98%, and over the field test (photos from elsewhere), which is printed, never a
+    target; ``predict`` classifies photos one by one.
     """
-    from tlcourse.recipes import EPOCHS
     from tlcourse.config import get_config
+    from tlcourse.recipes import EPOCHS
+    from tlcourse.robustness import DEFAULT_CHANGES
 
     checkpoint = tmp_path / "reference.pt"
 
@@ -509,15 +512,27 @@ def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, out
     assert "(144 photos)" in trained.stdout  # 10% of each class: 72 + 72
     assert checkpoint.is_file() and val >= 0.95
 
-    # The held-out photos of the split train used (seed 0), linked into a folder of their own.
+    # The validation and held-out photos of the split train used (seed 0), linked into folders of their own.
     from tlcourse.data import load_course_data
 
     split = load_course_data(data_dir, seed=0)
-    held_out = tmp_path / "held-out"
-    for path, name in zip(split.part("test")["file_path"], split.part("test")["class_name"]):
-        (held_out / name).mkdir(parents=True, exist_ok=True)
-        (held_out / name / Path(path).name).symlink_to(path)
+    folders = {}
+    for part in ("val", "test"):
+        folders[part] = tmp_path / part
+        for path, name in zip(split.part(part)["file_path"], split.part(part)["class_name"]):
+            (folders[part] / name).mkdir(parents=True, exist_ok=True)
+            (folders[part] / name / Path(path).name).symlink_to(path)
+    held_out = folders["test"]
     assert not set(split.part("test")["file_path"]) & set(split.part("train")["file_path"])
+
+    # The regression guard of the default recipe: validation accuracy under the report's changes (the
+    # README's recipe table: 99.9 % with the default's views, 99.6 % with clean features only).
+    robust = json.loads(run("robustness", str(checkpoint), str(folders["val"]), "--json", "--device", "cpu").stdout)
+    accuracies = {row["change"]: row["accuracy"] for row in robust["changes"]}
+    print("robustness (validation):", {k: round(v, 4) for k, v in accuracies.items()})
+    assert robust["n"] == 144 and len(accuracies) == len(DEFAULT_CHANGES)
+    assert accuracies["original"] >= 0.98
+    assert np.mean(list(accuracies.values())) >= 0.99, accuracies
 
     evaluated = json.loads(run("evaluate", str(checkpoint), str(held_out), "--json", "--device", "cpu").stdout)
     print("evaluate (held-out):", {k: evaluated[k] for k in ("n", "accuracy", "per_class")})
@@ -531,8 +546,9 @@ def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, out
     field = get_config().field_test_dir
     require(field.is_dir(), f"the field-test photos in {field}")
     report = json.loads(run("evaluate", str(checkpoint), str(field), "--json", "--device", "cpu").stdout)
-    print("evaluate (field test):", {k: report[k] for k in ("n", "accuracy", "balanced_accuracy")})
-    assert report["n"] == 100 and report["balanced_accuracy"] >= 0.97  # the README's promise
+    # Reported once, never a target: nothing is chosen or gated on the field test.
+    print("evaluate (field test, reported only):", {k: report[k] for k in ("n", "accuracy", "balanced_accuracy")})
+    assert report["n"] == 100
 
     dogs = sorted((held_out / "dog").glob("*.jpg"))[:2]
     hotdogs = sorted((held_out / "hotdog").glob("*.jpg"))[:2]

@@ -323,6 +323,11 @@ def test_browser_sorts_by_loss_and_confidence(learner_folder, tmp_path):
     browser.set_sort("confidence")
     confidence = np.maximum(results["prob_0"], results["prob_1"]).to_numpy()
     assert list(browser.view["confidence"]) == sorted(confidence)
+    # Which rows moved, not only the values: least confident first, ties (P(hotdog) = p and 1 - p give the
+    # same confidence) in the results' own order.
+    expected = sorted(range(len(confidence)), key=lambda i: (confidence[i], i))
+    assert list(browser.view.index) == expected
+    assert list(browser.view["file_path"]) == [results["file_path"][i] for i in expected]
 
 
 def test_browser_steps_and_filters_with_its_buttons(learner_folder, tmp_path):
