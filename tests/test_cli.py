@@ -74,6 +74,44 @@ def test_runs_as_module_and_console_script(require):
     assert result.returncode == 0 and "usage: tlcourse predict" in result.stdout
 
 
+# --------------------------------------------------------------------------- network timeouts
+@pytest.mark.parametrize("args,expected", [([], 15.0), (["--timeout", "2.5"], 2.5)])
+def test_download_data_timeout_reaches_the_download(monkeypatch, tmp_path, capsys, args, expected):
+    import tlcourse.download
+
+    seen = {}
+
+    class Report:
+        ok = True
+
+        def summary(self) -> str:
+            return "nothing to do"
+
+    def fake_download(dest, **kwargs):
+        seen.update(kwargs, dest=dest)
+        return Report()
+
+    monkeypatch.setattr(tlcourse.download, "download_data", fake_download)
+    assert cli.main(["download-data", "--dest", str(tmp_path / "data"), "--quiet", *args]) == 0
+    assert seen["timeout"] == expected and seen["dest"] == str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("args,expected", [([], 30.0), (["--timeout", "4"], 4.0)])
+def test_prefetch_weights_timeout_reaches_the_download(monkeypatch, tmp_path, capsys, args, expected):
+    import tlcourse.weights
+
+    seen = {}
+
+    def fake_prefetch(backbones, **kwargs):
+        seen.update(kwargs, backbones=backbones)
+        return [tlcourse.weights.WeightsResult("resnet18", tmp_path / "w.pth", "already cached", "0" * 64)]
+
+    monkeypatch.setattr(tlcourse.weights, "prefetch_weights", fake_prefetch)
+    assert cli.main(["prefetch-weights", "resnet18", "--quiet", *args]) == 0
+    assert seen["timeout"] == expected and seen["backbones"] == ["resnet18"]
+    assert "resnet18: already cached" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- evaluate and predict (quick)
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory, data_dir) -> Path:
