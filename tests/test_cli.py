@@ -427,6 +427,7 @@ def test_train_stores_the_calibration_fitted_on_validation(folder_of_20, real_we
     assert [(c["views"], c["batch_size"]) for c in train_frozen_calls] == [(0, 3)]  # the options reach the recipe
     extra = payload_of(checkpoint)["extra"]
     assert extra["views"] == 0
+    assert extra.get("calibration"), f"tlcourse train stored no calibration in the checkpoint: {sorted(extra)}"
     stored = extra["calibration"]
 
     val = load_course_data(folder_of_20, seed=0).part("val")
