@@ -18,7 +18,7 @@ from tlcourse.checkpoint import save_checkpoint
 from tlcourse.errors import ConfigError
 from tlcourse.models import build_model
 
-from test_cli import small_folder, torchvision_model  # noqa: F401 - fixtures
+from test_cli import assert_answers_vary, small_folder, torchvision_model  # noqa: F401 - fixtures
 
 
 def reference_probabilities(checkpoint, images) -> np.ndarray:
@@ -194,6 +194,7 @@ def test_predict_says_unsure_below_the_threshold(tmp_path, small_folder, real_we
     plain = save_checkpoint(tmp_path / "plain.pt", model, ["dog", "hotdog"])
     images = sorted(small_folder.rglob("*.jpg"))
     raw = reference_probabilities(plain, images)  # softmax of the logits, without tlcourse
+    assert_answers_vary(raw)
     logits = np.log(raw)  # up to a constant per row, which softmax ignores 
     calibrated = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(1, keepdims=True)
     top = np.sort(calibrated.max(1))

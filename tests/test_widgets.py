@@ -26,20 +26,36 @@ from torchvision.transforms import v2
 from tlcourse.calibration import Calibration
 from tlcourse.checkpoint import save_checkpoint
 from tlcourse.config import get_config
-from tlcourse.data import TransformSettings, load_course_data, load_image, scan_folder, train_transform
+from tlcourse.data import (TransformSettings, eval_transform, load_course_data, load_image, scan_folder,
+                           train_transform)
 from tlcourse.exclusions import EXCLUSIONS_FILE, ExcludedPhotosWarning, ExclusionList
 from tlcourse.models import build_model, weights_enum
 from tlcourse.gradcam import GradCAM, upsample
 from tlcourse.widgets import Augmentation, AugmentationExplorer, MistakesBrowser, PhotoTester, gradcam_section
 
+from test_cli import assert_answers_vary
+
 PER_CLASS = 8
 
 
 @pytest.fixture(scope="module")
-def model(real_weights):
-    """MobileNetV2 with its real ImageNet weights and a seeded, untrained two-class head."""
+def model(real_weights, learner_folder):
+    """MobileNetV2 with its real ImageNet weights and a seeded, untrained two-class head, its bias set so
+    that half the learner's photos are called each class (the seeded head alone calls every photo
+    hotdog): a model whose answers depend on the photo, asserted here."""
     torch.manual_seed(0)
-    return build_model(2, "mobilenet_v2").eval()
+    model = build_model(2, "mobilenet_v2").eval()
+    transform = eval_transform(model.transform_settings)
+    with torch.no_grad():
+        logits = model(torch.stack([transform(load_image(p)) for p in _photos(learner_folder)]))
+        difference = (logits[:, 1] - logits[:, 0]).sort().values
+        middle = float(difference[len(difference) // 2 - 1] + difference[len(difference) // 2]) / 2
+        scale = 3.0 / float(max(difference[-1] - middle, middle - difference[0]))  # the farthest at p = 0.95
+        model.head[-1].weight.mul_(scale)
+        model.head[-1].bias.copy_(model.head[-1].bias * scale - torch.tensor([0.0, middle * scale]))
+        probs = torch.softmax(model(torch.stack([transform(load_image(p)) for p in _photos(learner_folder)])), 1)
+    assert_answers_vary(probs.numpy())
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +204,10 @@ def _calibration(temperature: float, threshold: float) -> Calibration:
 
 def test_photo_tester_uses_calibrated_probabilities_and_says_unsure_below_the_threshold(model, learner_folder):
     plt.close("all")
-    for photo in _photos(learner_folder)[::5]:
+    # Photos the model is not on the fence about (a temperature hardly moves a 50/50 answer), of both answers.
+    sure = [p for p in _photos(learner_folder) if _reference_probs(model, p).max() > 0.6]
+    assert len({int(_reference_probs(model, p).argmax()) for p in sure}) == 2
+    for photo in sure[::4]:
         plain, calibrated = _reference_probs(model, photo), _reference_probs(model, photo, temperature=0.5)
         assert np.abs(calibrated - plain).max() > 0.02  # the temperature really changes them
         top, best = calibrated.max(), ["dog", "hotdog"][int(calibrated.argmax())]
