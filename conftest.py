@@ -128,6 +128,26 @@ def _cleanup_torch_home():
     shutil.rmtree(os.environ["TORCH_HOME"], ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- time limits
+#: nbval's limit per lesson cell (--nbval-cell-timeout in pyproject.toml); pytest-timeout's limit for a
+#: cell is a minute above it, so that nbval's own, clearer error comes first.
+NBVAL_CELL_TIMEOUT = 600
+
+
+#: The limit of a test marked slow that names none itself (pyproject's suite-wide one is for quick tests).
+SLOW_TIMEOUT = 1800
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        if item.nodeid.split("::")[0].endswith(".ipynb"):
+            item.add_marker(pytest.mark.timeout(NBVAL_CELL_TIMEOUT + 60))
+        elif item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+
+
 # --------------------------------------------------------------------------- time per file
 # The course must execute within its CI budget: print how long each lesson (and test file) took.
 _seconds_per_file: dict[str, float] = {}

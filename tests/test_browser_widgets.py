@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from test_browser import ARTIFACTS, notebook_page, serving
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1200)]  # the waits below add up to less
 
 
 def _notebook() -> nbformat.NotebookNode:
@@ -136,8 +136,11 @@ def test_widgets_in_jupyterlab(lab, data_dir, tmp_path):
         except Exception:
             fail("Clicking Next did not move the mistakes browser to the second photo.")
         info = mistakes.locator(".tlcourse-mistake-info")
-        page.wait_for_function("(old) => document.querySelector('.tlcourse-mistake-info').textContent !== old",
-                               arg=first_info, timeout=30_000)
+        try:
+            page.wait_for_function("(old) => document.querySelector('.tlcourse-mistake-info').textContent !== old",
+                                   arg=first_info, timeout=30_000)
+        except Exception:
+            fail("Clicking Next did not change the photo's description in the mistakes browser.")
         shown = re.search(r"(\S+\.jpg)", info.text_content() or "").group(1)
         mistakes.locator("button.tlcourse-mark").click()
         try:

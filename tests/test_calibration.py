@@ -18,7 +18,7 @@ from tlcourse.checkpoint import save_checkpoint
 from tlcourse.errors import ConfigError
 from tlcourse.models import build_model
 
-from test_cli import small_folder, torchvision_model  # noqa: F401 - fixtures
+from test_cli import assert_answers_vary, small_folder, torchvision_model  # noqa: F401 - fixtures
 
 
 def reference_probabilities(checkpoint, images) -> np.ndarray:
@@ -43,6 +43,59 @@ def test_ece_against_a_hand_computation():
     table = reliability_table(probs, labels)
     assert table["n"].tolist() == [2, 2]
     assert table["accuracy"].tolist() == [1.0, 0.5] and table["confidence"].tolist() == pytest.approx([0.65, 0.95])
+    assert table["lower"].tolist() == pytest.approx([9 / 15, 14 / 15])  # 0.65 in (0.6, 0.667], 0.95 in (0.933, 1]
+    assert table["upper"].tolist() == pytest.approx([10 / 15, 1.0])
+
+
+#: Seven photos, 5 bins (edges 0, 0.2, ..., 1), every bin closed on the right, ``(lower, upper]``:
+#: top probability, right?
+#:   0.6 right                        -> (0.4, 0.6]: confidence 0.6,    accuracy 1    (gap -0.4)
+#:   0.8 right, 0.8 right, 0.7 right  -> (0.6, 0.8]: confidence 2.3/3,  accuracy 1    (gap -0.2333)
+#:   0.9 wrong, 1.0 right, 0.85 wrong -> (0.8, 1.0]: confidence 2.75/3, accuracy 1/3  (gap +0.5833)
+#: Two photos on the edge 0.8 belong to the lower bin; neighbouring bins have gaps of opposite signs.
+#: ECE (5 bins) = (1 * 0.4 + 3 * 0.7/3 + 3 * 1.75/3) / 7 = 2.85 / 7; with 1 bin the gaps cancel in part:
+#: |5.65/7 - 5/7| = 0.65 / 7. (Lesson 7's written-out ECE is checked on these numbers too.)
+EDGE_TOP = [0.6, 0.8, 0.8, 0.7, 0.9, 1.0, 0.85]
+EDGE_RIGHT = [True, True, True, True, False, True, False]
+
+
+def edge_case() -> tuple[np.ndarray, np.ndarray]:
+    top = np.array(EDGE_TOP)
+    probs = np.stack([top, 1 - top], 1)
+    return probs, np.where(EDGE_RIGHT, 0, 1)
+
+
+def test_ece_bins_are_closed_on_the_right_at_the_edges():
+    probs, labels = edge_case()
+    table = reliability_table(probs, labels, n_bins=5)
+    assert table["lower"].tolist() == pytest.approx([0.4, 0.6, 0.8])
+    assert table["upper"].tolist() == pytest.approx([0.6, 0.8, 1.0])
+    assert table["n"].tolist() == [1, 3, 3]  # the two photos at 0.8 in (0.6, 0.8], none in (0.8, 1.0]'s count
+    assert table["confidence"].tolist() == pytest.approx([0.6, 2.3 / 3, 2.75 / 3])
+    assert table["accuracy"].tolist() == pytest.approx([1.0, 1.0, 1 / 3])
+    assert expected_calibration_error(probs, labels, n_bins=5) == pytest.approx(2.85 / 7)
+
+
+def test_ece_does_not_let_gaps_of_opposite_signs_cancel():
+    probs, labels = edge_case()
+    assert expected_calibration_error(probs, labels, n_bins=1) == pytest.approx(0.65 / 7)
+    # One bin would call this model nearly calibrated; its bins say it is over- and under-confident.
+    assert expected_calibration_error(probs, labels, n_bins=5) > 4 * expected_calibration_error(probs, labels, n_bins=1)
+
+
+def test_every_bin_has_its_lower_and_upper_edge():
+    # One photo in the middle of each of the 15 default bins: 40 classes, so that a top probability
+    # as low as 1/30 is possible (the others share the rest equally).
+    n_bins, n_classes = 15, 40
+    top = (2 * np.arange(n_bins) + 1) / (2 * n_bins)
+    probs = np.column_stack([top] + [(1 - top) / (n_classes - 1)] * (n_classes - 1))
+    assert (probs.argmax(1) == 0).all()
+    table = reliability_table(probs, np.zeros(n_bins, int))
+    assert len(table) == n_bins and table["n"].tolist() == [1] * n_bins
+    np.testing.assert_allclose(table["lower"], np.arange(n_bins) / n_bins, atol=1e-12)
+    np.testing.assert_allclose(table["upper"], np.arange(1, n_bins + 1) / n_bins, atol=1e-12)
+    np.testing.assert_allclose(table["confidence"], top)
+    assert ((table["lower"] < table["confidence"]) & (table["confidence"] <= table["upper"])).all()
 
 
 def test_a_perfectly_calibrated_model_has_ece_near_zero():
@@ -141,6 +194,7 @@ def test_predict_says_unsure_below_the_threshold(tmp_path, small_folder, real_we
     plain = save_checkpoint(tmp_path / "plain.pt", model, ["dog", "hotdog"])
     images = sorted(small_folder.rglob("*.jpg"))
     raw = reference_probabilities(plain, images)  # softmax of the logits, without tlcourse
+    assert_answers_vary(raw)
     logits = np.log(raw)  # up to a constant per row, which softmax ignores 
     calibrated = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(1, keepdims=True)
     top = np.sort(calibrated.max(1))

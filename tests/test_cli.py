@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
-from torchvision.transforms import v2
+from PIL import Image, ImageOps
 
 from tlcourse import cli
 from tlcourse.checkpoint import load_checkpoint, save_checkpoint
@@ -75,6 +74,44 @@ def test_runs_as_module_and_console_script(require):
     assert result.returncode == 0 and "usage: tlcourse predict" in result.stdout
 
 
+# --------------------------------------------------------------------------- network timeouts
+@pytest.mark.parametrize("args,expected", [([], 15.0), (["--timeout", "2.5"], 2.5)])
+def test_download_data_timeout_reaches_the_download(monkeypatch, tmp_path, capsys, args, expected):
+    import tlcourse.download
+
+    seen = {}
+
+    class Report:
+        ok = True
+
+        def summary(self) -> str:
+            return "nothing to do"
+
+    def fake_download(dest, **kwargs):
+        seen.update(kwargs, dest=dest)
+        return Report()
+
+    monkeypatch.setattr(tlcourse.download, "download_data", fake_download)
+    assert cli.main(["download-data", "--dest", str(tmp_path / "data"), "--quiet", *args]) == 0
+    assert seen["timeout"] == expected and seen["dest"] == str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("args,expected", [([], 30.0), (["--timeout", "4"], 4.0)])
+def test_prefetch_weights_timeout_reaches_the_download(monkeypatch, tmp_path, capsys, args, expected):
+    import tlcourse.weights
+
+    seen = {}
+
+    def fake_prefetch(backbones, **kwargs):
+        seen.update(kwargs, backbones=backbones)
+        return [tlcourse.weights.WeightsResult("resnet18", tmp_path / "w.pth", "already cached", "0" * 64)]
+
+    monkeypatch.setattr(tlcourse.weights, "prefetch_weights", fake_prefetch)
+    assert cli.main(["prefetch-weights", "resnet18", "--quiet", *args]) == 0
+    assert seen["timeout"] == expected and seen["backbones"] == ["resnet18"]
+    assert "resnet18: already cached" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- evaluate and predict (quick)
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory, data_dir) -> Path:
@@ -87,15 +124,45 @@ def small_folder(tmp_path_factory, data_dir) -> Path:
     return root
 
 
+def assert_answers_vary(probs: np.ndarray, margin: float = 1e-3) -> None:
+    """A fixture model is useful as a reference only when its answers depend on the photo: it must
+    predict more than one class, its probabilities must differ from photo to photo, and no photo may
+    sit on a tie (float rounding between two implementations could flip it)."""
+    predicted = probs.argmax(1)
+    assert len(set(predicted.tolist())) > 1, f"the fixture model answers one class for every photo: {probs}"
+    assert np.ptp(probs[:, 0]) > 0.1, f"the fixture model's probabilities hardly differ across photos: {probs}"
+    top_two = np.sort(probs, axis=1)[:, -2:]
+    assert (top_two[:, 1] - top_two[:, 0]).min() > margin, f"a photo sits on a tie: {probs}"
+
+
 @pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of an untrained MobileNetV2 (no pretrained weights needed) with a large random head,
-    so its predictions are arbitrary but far from ties."""
+def varied_checkpoint(tmp_path_factory, small_folder, real_weights) -> Path:
+    """The pretrained MobileNetV2 (its features differ from photo to photo) with a random head whose bias
+    puts the decision between the 6th and 7th of the 12 photos' logit differences: half the photos are
+    called each class, with probabilities from 0.05 to 0.95, and none near a tie.
+
+    Unlike an untrained backbone (features about 1e-8 on every photo, so one answer for all, even a blank
+    image), its answers change when a photo changes: a test comparing it with a reference compares
+    answers, not constants."""
     torch.manual_seed(0)
-    model = build_model(2, "mobilenet_v2", weights=None)
+    model = build_model(2, "mobilenet_v2", weights="DEFAULT", offline=True)
     with torch.no_grad():
-        model.head[-1].weight.normal_(0, 5.0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt", model, ["dog", "hotdog"])
+        model.head[-1].weight.normal_(0, 0.1)
+        model.head[-1].bias.zero_()
+    path = tmp_path_factory.mktemp("ckpt") / "varied.pt"
+    save_checkpoint(path, model, ["dog", "hotdog"])
+    probs = reference_probabilities(path, sorted(small_folder.rglob("*.jpg")))
+    difference = np.sort(np.log(probs[:, 1]) - np.log(probs[:, 0]))  # hotdog logit minus dog logit
+    middle = (difference[5] + difference[6]) / 2
+    # Logits scaled so that the farthest photo is at 3 from the decision (probability 0.95): confident and
+    # unsure answers both occur, and none is so sure that a change of the photo cannot move it.
+    scale = 3.0 / max(difference[-1] - middle, middle - difference[0])
+    with torch.no_grad():
+        model.head[-1].weight.mul_(scale)
+        model.head[-1].bias.copy_(torch.tensor([0.0, -middle * scale]))
+    save_checkpoint(path, model, ["dog", "hotdog"])
+    assert_answers_vary(reference_probabilities(path, sorted(small_folder.rglob("*.jpg"))))
+    return path
 
 
 def torchvision_model(checkpoint: Path) -> torch.nn.Module:
@@ -110,59 +177,101 @@ def torchvision_model(checkpoint: Path) -> torch.nn.Module:
     return net.eval()
 
 
-def reference_probabilities(checkpoint: Path, images: list[Path]) -> np.ndarray:
+#: torchvision's own evaluation transform of the ImageNet weights (resize 232, crop 224, normalise), not tlcourse's.
+REFERENCE_TRANSFORM = torchvision.models.MobileNet_V2_Weights.DEFAULT.transforms()
+
+
+def reference_probabilities(checkpoint: Path, images: list, change=None) -> np.ndarray:
     """Probabilities computed independently of the CLI and of tlcourse: torchvision's model and transforms
-    built here, one image at a time."""
+    built here, one image at a time. ``images``: paths or PIL images; ``change``: applied to each decoded
+    photo before the transform."""
     model = torchvision_model(checkpoint)
-    transform = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToImage(),
-                            v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
     rows = []
     with torch.no_grad():
-        for path in images:
-            x = transform(Image.open(path).convert("RGB")).unsqueeze(0)
+        for image in images:
+            image = image if isinstance(image, Image.Image) else ImageOps.exif_transpose(Image.open(image)).convert("RGB")
+            x = REFERENCE_TRANSFORM(change(image) if change else image).unsqueeze(0)
             rows.append(torch.softmax(model(x), dim=1)[0].numpy())
     return np.stack(rows)
 
 
-def test_evaluate_json_matches_an_independent_reference(small_folder, random_checkpoint, capsys):
-    images = sorted(small_folder.rglob("*.jpg"))
-    labels = np.array([0 if p.parent.name == "dog" else 1 for p in images])
-    preds = reference_probabilities(random_checkpoint, images).argmax(1)
+def labels_of(images: list[Path]) -> np.ndarray:
+    return np.array([["dog", "hotdog"].index(p.parent.name) for p in images])
 
-    assert cli.main(["evaluate", str(random_checkpoint), str(small_folder), "--json"]) == 0
+
+def test_evaluate_json_matches_an_independent_reference(small_folder, varied_checkpoint, capsys):
+    images = sorted(small_folder.rglob("*.jpg"))
+    labels = labels_of(images)
+    probs = reference_probabilities(varied_checkpoint, images)
+    preds = probs.argmax(1)
+
+    assert cli.main(["evaluate", str(varied_checkpoint), str(small_folder), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
     assert result["n"] == len(images) == 12
+    expected = [[int(((labels == t) & (preds == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+    assert result["confusion_matrix"] == expected, "evaluate's answers differ from the reference model's"
     assert result["accuracy"] == pytest.approx(float((preds == labels).mean()))
     for k, name in enumerate(["dog", "hotdog"]):
         assert result["per_class"][name] == pytest.approx(float((preds[labels == k] == k).mean()))
-    expected = [[int(((labels == t) & (preds == p)).sum()) for p in (0, 1)] for t in (0, 1)]
-    assert result["confusion_matrix"] == expected
     assert result["class_names"] == ["dog", "hotdog"]
+    # Each mistake with the reference's probability of the predicted class: photo by photo, not only counts.
+    wrong = {str(images[i]): float(probs[i, preds[i]]) for i in np.flatnonzero(preds != labels)}
+    assert {m["file"]: pytest.approx(m["probability"], abs=1e-4) for m in result["mistakes"]} == wrong
 
 
-def test_evaluate_prints_accuracy_per_class_and_confusion_matrix(small_folder, random_checkpoint, capsys):
-    assert cli.main(["evaluate", str(random_checkpoint), str(small_folder)]) == 0
+@pytest.fixture
+def loader_batch_sizes(monkeypatch) -> list[int]:
+    """Records the batch size of every loader tlcourse.data.make_loader builds (evaluate imports it on call)."""
+    import tlcourse.data
+    import tlcourse.robustness
+
+    sizes, make_loader = [], tlcourse.data.make_loader
+
+    def recording(*args, **kwargs):
+        loader = make_loader(*args, **kwargs)
+        sizes.append(loader.batch_size)
+        return loader
+
+    monkeypatch.setattr(tlcourse.data, "make_loader", recording)
+    monkeypatch.setattr(tlcourse.robustness, "make_loader", recording)  # imported by name there
+    return sizes
+
+
+def test_evaluate_batch_size_reaches_the_loader_and_keeps_the_answers(small_folder, varied_checkpoint, capsys,
+                                                                      loader_batch_sizes):
+    assert cli.main(["evaluate", str(varied_checkpoint), str(small_folder), "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", str(varied_checkpoint), str(small_folder), "--json", "--batch-size", "5"]) == 0
+    batched = json.loads(capsys.readouterr().out)  # 5 + 5 + 2: a last short batch
+    assert loader_batch_sizes == [64, 5]  # the documented default, then the option
+    assert batched["confusion_matrix"] == default["confusion_matrix"]
+    assert [m["file"] for m in batched["mistakes"]] == [m["file"] for m in default["mistakes"]]
+    for a, b in zip(batched["mistakes"], default["mistakes"]):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+def test_evaluate_prints_accuracy_per_class_and_confusion_matrix(small_folder, varied_checkpoint, capsys):
+    assert cli.main(["evaluate", str(varied_checkpoint), str(small_folder)]) == 0
     out = capsys.readouterr().out
     assert "accuracy:" in out and "per-class accuracy:" in out and "confusion matrix" in out
     assert "dog:" in out and "hotdog:" in out and "(6 photos)" in out
 
 
-def test_evaluate_a_folder_with_some_of_the_classes(tmp_path, small_folder, random_checkpoint, capsys):
+def test_evaluate_a_folder_with_some_of_the_classes(tmp_path, small_folder, varied_checkpoint, capsys):
     only = tmp_path / "only"
     shutil.copytree(small_folder / "hotdog", only / "hotdog")
-    assert cli.main(["evaluate", str(random_checkpoint), str(only), "--json"]) == 0
+    assert cli.main(["evaluate", str(varied_checkpoint), str(only), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 6 and result["per_class"]["dog"] is None
     assert result["per_class"]["hotdog"] == result["accuracy"]
     assert result["confusion_matrix"][0] == [0, 0]  # no dogs: labels follow the checkpoint, not the folder
 
 
-def test_evaluate_refuses_other_class_names(tmp_path, small_folder, random_checkpoint, capsys):
+def test_evaluate_refuses_other_class_names(tmp_path, small_folder, varied_checkpoint, capsys):
     other = tmp_path / "other"
     shutil.copytree(small_folder / "dog", other / "dog")
     shutil.copytree(small_folder / "hotdog", other / "cat")
-    assert cli.main(["evaluate", str(random_checkpoint), str(other)]) == 1
+    assert cli.main(["evaluate", str(varied_checkpoint), str(other)]) == 1
     err = capsys.readouterr().err
     assert "['cat']" in err and "['dog', 'hotdog']" in err
 
@@ -172,27 +281,54 @@ def test_evaluate_missing_checkpoint(tmp_path, small_folder, capsys):
     assert "Checkpoint not found" in capsys.readouterr().err
 
 
-def test_predict_matches_the_reference(small_folder, random_checkpoint, capsys):
+def test_predict_matches_the_reference(small_folder, varied_checkpoint, capsys):
     images = sorted(small_folder.rglob("*.jpg"))[::3]
-    probs = reference_probabilities(random_checkpoint, images)
-    assert cli.main(["predict", str(random_checkpoint), *map(str, images), "--json"]) == 0
+    probs = reference_probabilities(varied_checkpoint, images)
+    assert cli.main(["predict", str(varied_checkpoint), *map(str, images), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in results] == [str(p) for p in images]
     for result, p in zip(results, probs):
         assert result["class"] == ["dog", "hotdog"][int(p.argmax())]
         assert result["probability"] == pytest.approx(float(p.max()), abs=1e-4)
         assert sum(result["probabilities"].values()) == pytest.approx(1.0)
-    assert cli.main(["predict", str(random_checkpoint), str(images[0])]) == 0
+    assert cli.main(["predict", str(varied_checkpoint), str(images[0])]) == 0
     path, name, prob = capsys.readouterr().out.strip().split("\t")
     assert (path, name) == (str(images[0]), results[0]["class"]) and float(prob) == pytest.approx(
         results[0]["probability"], abs=1e-4)
 
 
-def test_predict_names_a_missing_or_broken_image(tmp_path, small_folder, random_checkpoint, capsys):
+def test_predict_threshold_answers_unsure_with_a_best_guess_column(small_folder, varied_checkpoint, capsys):
+    images = sorted(small_folder.rglob("*.jpg"))
+    probs = reference_probabilities(varied_checkpoint, images)
+    top = probs.max(1)  # no calibration stored: the plain softmax
+    ordered = np.sort(top)
+    gap = max(range(2, 9), key=lambda i: ordered[i + 1] - ordered[i])  # a threshold far from every photo
+    threshold = float((ordered[gap] + ordered[gap + 1]) / 2)
+    unsure = top < threshold
+    assert 0 < unsure.sum() < len(images) and ordered[gap + 1] - ordered[gap] > 1e-3
+
+    assert cli.main(["predict", str(varied_checkpoint), *map(str, images), "--threshold", str(threshold)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(images)
+    for line, expect_unsure, p in zip(lines, unsure, probs):
+        columns = line.split("\t")
+        best = ["dog", "hotdog"][int(p.argmax())]
+        if expect_unsure:  # below the threshold: "unsure", then a 4th column with the best guess
+            assert columns[1:2] == ["unsure"] and columns[3:] == [f"best guess {best}"], line
+        else:
+            assert columns[1] == best and len(columns) == 3, line
+        assert float(columns[2]) == pytest.approx(float(p.max()), abs=1e-4)
+    assert cli.main(["predict", str(varied_checkpoint), *map(str, images), "--threshold", str(threshold), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["unsure"] for r in results] == unsure.tolist()
+    assert all(r["threshold"] == pytest.approx(threshold) and r["temperature"] == 1.0 for r in results)
+
+
+def test_predict_names_a_missing_or_broken_image(tmp_path, small_folder, varied_checkpoint, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a photo")
     good = next(small_folder.rglob("*.jpg"))
-    code = cli.main(["predict", str(random_checkpoint), str(tmp_path / "missing.jpg"), str(broken), str(good)])
+    code = cli.main(["predict", str(varied_checkpoint), str(tmp_path / "missing.jpg"), str(broken), str(good)])
     captured = capsys.readouterr()
     assert code == 1
     assert "missing.jpg" in captured.err and "broken.jpg" in captured.err
@@ -248,6 +384,80 @@ def test_train_freeze_with_lr_and_per_class(small_folder, real_weights, output_d
     pretrained = torch.load(real_weights, map_location="cpu", weights_only=True)
     backbone = {k.removeprefix("backbone."): v for k, v in payload["state_dict"].items() if k.startswith("backbone.")}
     assert backbone and all(torch.equal(v, pretrained[k]) for k, v in backbone.items())
+
+
+@pytest.fixture
+def train_frozen_calls(monkeypatch) -> list[dict]:
+    """Records the keyword arguments of every train_frozen call (the CLI imports it when it runs)."""
+    import tlcourse.recipes
+
+    calls, original = [], tlcourse.recipes.train_frozen
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tlcourse.recipes, "train_frozen", recording)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def folder_of_20(tmp_path_factory, data_dir) -> Path:
+    """20 real photos per class: 2 per class for validation (80/10/10)."""
+    root = tmp_path_factory.mktemp("photos20")
+    for name in ("dog", "hotdog"):
+        (root / name).mkdir()
+        for path in sorted((data_dir / name).glob("*.jpg"))[:20]:
+            shutil.copyfile(path, root / name / path.name)
+    return root
+
+
+def test_train_stores_the_calibration_fitted_on_validation(folder_of_20, real_weights, output_dir, tmp_path, capsys,
+                                                           train_frozen_calls, one_torch_thread):
+    """After train: the validation logits recomputed here (torchvision's model and transform, not tlcourse's),
+    then the stored temperature, threshold and count against a reference fit; predict's "unsure" at the
+    stored threshold, on both sides of a photo's calibrated confidence."""
+    from scipy.optimize import minimize_scalar
+
+    from tlcourse.data import load_course_data
+
+    checkpoint = tmp_path / "calibrated.pt"
+    # A barely trained head (1 epoch at a small rate) makes mistakes on validation: a temperature to fit.
+    train(capsys, folder_of_20, "--epochs", 1, "--lr", 1e-4, "--views", 0, "--batch-size", 3, "--out", checkpoint)
+    assert [(c["views"], c["batch_size"]) for c in train_frozen_calls] == [(0, 3)]  # the options reach the recipe
+    extra = payload_of(checkpoint)["extra"]
+    assert extra["views"] == 0
+    assert extra.get("calibration"), f"tlcourse train stored no calibration in the checkpoint: {sorted(extra)}"
+    stored = extra["calibration"]
+
+    val = load_course_data(folder_of_20, seed=0).part("val")
+    paths, labels = list(val["file_path"]), torch.tensor(val["label"].to_numpy())
+    logits = torch.log(torch.from_numpy(reference_probabilities(checkpoint, paths))).double()  # up to a constant
+    assert stored["n"] == len(paths) == 4
+    right = logits.argmax(1) == labels
+    assert 0 < right.sum() < len(right), "validation answers all right or all wrong: the threshold rule is untested"
+    fit = minimize_scalar(lambda t: torch.nn.functional.cross_entropy(logits / t, labels).item(),
+                          bounds=(0.1, 10.0), method="bounded", options={"xatol": 1e-6})
+    assert stored["temperature"] == pytest.approx(float(fit.x), rel=1e-3)  # (fit_temperature's own tests
+    # check interior minima against a grid search; here the stored value against an independent fit)
+    top = torch.softmax(logits / stored["temperature"], 1).max(1).values
+    # The lowest threshold (0.5 or a photo's confidence) keeping answers at least 99 % right; 1 (always
+    # unsure) when even the most confident photo is wrong.
+    candidates = sorted([0.5, *top.tolist()])
+    expected_threshold = next((t for t in candidates if right[top >= t - 1e-9].float().mean() >= 0.99), 1.0)
+    assert stored["threshold"] == pytest.approx(expected_threshold, abs=1e-4)
+
+    # predict with a threshold just above and just below a photo's calibrated confidence.
+    photo = paths[0]
+    confidence = float(top[0])
+    answers = {}
+    for threshold in (confidence + 1e-3, confidence - 1e-3):
+        assert cli.main(["predict", str(checkpoint), photo, "--threshold", str(threshold), "--json"]) == 0
+        answers[threshold] = json.loads(capsys.readouterr().out)[0]
+    above, below = answers[confidence + 1e-3], answers[confidence - 1e-3]
+    assert above["probability"] == pytest.approx(confidence, abs=1e-4)
+    assert above["temperature"] == pytest.approx(stored["temperature"])
+    assert above["class"] == "unsure" and below["class"] == below["best_guess"] != "unsure"
 
 
 def test_train_discriminative(small_folder, real_weights, output_dir, tmp_path, capsys, optimizers_made):
@@ -308,17 +518,21 @@ def test_train_backbone_option(small_folder, real_weights, output_dir, tmp_path,
 
 # --------------------------------------------------------------------------- end to end (slow)
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a full training run on 1,434 photos (about 80 s cold on a quiet 2-core CPU)
 def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, output_dir, require):
     """The reference solution from a terminal, on the real photos with the real MobileNetV2 weights.
 
     ``train`` runs the course's default recipe (weight freezing with cached augmented views, all
-    1,434 photos split 80/10/10 from seed 0); ``evaluate`` then runs the saved model over a folder
-    holding only the held-out test photos of that split (never trained on), which must reach
-    the README's 98%, and over the field test (photos from elsewhere, never trained or tuned on),
-    which must reach the README's 97 % balanced accuracy; ``predict`` classifies photos one by one.
+    1,434 photos split 80/10/10 from seed 0); ``robustness`` then runs the saved model over the
+    validation photos under every change of the report, the guard against a recipe that gets
+    worse on changed photos (chosen on validation, as everything is); ``evaluate`` runs it over a
+    folder holding only the held-out test photos of that split (never trained on), which must reach
+    the README's 98%, and over the field test (photos from elsewhere), which is printed, never a
+    target; ``predict`` classifies photos one by one.
     """
-    from tlcourse.recipes import EPOCHS
     from tlcourse.config import get_config
+    from tlcourse.recipes import EPOCHS
+    from tlcourse.robustness import DEFAULT_CHANGES
 
     checkpoint = tmp_path / "reference.pt"
 
@@ -337,15 +551,27 @@ def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, out
     assert "(144 photos)" in trained.stdout  # 10% of each class: 72 + 72
     assert checkpoint.is_file() and val >= 0.95
 
-    # The held-out photos of the split train used (seed 0), linked into a folder of their own.
+    # The validation and held-out photos of the split train used (seed 0), linked into folders of their own.
     from tlcourse.data import load_course_data
 
     split = load_course_data(data_dir, seed=0)
-    held_out = tmp_path / "held-out"
-    for path, name in zip(split.part("test")["file_path"], split.part("test")["class_name"]):
-        (held_out / name).mkdir(parents=True, exist_ok=True)
-        (held_out / name / Path(path).name).symlink_to(path)
+    folders = {}
+    for part in ("val", "test"):
+        folders[part] = tmp_path / part
+        for path, name in zip(split.part(part)["file_path"], split.part(part)["class_name"]):
+            (folders[part] / name).mkdir(parents=True, exist_ok=True)
+            (folders[part] / name / Path(path).name).symlink_to(path)
+    held_out = folders["test"]
     assert not set(split.part("test")["file_path"]) & set(split.part("train")["file_path"])
+
+    # The regression guard of the default recipe: validation accuracy under the report's changes (the
+    # README's recipe table: 99.9 % with the default's views, 99.6 % with clean features only).
+    robust = json.loads(run("robustness", str(checkpoint), str(folders["val"]), "--json", "--device", "cpu").stdout)
+    accuracies = {row["change"]: row["accuracy"] for row in robust["changes"]}
+    print("robustness (validation):", {k: round(v, 4) for k, v in accuracies.items()})
+    assert robust["n"] == 144 and len(accuracies) == len(DEFAULT_CHANGES)
+    assert accuracies["original"] >= 0.98
+    assert np.mean(list(accuracies.values())) >= 0.99, accuracies
 
     evaluated = json.loads(run("evaluate", str(checkpoint), str(held_out), "--json", "--device", "cpu").stdout)
     print("evaluate (held-out):", {k: evaluated[k] for k in ("n", "accuracy", "per_class")})
@@ -359,8 +585,9 @@ def test_train_evaluate_predict_end_to_end(tmp_path, data_dir, real_weights, out
     field = get_config().field_test_dir
     require(field.is_dir(), f"the field-test photos in {field}")
     report = json.loads(run("evaluate", str(checkpoint), str(field), "--json", "--device", "cpu").stdout)
-    print("evaluate (field test):", {k: report[k] for k in ("n", "accuracy", "balanced_accuracy")})
-    assert report["n"] == 100 and report["balanced_accuracy"] >= 0.97  # the README's promise
+    # Reported once, never a target: nothing is chosen or gated on the field test.
+    print("evaluate (field test, reported only):", {k: report[k] for k in ("n", "accuracy", "balanced_accuracy")})
+    assert report["n"] == 100
 
     dogs = sorted((held_out / "dog").glob("*.jpg"))[:2]
     hotdogs = sorted((held_out / "hotdog").glob("*.jpg"))[:2]

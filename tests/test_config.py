@@ -113,12 +113,12 @@ def test_course_root_is_found_from_a_lesson_folder_and_below(course):
     assert get_config(env={}, root=lesson_dir).data_dir == get_config(env={}, root=course).data_dir == course / "data"
 
 
-def test_course_root_without_notebooks_is_the_start_folder(tmp_path):
+def test_course_root_without_notebooks_is_the_start_folder(tmp_path, require):
     plain = tmp_path / "a" / "b"
     plain.mkdir(parents=True)
     # Only meaningful if no folder above tmp_path has a notebooks/ folder.
-    if any((p / "notebooks").is_dir() for p in tmp_path.parents):
-        pytest.skip("a folder above the temporary directory has notebooks/")
+    require(not any((p / "notebooks").is_dir() for p in tmp_path.parents),
+            "A temporary directory with no notebooks/ folder above it")
     assert course_root(plain) == plain
     assert get_config(env={}, root=plain).data_dir == plain / "data"
 

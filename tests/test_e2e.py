@@ -23,7 +23,7 @@ from tlcourse.models import build_model
 from tlcourse.recipes import train_discriminative, train_frozen
 from tlcourse.training import evaluate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # full-size training runs
 
 SEED = 0
 FROZEN_EPOCHS = 3

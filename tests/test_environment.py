@@ -148,3 +148,20 @@ def test_this_environment_satisfies_the_declared_bounds():
 def test_yaml_parser_is_declared():
     # This file parses environment.yml with PyYAML; the test extra must install it.
     assert "pyyaml" in pip_requirements()
+
+
+def test_every_test_has_a_time_limit():
+    """pytest-timeout's suite-wide limit, nbval's cell limit (and the cells' pytest limit above it, set in
+    conftest.py), and the limit of slow tests: all set, each above what it bounds."""
+    import conftest
+
+    options = pyproject()["tool"]["pytest"]["ini_options"]
+    assert 0 < int(options["timeout"]) < conftest.SLOW_TIMEOUT
+    assert f"--nbval-cell-timeout={conftest.NBVAL_CELL_TIMEOUT}" in options["addopts"].split()
+    assert "pytest-timeout" in pip_requirements()
+
+
+def test_the_time_limits_are_applied(request):
+    """This test runs under the suite-wide limit (a quick test with no mark of its own)."""
+    assert request.node.get_closest_marker("timeout") is None
+    assert int(request.config.getini("timeout")) == int(pyproject()["tool"]["pytest"]["ini_options"]["timeout"])

@@ -363,6 +363,7 @@ def test_augment_needs_the_uncached_loop(small_model, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # trains on the real photos
 def test_cached_and_uncached_frozen_training_agree(real_weights, data_dir, tmp_path):
     """The fast recipe trains the same head as the plain loop that recomputes the backbone every batch."""
     data = load_course_data(data_dir, seed=0, per_class=14)  # 22 train, 3 val, 3 test photos

@@ -15,7 +15,7 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 from tlcourse import cli
 from tlcourse.fieldtest import balanced_accuracy, field_report, mistakes, recall_table
 
-from test_cli import random_checkpoint, reference_probabilities, small_folder  # noqa: F401 - fixtures
+from test_cli import varied_checkpoint, reference_probabilities, small_folder  # noqa: F401 - fixtures
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -84,14 +84,14 @@ def test_field_report_to_dict_is_json_with_the_hand_values():
     assert "balanced accuracy 50.0%" in report.summary()
 
 
-def test_evaluate_reports_intervals_balanced_accuracy_and_mistakes(small_folder, random_checkpoint, capsys):
+def test_evaluate_reports_intervals_balanced_accuracy_and_mistakes(small_folder, varied_checkpoint, capsys):
     images = sorted(small_folder.rglob("*.jpg"))
     names = ["dog", "hotdog"]
     labels = np.array([names.index(p.parent.name) for p in images])
-    probs = reference_probabilities(random_checkpoint, images)
+    probs = reference_probabilities(varied_checkpoint, images)
     preds = probs.argmax(1)
 
-    assert cli.main(["evaluate", str(random_checkpoint), str(small_folder), "--json"]) == 0
+    assert cli.main(["evaluate", str(varied_checkpoint), str(small_folder), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, preds))
     correct = int((labels == preds).sum())
@@ -106,11 +106,16 @@ def test_evaluate_reports_intervals_balanced_accuracy_and_mistakes(small_folder,
     assert len(wrong) > 0  # a random head gets some wrong: the list is really checked
     got = {m["file"]: (m["true"], m["predicted"], m["probability"]) for m in result["mistakes"]}
     assert got.keys() == wrong.keys()
+    # Most confident first: the reference's probabilities in the report's order never rise (beyond float
+    # rounding between the two implementations), and they spread enough for the order to mean something.
+    in_order = [wrong[m["file"]][2] for m in result["mistakes"]]
+    assert all(a >= b - 1e-4 for a, b in zip(in_order, in_order[1:])), in_order
+    assert len(in_order) >= 3 and in_order[0] - in_order[-1] > 0.1, in_order
     for file, (true, predicted, probability) in wrong.items():
         assert got[file][:2] == (true, predicted)
         assert got[file][2] == pytest.approx(probability, abs=1e-4)
 
-    assert cli.main(["evaluate", str(random_checkpoint), str(small_folder)]) == 0
+    assert cli.main(["evaluate", str(varied_checkpoint), str(small_folder)]) == 0
     text = capsys.readouterr().out
     assert "balanced accuracy" in text and "95 % interval" in text
     assert f"mistakes ({len(wrong)}" in text

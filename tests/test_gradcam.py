@@ -34,23 +34,50 @@ def captum_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, target) -> 
     return LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True).squeeze(1).detach()
 
 
-@pytest.mark.parametrize("make", [tiny_model, lambda: build_model(3, "mobilenet_v2", weights=None).eval()],
-                         ids=["tiny", "mobilenet_v2"])
-def test_gradcam_agrees_with_captum(make):
-    model = make()
+#: The layer Grad-CAM must use, by its name in each architecture (the docs of last_conv_block): the last
+#: block of ``features`` (MobileNetV2's 320 -> 1280 convolution with its BatchNorm and ReLU6, the tiny model's
+#: last block), ResNet's ``layer4``. Never a bare Conv2d before its BatchNorm.
+NAMED_LAYER = {"tiny": "backbone.features.1", "mobilenet_v2": "backbone.features.18", "resnet18": "backbone.layer4"}
+MAKERS = {"tiny": tiny_model,
+          "mobilenet_v2": lambda: build_model(3, "mobilenet_v2", weights=None).eval(),
+          "resnet18": lambda: build_model(3, "resnet18", weights=None).eval()}
+
+
+@pytest.mark.parametrize("architecture", list(NAMED_LAYER))
+def test_gradcam_uses_the_named_layer_and_agrees_with_captum_there(architecture):
+    model = MAKERS[architecture]()
+    named = model.get_submodule(NAMED_LAYER[architecture])
+    size = 64 if architecture == "tiny" else 160
     torch.manual_seed(1)
-    x = torch.randn(3, 3, 64 if make is tiny_model else 160, 64 if make is tiny_model else 160)
+    x = torch.randn(3, 3, size, size)
     cam = GradCAM(model)
-    assert cam.layer is last_conv_block(model)
+    assert cam.layer is named, f"Grad-CAM hooks {cam.layer}, not {NAMED_LAYER[architecture]}"
     predicted = model(x).argmax(1)
     ours = cam(x)
-    reference = captum_maps(model, cam.layer, x, predicted)
+    reference = captum_maps(model, named, x, predicted)  # captum at the named layer, not at cam.layer
     assert ours.shape == reference.shape and ours.shape[0] == 3
     assert reference.abs().max() > 0  # not an all-zero comparison
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
     for target in (0, [2, 1, 0]):
-        torch.testing.assert_close(cam(x, target=target), captum_maps(model, cam.layer, x, target),
+        torch.testing.assert_close(cam(x, target=target), captum_maps(model, named, x, target),
                                    rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
+
+
+def test_the_fallback_is_the_last_conv2d_and_without_one_an_error_names_the_fix():
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6),
+                             nn.AdaptiveAvgPool2d(1))
+    model = TransferClassifier(backbone, 6, 2).eval()  # no `features`, no `layer4`
+    assert last_conv_block(model) is model.get_submodule("backbone.2")
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 12, 12)
+    reference = captum_maps(model, model.get_submodule("backbone.2"), x, model(x).argmax(1))
+    assert reference.shape == (2, 8, 8) and reference.abs().max() > 0
+    torch.testing.assert_close(GradCAM(model)(x), reference, rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
+    flat = TransferClassifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), 5, 2)
+    with pytest.raises(ValueError, match="has no convolutional layer for Grad-CAM; pass layer="):
+        last_conv_block(flat)
+    layer = flat.get_submodule("backbone.1")
+    assert GradCAM(flat, layer=layer).layer is layer  # the way out the error names
 
 
 def test_gradcam_works_on_a_frozen_model_and_leaves_it_as_it_was():

@@ -75,7 +75,7 @@ def lab(tmp_path):
                 process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
+                process.wait(STOP_TIMEOUT)  # SIGKILL cannot be ignored: a bounded wait, never a hang
         log.close()
 
 

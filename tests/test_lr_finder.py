@@ -114,7 +114,9 @@ def test_valley_rule_on_a_hand_made_curve():
     losses = np.array([1.0] * 5 + list(np.linspace(0.95, 0.5, 10)) + [0.8, 2.0, 5.0])
     lrs = np.geomspace(1e-5, 1.0, len(losses))
     assert suggestion_index(lrs, losses, "valley") == 7
-    assert suggestion_index(lrs, losses, "minimum") == int(np.argmin(np.abs(np.log(lrs / (lrs[14] / 10)))))
+    # "minimum": a tenth of the rate at the lowest loss (index 14). The 18 rates are 10^(5/17) apart, so
+    # a factor 10 lower is 17/5 = 3.4 steps down: index 10.6, and the nearest rate on the grid is index 11.
+    assert suggestion_index(lrs, losses, "minimum") == 11
     with pytest.raises(ValueError, match="unknown rule"):
         suggestion_index(lrs, losses, "best")
 

@@ -99,6 +99,7 @@ def test_two_runs_with_the_same_seed_are_identical_on_cpu(folder, method, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # trains on the real photos
 def test_two_runs_on_the_real_photos_with_real_weights_are_identical(data_dir, real_weights, tmp_path):
     from tlcourse.models import weights_enum
 

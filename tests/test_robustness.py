@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,16 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from sklearn.metrics import balanced_accuracy_score
 from torchvision.transforms.v2 import functional as TF
 
 from tlcourse import cli
 from tlcourse.robustness import (DEFAULT_CHANGES, blur, brightness, contrast, corner_crop, hflip, jpeg, long_side,
                                  plot_robustness)
 
-from test_cli import random_checkpoint, reference_probabilities, small_folder  # noqa: F401 - fixtures
+from test_cli import (labels_of, loader_batch_sizes, reference_probabilities, small_folder,  # noqa: F401 - fixtures
+                      varied_checkpoint)
+from test_fieldtest import wilson
 
 
 @pytest.fixture(scope="module")
@@ -116,45 +120,124 @@ def test_default_changes_cover_the_issue_list():
     assert len(set(names)) == len(names)
 
 
+def synthetic(width: int = 300, height: int = 200) -> Image.Image:
+    """A smooth random image with texture (for JPEG), a different mean per channel, wider than tall."""
+    rng = np.random.default_rng(1)
+    smooth = np.cumsum(np.cumsum(rng.normal(0, 1, (height, width, 3)), 0), 1)
+    smooth = (smooth - smooth.min(axis=(0, 1))) / np.ptp(smooth, axis=(0, 1)) * 200 + 20
+    return Image.fromarray(smooth.astype(np.uint8))
+
+
+def parameter(name: str) -> float:
+    """The number a change's name states: "blur sigma 3.0" -> 3.0, "corner crop 60 %" -> 60."""
+    numbers = re.findall(r"\d+(?:\.\d+)?", name)
+    assert len(numbers) == 1, name
+    return float(numbers[0])
+
+
+def gaussian_of_a_point(sigma: float, size: int = 41) -> np.ndarray:
+    """255 * g(dy) * g(dx) around the centre, g the normalised Gaussian on 2*ceil(3 sigma)+1 integer offsets."""
+    half = math.ceil(3 * sigma)
+    offsets = np.arange(-half, half + 1)
+    g = np.exp(-0.5 * (offsets / sigma) ** 2)
+    g /= g.sum()
+    out = np.zeros((size, size))
+    c = size // 2
+    out[c - half:c + half + 1, c - half:c + half + 1] = 255 * np.outer(g, g)
+    return out
+
+
+@pytest.mark.parametrize("change", DEFAULT_CHANGES, ids=lambda c: c.name)
+def test_each_default_change_uses_the_parameter_its_name_states(change):
+    """Each change of the report, on a synthetic image, against a reference built here from the number
+    in its name (so a name and its function cannot drift apart)."""
+    image = synthetic()
+    got = change.apply(image)
+    if change.kind == "none":
+        np.testing.assert_array_equal(pixels(got), pixels(image))
+    elif change.kind == "size":
+        n = int(parameter(change.name))
+        assert got.size == (n, int(200 * n / 300))
+        reference = TF.resize(image, size=None, max_size=n, interpolation=v2.InterpolationMode.BICUBIC)
+        np.testing.assert_array_equal(pixels(got), pixels(reference))
+    elif change.kind == "jpeg":
+        quality = int(parameter(change.name))
+        error = {q: np.abs(pixels(got) - TF.jpeg(TF.pil_to_tensor(image), q).permute(1, 2, 0).numpy()).mean()
+                 for q in (quality - 5, quality, quality + 5)}
+        assert error[quality] < 0.5 and min(error[quality - 5], error[quality + 5]) > 2 * error[quality], error
+    elif change.kind == "blur":
+        point = np.zeros((41, 41, 3), np.uint8)
+        point[20, 20] = 255
+        spread = pixels(change.apply(Image.fromarray(point)))[..., 0]
+        np.testing.assert_allclose(spread, gaussian_of_a_point(parameter(change.name)), atol=0.51)
+    elif change.kind == "brightness":
+        factor = parameter(change.name)
+        flat = Image.fromarray(np.full((4, 4, 3), [100, 160, 40], np.uint8))
+        expected = np.clip(np.round(np.array([100, 160, 40]) * factor), 0, 255)
+        np.testing.assert_array_equal(pixels(change.apply(flat))[0, 0], expected)
+    elif change.kind == "contrast":
+        factor = parameter(change.name)
+        halves = np.full((4, 4, 3), 100, np.uint8)
+        halves[:, 2:] = 200  # mean grey 150
+        expected = np.clip(np.round(150 + factor * (np.array([100, 200]) - 150)), 0, 255)
+        np.testing.assert_array_equal(pixels(change.apply(Image.fromarray(halves)))[0, [0, 3], 0], expected)
+    elif change.kind == "crop":
+        fraction = parameter(change.name) / 100
+        np.testing.assert_array_equal(pixels(got), pixels(image)[: int(200 * fraction), : int(300 * fraction)])
+    elif change.kind == "flip":
+        np.testing.assert_array_equal(pixels(got), pixels(image)[:, ::-1])
+    else:
+        pytest.fail(f"no reference for the change kind {change.kind!r}: add one here")
+    if change.kind != "none":
+        assert not np.array_equal(pixels(got.resize(image.size)), pixels(image)), "the change did nothing"
+
+
 def folder_state(root: Path) -> dict[str, tuple[str, float]]:
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder",
                                        p.stat().st_mtime)
             for p in sorted(root.rglob("*"))}
 
 
-def test_robustness_cli_rows_match_a_reference_and_leave_the_folder_unchanged(small_folder, random_checkpoint,
-                                                                              tmp_path, capsys):
+def test_robustness_cli_rows_match_a_reference_and_leave_the_folder_unchanged(small_folder, varied_checkpoint,
+                                                                              capsys, loader_batch_sizes):
+    """Every row against the reference model (torchvision, no tlcourse) on the photos changed here."""
     before = folder_state(small_folder)
     images = sorted(small_folder.rglob("*.jpg"))
-    labels = np.array([0 if p.parent.name == "dog" else 1 for p in images])
+    labels = labels_of(images)
 
-    assert cli.main(["robustness", str(random_checkpoint), str(small_folder), "--json"]) == 0
+    assert cli.main(["robustness", str(varied_checkpoint), str(small_folder), "--json", "--batch-size", "5"]) == 0
+    assert loader_batch_sizes == [5] * len(DEFAULT_CHANGES)  # --batch-size reaches every pass
     result = json.loads(capsys.readouterr().out)
     rows = {row["change"]: row for row in result["changes"]}
     assert list(rows) == [c.name for c in DEFAULT_CHANGES]
-    # The unchanged row and the flipped row against torchvision-only predictions on the same photos.
-    preds = reference_probabilities(random_checkpoint, images).argmax(1)
-    assert rows["original"]["correct"] == int((preds == labels).sum())
-    flipped = tmp_path / "flipped-reference"  # outside the learner's folder
-    for path in images:
-        target = flipped / path.parent.name / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        hflip(Image.open(path).convert("RGB")).save(target.with_suffix(".png"))
-    flipped_preds = reference_probabilities(random_checkpoint, sorted(flipped.rglob("*.png"))).argmax(1)
-    assert rows["horizontal flip"]["correct"] == int((flipped_preds == labels).sum())
-    for row in rows.values():
-        assert row["n"] == 12 and row["low"] <= row["accuracy"] <= row["high"]
+    original = reference_probabilities(varied_checkpoint, images).argmax(1)
+    moved = []  # the changes that change at least one recall of the reference: where a report that
+    # skipped its change would show a wrong row
+    for change in DEFAULT_CHANGES:
+        preds = reference_probabilities(varied_checkpoint, images, change=change.apply).argmax(1)
+        row = rows[change.name]
+        recalls = [float((preds[labels == k] == k).mean()) for k in (0, 1)]
+        expected = {"n": 12, "correct": int((preds == labels).sum()), "accuracy": float((preds == labels).mean()),
+                    "balanced_accuracy": balanced_accuracy_score(labels, preds),
+                    "recall_dog": recalls[0], "recall_hotdog": recalls[1]}
+        assert {k: row[k] for k in expected} == pytest.approx(expected), (
+            f"{change.name}: the report's row differs from the model's answers on the changed photos")
+        low, high = wilson(expected["correct"], 12)
+        assert (row["low"], row["high"]) == pytest.approx((low, high), abs=1e-5)
         assert row["drop"] == pytest.approx(rows["original"]["accuracy"] - row["accuracy"])
+        if recalls != [float((original[labels == k] == k).mean()) for k in (0, 1)]:
+            moved.append(change.name)
+    assert len(moved) >= 5, f"only {moved} change the fixture model's answers: the rows above check little"
 
     assert folder_state(small_folder) == before  # nothing written, nothing touched
 
 
-def test_robustness_cli_prints_a_table(tmp_path, small_folder, random_checkpoint, capsys):
+def test_robustness_cli_prints_a_table(tmp_path, small_folder, varied_checkpoint, capsys):
     for name in ("dog", "hotdog"):  # one photo per class is enough for the layout
         (tmp_path / name).mkdir()
         first = sorted((small_folder / name).glob("*.jpg"))[0]
         (tmp_path / name / first.name).write_bytes(first.read_bytes())
-    assert cli.main(["robustness", str(random_checkpoint), str(tmp_path)]) == 0
+    assert cli.main(["robustness", str(varied_checkpoint), str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "accuracy" in lines[0] and "drop" in lines[0]
     for change in DEFAULT_CHANGES:

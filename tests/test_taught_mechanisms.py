@@ -163,6 +163,7 @@ def test_lesson4_param_groups():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # trains on the real photos
 def test_lesson4_fine_tuning_epoch_equals_train_discriminative(data_dir, one_torch_thread):
     """The lesson's loop with the optimizer it writes out ends with the recipe's weights (real photos)."""
     ns = lesson_code("04_discriminative_lr.ipynb", "fine_tune_one_epoch")

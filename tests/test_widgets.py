@@ -26,20 +26,36 @@ from torchvision.transforms import v2
 from tlcourse.calibration import Calibration
 from tlcourse.checkpoint import save_checkpoint
 from tlcourse.config import get_config
-from tlcourse.data import TransformSettings, load_course_data, load_image, scan_folder, train_transform
+from tlcourse.data import (TransformSettings, eval_transform, load_course_data, load_image, scan_folder,
+                           train_transform)
 from tlcourse.exclusions import EXCLUSIONS_FILE, ExcludedPhotosWarning, ExclusionList
 from tlcourse.models import build_model, weights_enum
 from tlcourse.gradcam import GradCAM, upsample
 from tlcourse.widgets import Augmentation, AugmentationExplorer, MistakesBrowser, PhotoTester, gradcam_section
 
+from test_cli import assert_answers_vary
+
 PER_CLASS = 8
 
 
 @pytest.fixture(scope="module")
-def model(real_weights):
-    """MobileNetV2 with its real ImageNet weights and a seeded, untrained two-class head."""
+def model(real_weights, learner_folder):
+    """MobileNetV2 with its real ImageNet weights and a seeded, untrained two-class head, its bias set so
+    that half the learner's photos are called each class (the seeded head alone calls every photo
+    hotdog): a model whose answers depend on the photo, asserted here."""
     torch.manual_seed(0)
-    return build_model(2, "mobilenet_v2").eval()
+    model = build_model(2, "mobilenet_v2").eval()
+    transform = eval_transform(model.transform_settings)
+    with torch.no_grad():
+        logits = model(torch.stack([transform(load_image(p)) for p in _photos(learner_folder)]))
+        difference = (logits[:, 1] - logits[:, 0]).sort().values
+        middle = float(difference[len(difference) // 2 - 1] + difference[len(difference) // 2]) / 2
+        scale = 3.0 / float(max(difference[-1] - middle, middle - difference[0]))  # the farthest at p = 0.95
+        model.head[-1].weight.mul_(scale)
+        model.head[-1].bias.copy_(model.head[-1].bias * scale - torch.tensor([0.0, middle * scale]))
+        probs = torch.softmax(model(torch.stack([transform(load_image(p)) for p in _photos(learner_folder)])), 1)
+    assert_answers_vary(probs.numpy())
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +117,22 @@ def test_photo_tester_path_box_shows_photo_and_probabilities(model, learner_fold
     for name, p in tester.prediction.probabilities.items():
         assert name in html and f"{p:.1%}" in html
     assert 'class="tlcourse-tested-photo"' in html and photo.name in html
+
+
+def test_photo_tester_predict_button_tests_the_typed_path(model, learner_folder):
+    first, second = _photos(learner_folder)[0], _photos(learner_folder)[-1]
+    tester = PhotoTester(model, ["dog", "hotdog"])
+    tester.build()
+    tester.path_box.value = str(first)  # Enter: the first photo is tested
+    tester.prediction = None
+    tester.path_box.unobserve_all("value")  # typed, not entered: only the button may test it now
+    tester.path_box.value = str(second)
+    assert tester.prediction is None
+    tester.path_button.click()
+    assert tester.prediction is not None and Path(tester.prediction.source).name == second.name
+    got = np.array(list(tester.prediction.probabilities.values()))
+    assert np.allclose(got, _reference_probs(model, second), atol=2e-3)
+    assert second.name in tester.result.value
 
 
 def test_photo_tester_upload_as_the_browser_sends_it(model, learner_folder):
@@ -172,7 +204,10 @@ def _calibration(temperature: float, threshold: float) -> Calibration:
 
 def test_photo_tester_uses_calibrated_probabilities_and_says_unsure_below_the_threshold(model, learner_folder):
     plt.close("all")
-    for photo in _photos(learner_folder)[::5]:
+    # Photos the model is not on the fence about (a temperature hardly moves a 50/50 answer), of both answers.
+    sure = [p for p in _photos(learner_folder) if _reference_probs(model, p).max() > 0.6]
+    assert len({int(_reference_probs(model, p).argmax()) for p in sure}) == 2
+    for photo in sure[::4]:
         plain, calibrated = _reference_probs(model, photo), _reference_probs(model, photo, temperature=0.5)
         assert np.abs(calibrated - plain).max() > 0.02  # the temperature really changes them
         top, best = calibrated.max(), ["dog", "hotdog"][int(calibrated.argmax())]
@@ -293,6 +328,23 @@ def test_explorer_sliders_redraw_the_grid(learner_folder):
     assert torch.equal(torch.get_rng_state(), rng_before)  # the learner's random state is untouched
 
 
+def test_explorer_photo_menu_shows_the_chosen_photo(learner_folder):
+    photos = _photos(learner_folder)[:3]
+    settings = TransformSettings()
+    explorer = AugmentationExplorer(photos, settings, n=4, columns=2)
+    explorer.build()
+    assert [value for _, value in explorer.photo_menu.options] == [str(p) for p in photos]
+    first = explorer.image.value
+    explorer.photo_menu.value = str(photos[2])
+    assert explorer.photo_path == photos[2] and explorer.image.value != first
+    # The tiles are now the third photo's: the first tile against torchvision's transform of it.
+    torch.manual_seed(explorer.seed)
+    expected = train_transform(settings)(load_image(photos[2]))
+    tile = torch.from_numpy(np.array(explorer.tiles[0])).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(settings.mean).view(3, 1, 1), torch.tensor(settings.std).view(3, 1, 1)
+    assert (tile - (expected * std + mean).clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
+
+
 def test_explorer_fallback_draws_the_grid_and_prints_the_code(learner_folder, capsys):
     plt.close("all")
     explorer = AugmentationExplorer(_photos(learner_folder)[:2], n=4, mode="text")
@@ -323,6 +375,26 @@ def test_browser_sorts_by_loss_and_confidence(learner_folder, tmp_path):
     browser.set_sort("confidence")
     confidence = np.maximum(results["prob_0"], results["prob_1"]).to_numpy()
     assert list(browser.view["confidence"]) == sorted(confidence)
+    # Which rows moved, not only the values: least confident first, ties (P(hotdog) = p and 1 - p give the
+    # same confidence) in the results' own order.
+    expected = sorted(range(len(confidence)), key=lambda i: (confidence[i], i))
+    assert list(browser.view.index) == expected
+    assert list(browser.view["file_path"]) == [results["file_path"][i] for i in expected]
+
+
+def test_browser_sort_menu_reorders_the_rows(learner_folder, tmp_path):
+    results = _results(learner_folder)
+    browser = MistakesBrowser(results, ["dog", "hotdog"], exclusions=tmp_path / EXCLUSIONS_FILE)
+    browser.build()
+    by_loss = list(browser.view.index)
+    confidence = np.maximum(results["prob_0"], results["prob_1"]).to_numpy()
+    browser.sort_menu.value = "confidence"  # what choosing "least confident first" does
+    assert browser.sort == "confidence"
+    assert list(browser.view.index) == sorted(range(len(confidence)), key=lambda i: (confidence[i], i))
+    assert list(browser.view.index) != by_loss and browser.index == 0
+    assert Path(results["file_path"][browser.view.index[0]]).name in browser.info.value  # the first shown
+    browser.sort_menu.value = "loss"
+    assert list(browser.view.index) == by_loss
 
 
 def test_browser_steps_and_filters_with_its_buttons(learner_folder, tmp_path):

@@ -101,7 +101,7 @@ def choose_threshold(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torc
         kept = confidence >= threshold
         if not kept.any() or correct[kept].mean() >= target_accuracy:
             return float(threshold)
-    return 1.0  # unreachable: the highest confidence keeps at least one photo
+    return 1.0  # even the most confident answer is wrong: no threshold reaches the target, always unsure
 
 
 @dataclass(frozen=True)
