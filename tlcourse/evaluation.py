@@ -177,9 +177,17 @@ def lesson_verdict(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | n
     learner's own photos the verdict is printed and the lesson goes on.
     """
     try:
-        return check_learnt(y_true, y_pred, data.classes,
-                            required_accuracy=None if cfg.smoke else course_accuracy,
-                            strict=is_course_example(data.table), what=what)
+        learnt = check_learnt(y_true, y_pred, data.classes,
+                              required_accuracy=None if cfg.smoke else course_accuracy,
+                              strict=is_course_example(data.table), what=what)
     except AssertionError as error:
         raise AssertionError(f"The model did not learn what it does on the course's photos: {error}. "
                              f"{RERUN_ADVICE}") from None
+    if not learnt:
+        print(f"  What to try: {OWN_PHOTOS_ADVICE}")
+    return learnt
+
+
+#: What to try when a model does not learn a learner's own photos well enough.
+OWN_PHOTOS_ADVICE = ("look at the mistakes as photos (lesson 5): are the labels right, is each class's folder "
+                     "only that class? Then add photos of the kinds the model misses, and run the lessons again.")
