@@ -159,7 +159,7 @@ def lesson_check(ok: bool, finding: str, advice: str, data, cfg) -> bool:
         if expects_known_results(data, cfg):
             raise AssertionError(f"{finding}. On the course's photos this should not happen. {advice}")
         print(f"  What to try: {advice}")
-    return ok
+    return bool(ok)
 
 
 #: What to try when a lesson's result on the course's photos is not what the recipe reaches.
