@@ -1,7 +1,7 @@
 """Execute lesson notebooks and store only the outputs that nbval checks.
 
-The course's output policy (enforced by ``tests/test_notebooks.py``): a cell whose
-first line is ``# NBVAL_CHECK_OUTPUT`` keeps its output, because it is
+The course's output policy (enforced by ``tests/test_notebooks.py``): a cell tagged
+``nbval-check-output`` in its metadata (nbval reads the tag; the learner sees no marker) keeps its output, because it is
 deterministic and meaningful (class mapping, dataset and split sizes) and nbval
 compares it on every test run; every other cell is stored without outputs, so
 diffs stay small and no machine-specific numbers (times, paths) are committed.
@@ -23,13 +23,13 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
 def is_checked(cell) -> bool:
-    """True for a code cell whose first line marks it for nbval's output comparison."""
-    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK)
+    """True for a code cell tagged for nbval's output comparison."""
+    return cell.cell_type == "code" and CHECK_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def clean(nb) -> None:

@@ -9,8 +9,10 @@ import pytest
 from scipy.stats import binom, binomtest
 
 from tlcourse.config import get_config
-from tlcourse.data import stratified_split
-from tlcourse.evaluation import CHANCE_PASS, check_learnt, is_course_example, recall_needed, wilson_interval
+from tlcourse.data import CourseData, Split, TransformSettings, stratified_split
+from tlcourse.download import read_manifest
+from tlcourse.evaluation import (CHANCE_PASS, check_learnt, is_course_example, lesson_check, lesson_verdict,
+                                 recall_needed, wilson_interval)
 
 
 def test_wilson_interval_against_a_hand_computation():
@@ -126,3 +128,54 @@ def test_course_example_detection(tmp_path):
     renamed = example.assign(class_name=["chien", "hotdog"])
     assert not is_course_example(renamed)
     assert not is_course_example(example.iloc[:0])
+
+
+def _lesson_data(course: bool) -> CourseData:
+    """Four photos of two classes: the course's own (names from its manifest) or a learner's."""
+    if course:
+        manifest = read_manifest().groupby("class").head(2)
+        table = pd.DataFrame({"file_path": [f"/photos/{c}/{f}" for c, f in zip(manifest["class"], manifest["file"])],
+                              "label": [0, 0, 1, 1], "class_name": list(manifest["class"])})
+    else:
+        table = pd.DataFrame({"file_path": [f"/mine/{i}.jpg" for i in range(4)], "label": [0, 0, 1, 1],
+                              "class_name": ["a", "a", "b", "b"]})
+    classes = sorted(table["class_name"].unique())
+    return CourseData(table, Split([0, 2], [1, 3], []), classes, TransformSettings())
+
+
+@pytest.mark.parametrize("course,smoke,stops", [(True, False, True), (True, True, True), (False, False, False)])
+def test_lesson_verdict_stops_only_on_the_course_photos(course, smoke, stops, capsys):
+    """One class never recalled: the lesson stops on the course's photos (with what to try), and on a
+    learner's own photos prints the verdict and what to try, and goes on."""
+    data, cfg = _lesson_data(course), get_config({"TLCOURSE_SMOKE": "1" if smoke else "0"})
+    if stops:
+        with pytest.raises(AssertionError, match="Restart the kernel"):
+            lesson_verdict([0, 0, 1, 1], [0, 0, 0, 0], data, cfg)
+    else:
+        assert lesson_verdict([0, 0, 1, 1], [0, 0, 0, 0], data, cfg) is False
+        assert "What to try" in capsys.readouterr().out
+
+
+def test_lesson_verdict_asks_for_the_recipe_accuracy_only_in_a_full_run(capsys):
+    # 3 of 4 right recalls each class more than chance (2 of 2 and 1 of 2 is not: needs 2); use 8 photos.
+    data = _lesson_data(True)
+    y_true, y_pred = [0] * 4 + [1] * 4, [0, 0, 0, 1] + [1] * 4  # 87.5 %, every class above chance
+    with pytest.raises(AssertionError, match="below the 97%"):
+        lesson_verdict(y_true, y_pred, data, get_config({}))
+    assert lesson_verdict(y_true, y_pred, data, get_config({"TLCOURSE_SMOKE": "1"})) is True
+
+
+def test_lesson_check_stops_only_in_a_full_run_on_the_course_photos(capsys):
+    full, quick = get_config({}), get_config({"TLCOURSE_SMOKE": "1"})
+    with pytest.raises(AssertionError, match="try this"):
+        lesson_check(False, "found that", "try this", _lesson_data(True), full)
+    assert lesson_check(False, "found that", "try this", _lesson_data(True), quick) is False
+    assert lesson_check(False, "found that", "try this", _lesson_data(False), full) is False
+    assert "What to try: try this" in capsys.readouterr().out
+    assert lesson_check(True, "found that", "try this", _lesson_data(True), full) is True
+
+
+def test_quick_run_sizes_come_from_the_config():
+    full, quick = get_config({}), get_config({"TLCOURSE_SMOKE": "1"})
+    assert (full.photos_per_class, full.photos(128), full.photos(), full.epochs(4)) == (None, 128, None, 4)
+    assert (quick.photos_per_class, quick.photos(128), quick.photos(8), quick.photos(), quick.epochs(4)) == (40, 16, 8, 16, 1)

@@ -1,7 +1,8 @@
 """Policy tests for the lesson notebooks (they do not execute them; nbval does that).
 
-* Output policy: only cells that start with ``# NBVAL_CHECK_OUTPUT`` store outputs (and those
-  must, or nbval has nothing to compare); no execution counts, so diffs stay clean.
+* Output policy: only cells tagged ``nbval-check-output`` (cell metadata, read by nbval) store outputs
+  (and those must, or nbval has nothing to compare); no execution counts, so diffs stay clean.
+* Learner cells hold no test scaffolding: no nbval markers, quick-run branches or strictness switches.
 * Every image a notebook shows (markdown ``![](...)`` or ``<img src=...>``) exists, and every
   figure in ``images/`` is drawn by ``images/make_figures.py``.
 * Kernel metadata: JupyterLab opens each lesson with the ``python3`` kernel, without asking.
@@ -30,7 +31,7 @@ import tlcourse
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"
 
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HTML_IMAGE = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
@@ -89,11 +90,11 @@ def test_outputs_only_in_checked_cells(path):
     """Committed notebooks carry outputs only where nbval compares them."""
     problems = []
     for index, cell in enumerate(_code_cells(_read(path))):
-        checked = cell.source.lstrip().startswith(CHECK_MARK)
+        checked = CHECK_TAG in cell.metadata.get("tags", [])
         if cell.outputs and not checked:
-            problems.append(f"code cell {index} has outputs but no {CHECK_MARK} line")
+            problems.append(f"code cell {index} has outputs but no {CHECK_TAG} tag")
         if checked and not cell.outputs:
-            problems.append(f"code cell {index} is marked {CHECK_MARK} but stores no output to compare")
+            problems.append(f"code cell {index} is tagged {CHECK_TAG} but stores no output to compare")
         # nbval fails a checked cell without an execution count ("unrun reference cell has outputs").
         if checked and cell.execution_count is None:
             problems.append(f"code cell {index} is checked but has no execution count")
@@ -103,6 +104,26 @@ def test_outputs_only_in_checked_cells(path):
             problems.append(f"code cell {index} stores an error")
     assert not problems, (f"{path.name}: " + "; ".join(problems)
                           + ". Fix: python scripts/store_checked_outputs.py notebooks/" + path.name)
+
+
+# Test scaffolding that must stay out of the learner's cells (issue 22, section 4): nbval markers go
+# in cell tags, quick-run sizes come from the config (cfg.photos_per_class, cfg.photos, cfg.epochs),
+# and the strictness of a lesson's checks is decided in the package (tlcourse.evaluation.lesson_verdict).
+SCAFFOLDING = ("NBVAL", "cfg.smoke", "smoke_images_per_class", "strict=", "is_course_example")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_learner_cells_hold_no_test_scaffolding(path):
+    found = [f"cell {index}: {word}" for index, cell in enumerate(_read(path).cells)
+             for word in SCAFFOLDING if word in cell.source]
+    assert not found, f"{path.name}: {found}"
+
+
+def test_nbval_reads_the_check_tag():
+    """The tag the lessons use is one nbval knows: it marks the cell's output for comparison."""
+    from nbval.plugin import find_metadata_tags
+
+    assert dict(find_metadata_tags({"tags": [CHECK_TAG]})) == {"check": True}
 
 
 def _image_references(nb) -> list[str]:

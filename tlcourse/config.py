@@ -36,6 +36,8 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DASHBOARD_MODES = ("auto", "widgets", "text")
+#: Photos per class of a lesson's own sample in a quick run (see :meth:`Config.photos`).
+QUICK_SAMPLE = 16
 
 
 def course_root(start: Path | None = None) -> Path:
@@ -80,6 +82,18 @@ class Config:
     def smoke_images_per_class(self) -> int | None:
         """How many photos per class a smoke run uses (``None``: all of them)."""
         return 40 if self.smoke else None
+
+    @property
+    def photos_per_class(self) -> int | None:
+        """Photos per class the lessons load: all of them (``None``), or 40 in a quick run."""
+        return self.smoke_images_per_class
+
+    def photos(self, full: int | None = None) -> int | None:
+        """Photos per class for a lesson's own sample: ``full`` (``None``: all) normally, at most 16 in a
+        quick run. With :meth:`epochs`, the one place where a quick run's sizes are decided."""
+        if not self.smoke:
+            return full
+        return QUICK_SAMPLE if full is None else min(full, QUICK_SAMPLE)
 
     def epochs(self, full: int) -> int:
         """Number of epochs to run: ``full`` normally, 1 in smoke mode."""

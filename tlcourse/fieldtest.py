@@ -20,24 +20,25 @@ from .data import scan_folder
 from .evaluation import Scores, balanced_accuracy, recall_table, prediction_scores  # noqa: F401 - lessons import these here
 
 
-def load_field_test(classes: Sequence[str], folder: str | Path) -> pd.DataFrame | None:
+def load_field_test(classes: Sequence[str], folder: str | Path,
+                    instead: str = "The sections on photos from elsewhere use the validation photos instead."
+                    ) -> pd.DataFrame | None:
     """The field-test photos in ``folder`` (the course's is ``get_config().field_test_dir``, set by
     ``TLCOURSE_FIELD_TEST``) as a labels table with the training classes' labels, or ``None`` with one
-    printed line saying why and how to get one: the folder is missing, or its classes are not the
-    training classes.
+    printed line saying why, how to get one, and (``instead``) what the lesson does without it: the
+    folder is missing, or its classes are not the training classes.
     """
     path = Path(folder).expanduser()
     how = ("`tlcourse download-data` fetches the course's field test there; for your own photos, point "
            "TLCOURSE_FIELD_TEST at a folder of photos from elsewhere laid out like the training folder")
     if not path.is_dir():
-        print(f"No field-test folder at {path} ({how}). The sections on photos from elsewhere use the "
-              "validation photos instead.")
+        print(f"No field-test folder at {path} ({how}). {instead}")
         return None
     table = scan_folder(path)
     found = sorted(table["class_name"].unique())
     if found != sorted(classes):
         print(f"The field-test folder {path} has classes {found}, not the training classes {list(classes)} "
-              f"({how}). The sections on photos from elsewhere use the validation photos instead.")
+              f"({how}). {instead}")
         return None
     table = table.copy()
     table["label"] = [list(classes).index(name) for name in table["class_name"]]  # the training labels
