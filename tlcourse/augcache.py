@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from .data import AugmentSettings, TransformSettings, downscale, load_image
-from .features import (CacheCounts, Digested, FeatureKey, clear_memory_cache,  # noqa: F401 - tests clear it here
-                       feature_key, look_up, photo_sha256)
+from .features import CacheCounts, Digested, FeatureKey, feature_key, look_up, photo_sha256
 from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
                         using_threads)
 
