@@ -13,7 +13,7 @@ import torch
 from tlcourse import augcache
 from tlcourse.augcache import AugmentSettings, augmented_features, augmented_view
 from tlcourse.data import load_image
-from tlcourse.features import sha256_file
+from tlcourse.features import clear_memory_cache, sha256_file
 from tlcourse.models import build_model
 
 
@@ -41,9 +41,9 @@ def photos(tmp_path, data_dir):
 
 @pytest.fixture(autouse=True)
 def empty_memory():
-    augcache.clear_memory_cache()
+    clear_memory_cache()
     yield
-    augcache.clear_memory_cache()
+    clear_memory_cache()
 
 
 LABELS = [0, 0, 1, 1]
@@ -78,7 +78,7 @@ def test_hits_from_memory_then_from_disk(model, photos, tmp_path):
     first = augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
     again = augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
     assert (again.n_computed, again.n_from_memory, again.n_from_disk) == (0, 8, 0)
-    augcache.clear_memory_cache()  # as a new process (a rerun) would start
+    clear_memory_cache()  # as a new process (a rerun) would start
     rerun = augmented_features(model, photos, LABELS, views=2, cache_dir=tmp_path / "cache")
     assert (rerun.n_computed, rerun.n_from_disk) == (0, 8)
     assert torch.equal(rerun.features, first.features)
@@ -105,7 +105,7 @@ def test_an_edited_photo_is_computed_again_a_renamed_one_is_not(model, photos, t
     renamed = photos[2].with_name("renamed.jpg")
     photos[2].rename(renamed)
     paths = [edited, photos[1], renamed, photos[3]]
-    augcache.clear_memory_cache()
+    clear_memory_cache()
     result = augmented_features(model, paths, LABELS, views=2, cache_dir=tmp_path / "cache")
     assert (result.n_computed, result.n_from_disk) == (2, 6)  # only the edited photo's two views
 
@@ -149,7 +149,7 @@ def test_train_frozen_trains_on_the_cached_views_computed_once(model, data_dir, 
 
     with_views = head(2)
     assert "Computing features of 24 augmented view(s) of 12 photo(s)" in capsys.readouterr().out
-    augcache.clear_memory_cache()
+    clear_memory_cache()
     rerun = head(2)
     assert "augmented view" not in capsys.readouterr().out  # read back from disk ...
     assert all(torch.equal(rerun[k], with_views[k]) for k in with_views)  # ... the same views: the same head
@@ -163,6 +163,6 @@ def test_views_made_in_threads_are_the_views_made_in_order(model, photos):
     without care two threads would take each other's random numbers and the views would change."""
     in_order = augmented_features(model, photos, LABELS, views=3, decode_threads=0).features
     for threads in (1, 3):
-        augcache.clear_memory_cache()
+        clear_memory_cache()
         got = augmented_features(model, photos, LABELS, views=3, decode_threads=threads, batch_size=5).features
         torch.testing.assert_close(got, in_order, rtol=1e-4, atol=1e-5)

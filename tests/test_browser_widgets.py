@@ -103,20 +103,20 @@ def test_widgets_in_jupyterlab(lab, data_dir, tmp_path):
             fail("The augmentation grid did not show within a minute.")
         explorer.screenshot(path=str(ARTIFACTS / "widgets-augment-before.png"))
         before = grid.get_attribute("src")
-        handle = explorer.locator(".widget-slider").nth(2).locator(".noUi-handle")  # downscale to px
+        handle = explorer.locator(".widget-slider").nth(2).locator(".noUi-handle")  # downscale chance: 0.5 -> 0.6
         handle.focus()
         for _ in range(2):
             handle.press("ArrowRight")
         try:
-            page.wait_for_function(  # two steps of 16 px: the transform shown and the grid follow
+            page.wait_for_function(  # two steps of 0.05: the transform shown and the grid follow
                 "(old) => { const i = document.querySelector('img.tlcourse-augment-grid');"
                 " const c = document.querySelector('.tlcourse-augment-code').textContent;"
-                " return c.includes('v2.Resize(32, antialias=True)') && !!i && i.src !== old"
+                " return c.includes('p=0.6)') && !!i && i.src !== old"
                 " && i.complete && i.naturalWidth > 0; }",
                 arg=before, timeout=60_000, polling=250)
         except Exception:
             code = explorer.locator(".tlcourse-augment-code").text_content()
-            fail(f"Moving the downscale slider to 32 px did not redraw the grid and the transform: {code}")
+            fail(f"Moving the downscale chance to 0.6 did not redraw the grid and the transform: {code}")
         page.wait_for_timeout(500)  # let the new grid paint before the screenshot
         explorer.screenshot(path=str(ARTIFACTS / "widgets-augment-after.png"))
 

@@ -21,7 +21,6 @@ from torchvision.models import MobileNet_V2_Weights
 from tlcourse.data import TransformSettings, eval_transform, load_course_data, load_image
 from tlcourse.features import (
     FastBackbone,
-    FastModel,
     FeatureKey,
     batches_of_inputs,
     clear_memory_cache,
@@ -29,8 +28,9 @@ from tlcourse.features import (
     extract_features,
     feature_key,
     features_for_files,
-    file_sha256,
 )
+from tlcourse.files import sha256_file
+from tlcourse.inference import FastModel
 from tlcourse.models import build_model
 from tlcourse.recipes import train_frozen
 
@@ -136,13 +136,13 @@ def test_file_sha256_matches_hashlib_and_the_manifest(data_dir):
     manifest = {(row["class"], row["file"]): row["sha256"]
                 for row in csv.DictReader(open(data_dir / "MANIFEST.tsv"), delimiter="\t")}
     for path in some_photos(data_dir, 2):
-        assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert file_sha256(path) == manifest[(path.parent.name, path.name)]
+        assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert sha256_file(path) == manifest[(path.parent.name, path.name)]
 
 
 def test_unreadable_photo_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="gone.jpg"):
-        file_sha256(tmp_path / "gone.jpg")
+        sha256_file(tmp_path / "gone.jpg")
 
 
 # --------------------------------------------------------------------------- the fast forward

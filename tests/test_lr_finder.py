@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlcourse.features import using_threads
-from tlcourse.lr_finder import lr_range_test, smooth, suggestion_index
+from tlcourse.lr_finder import lr_range_test, suggestion_index
 from tlcourse.training import fit
 
 
@@ -101,10 +101,24 @@ def test_rates_grow_geometrically_and_keep_the_groups_ratio():
     assert result.rates(1e-3) == pytest.approx([1e-3, 1e-4])
 
 
+def _debiased_average(losses, beta):
+    out, avg = [], 0.0
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (i + 1)))
+    return np.asarray(out)
+
+
 def test_smoothing_is_the_debiased_moving_average():
-    losses = [2.0, 1.0, 4.0]
     beta = 0.9  # by hand: avg 0.2, 0.28, 0.652; debiased by 0.1, 0.19, 0.271
-    np.testing.assert_allclose(smooth(losses, beta), [2.0, 0.28 / 0.19, 0.652 / 0.271])
+    np.testing.assert_allclose(_debiased_average([2.0, 1.0, 4.0], beta), [2.0, 0.28 / 0.19, 0.652 / 0.271])
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    model = Net()
+    result = lr_range_test(model, _loader(x, y, batch_size=16), torch.optim.SGD(model.parameters(), lr=0.1),
+                           steps=10, beta=beta, diverge=float("inf"))
+    np.testing.assert_allclose(result.losses, _debiased_average(result.raw_losses, beta), rtol=1e-12)
+    assert np.ptp(result.raw_losses) > 0  # the losses differ, so the average is not trivially equal
 
 
 def test_valley_rule_on_a_hand_made_curve():

@@ -26,12 +26,13 @@ from torchvision.transforms import v2
 from tlcourse.calibration import Calibration
 from tlcourse.checkpoint import save_checkpoint
 from tlcourse.config import get_config
-from tlcourse.data import (TransformSettings, eval_transform, load_course_data, load_image, scan_folder,
+from tlcourse.data import (AugmentSettings, Downscale, TransformSettings, eval_transform, load_course_data,
+                           load_image, scan_folder,
                            train_transform)
 from tlcourse.exclusions import EXCLUSIONS_FILE, ExcludedPhotosWarning, ExclusionList
 from tlcourse.models import build_model, weights_enum
 from tlcourse.gradcam import GradCAM, upsample
-from tlcourse.widgets import Augmentation, AugmentationExplorer, MistakesBrowser, PhotoTester, gradcam_section
+from tlcourse.widgets import AugmentationExplorer, MistakesBrowser, PhotoTester, gradcam_section
 
 from test_cli import assert_answers_vary
 
@@ -270,14 +271,49 @@ def test_gradcam_is_computed_only_when_its_section_is_shown(model, learner_folde
 # --------------------------------------------------------------------------- augmentation explorer
 def test_default_augmentation_is_the_training_transform():
     settings = TransformSettings()
-    assert repr(Augmentation().transform(settings)) == repr(train_transform(settings))
+    assert repr(AugmentSettings().transform(settings)) == repr(train_transform(settings))
+
+
+def test_explorer_starts_from_the_recipes_augmentation(learner_folder):
+    """Issue 20, acceptance 3: the explorer's defaults are the settings the recipe trains its views with."""
+    import inspect
+
+    from tlcourse import augcache, recipes
+
+    explorer = AugmentationExplorer(_photos(learner_folder)[0], n=1, mode="text")
+    recipe = inspect.signature(recipes.train_frozen).parameters["augment_settings"].default
+    assert explorer.augmentation == recipe == AugmentSettings()
+    assert inspect.signature(augcache.augmented_features).parameters["augment"].default == recipe
+    assert (recipe.scale, recipe.flip, recipe.downscale_p, recipe.downscale) == ((0.25, 1.0), 0.5, 0.5, (0.3, 0.7))
+    assert (recipe.brightness, recipe.contrast, recipe.saturation) == (0.3, 0.3, 0.3)
+    for line in ("v2.RandomApply([Downscale(factor=(0.3, 0.7))], p=0.5)",
+                 "v2.RandomResizedCrop(224, scale=(0.25, 1.0), ratio=(0.75, 1.3333333333333333), antialias=True)",
+                 "v2.RandomHorizontalFlip(0.5)", "v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)"):
+        assert line in explorer.code
+
+
+@pytest.mark.parametrize("augment", [{}, {"downscale_p": 1.0, "flip": 1.0, "scale": (0.5, 0.6)},
+                                     {"downscale_p": 0.2, "brightness": 0.0, "contrast": 0.0, "saturation": 0.9}])
+def test_explorer_transform_draws_the_cached_views(learner_folder, augment):
+    """The code text describes exactly the views the recipe caches: seeded alike, they are the same tensor.
+    (A part switched off entirely leaves the code text, so it then draws one random number fewer.)"""
+    from tlcourse.augcache import augmented_view, view_seed
+
+    settings = TransformSettings(resize=36, crop=32)
+    augmentation = AugmentSettings(**augment)
+    transform = AugmentationExplorer(_photos(learner_folder)[0], settings, augmentation, n=1, mode="text").transform
+    image = load_image(_photos(learner_folder)[0])
+    for view in range(4):
+        torch.manual_seed(view_seed("ab" * 32, view, augmentation))
+        assert torch.equal(transform(image), augmented_view(image, "ab" * 32, view, augmentation, settings))
 
 
 def test_augmentation_code_is_the_exact_transform(learner_folder):
     settings = TransformSettings()
-    augmentation = Augmentation(scale=(0.2, 0.9), flip=True, jitter=0.3, downscale=96)
+    augmentation = AugmentSettings(scale=(0.2, 0.9), flip=1.0, brightness=0.3, contrast=0.2, saturation=0.1,
+                                   downscale_p=0.7, downscale=(0.1, 0.5))
     built = augmentation.transform(settings)
-    copied = eval(augmentation.code(settings), {"v2": v2, "torch": torch})  # what a learner pastes
+    copied = eval(augmentation.code(settings), {"v2": v2, "torch": torch, "Downscale": Downscale})  # pasted
     assert repr(copied) == repr(built)
     photo = load_image(_photos(learner_folder)[0])
     torch.manual_seed(5)
@@ -312,10 +348,13 @@ def test_explorer_sliders_redraw_the_grid(learner_folder):
         return float(np.mean([np.abs(np.diff(a, axis=1)).mean() for a in arrays]))
 
     explorer.scale_slider.value = (0.9, 1.0)
+    explorer.downscale_slider.value = 0.0
+    assert "Downscale" not in explorer.code.split("transform =")[1]
     sharp = sharpness(explorer.tiles)
-    explorer.downscale_slider.value = 32  # a 32-pixel photo blown up to 224: blurred
+    explorer.factor_slider.value = (0.1, 0.15)
+    explorer.downscale_slider.value = 1.0  # always a photo a tenth of its size, blown up again: blurred
     assert sharpness(explorer.tiles) < 0.5 * sharp
-    assert "v2.Resize(32, antialias=True)" in explorer.code_view.value
+    assert "v2.RandomApply([Downscale(factor=(0.1, 0.15))], p=1.0)" in explorer.code_view.value
 
     explorer.flip_box.value = False
     assert "RandomHorizontalFlip" not in explorer.code and "RandomHorizontalFlip" not in repr(explorer.transform)
@@ -350,7 +389,8 @@ def test_explorer_fallback_draws_the_grid_and_prints_the_code(learner_folder, ca
     explorer = AugmentationExplorer(_photos(learner_folder)[:2], n=4, mode="text")
     explorer.show()
     assert sum(bool(ax.images) for ax in plt.gcf().axes) == 4
-    assert "v2.RandomResizedCrop(224, scale=(0.5, 1.0), antialias=True)" in capsys.readouterr().out
+    assert "v2.RandomResizedCrop(224, scale=(0.25, 1.0), ratio=(0.75, 1.3333333333333333), antialias=True)" in \
+        capsys.readouterr().out
     plt.close("all")
 
 

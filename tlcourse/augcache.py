@@ -27,28 +27,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from .data import TransformSettings, load_image
-from .features import (CacheCounts, Digested, FeatureKey, clear_memory_cache,  # noqa: F401 - tests clear it here
-                       feature_key, look_up, photo_sha256)
+from .data import AugmentSettings, TransformSettings, downscale, load_image
+from .features import CacheCounts, Digested, FeatureKey, feature_key, look_up, photo_sha256
 from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
                         using_threads)
 
 #: Bump when the stored layout or the way views are made changes: old stores are then ignored.
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class AugmentSettings:
-    """How the augmented views are made; part of the cache key (changing any field recomputes them)."""
-
-    scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop's share of the photo's area
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: float = 0.5  # probability of a horizontal flip
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    downscale_p: float = 0.5  # probability of shrinking first (then enlarged again by the crop)
-    downscale: tuple[float, float] = (0.3, 0.7)  # factor of each side when shrinking
 
 
 def view_seed(photo_sha256: str, view: int, augment: AugmentSettings) -> int:
@@ -71,10 +56,7 @@ def augmented_view(image: Image.Image, photo_sha256: str, view: int, augment: Au
         return torch.empty(1).uniform_(low, high, generator=g).item()
 
     if torch.rand(1, generator=g) < augment.downscale_p:  # sometimes: a small web image, enlarged again
-        factor = uniform(*augment.downscale)
-        width, height = image.size
-        small = image.resize((max(1, int(width * factor)), max(1, int(height * factor))), Image.Resampling.BICUBIC)
-        image = small.resize((width, height), Image.Resampling.BICUBIC)
+        image = downscale(image, uniform(*augment.downscale))
     top, left, h, w = _crop_box(image.size, augment, uniform, g)
     x = TF.resized_crop(image, top, left, h, w, size=[settings.crop, settings.crop], antialias=True)
     if torch.rand(1, generator=g) < augment.flip:

@@ -28,18 +28,15 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from .data import CourseData, TransformSettings
 from .errors import ImageLoadError
 from .files import atomic_write, sha256_file
-from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, FastModel,  # noqa: F401 - re-exported
+from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone,  # noqa: F401 - lesson 7 imports it here
                         batches_of_inputs, extract_features, for_predictions, using_threads)
 
 #: Bump when the stored layout or the way features are computed changes: old stores are then ignored.
 FORMAT_VERSION = 2
 
-#: The cache keys photos by content (sha256 of the bytes), never by name or modification time.
-file_sha256 = sha256_file
-
-
 def photo_sha256(path: str | Path) -> str:
-    """The sha256 of a photo's bytes; a photo moved or deleted since the folder was scanned is an
+    """The sha256 of a photo's bytes (the cache keys photos by content, never by name or modification
+    time); a photo moved or deleted since the folder was scanned is an
     :class:`~tlcourse.errors.ImageLoadError` naming it (one line, with the fix), not a traceback."""
     try:
         return sha256_file(path)

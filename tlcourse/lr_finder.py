@@ -75,15 +75,6 @@ class RangeTest:
         return ax
 
 
-def smooth(losses: Iterable[float], beta: float = 0.98) -> np.ndarray:
-    """Exponential moving average of ``losses``, debiased: ``avg_i / (1 - beta**(i+1))``."""
-    out, avg = [], 0.0
-    for i, loss in enumerate(losses):
-        avg = beta * avg + (1 - beta) * loss
-        out.append(avg / (1 - beta ** (i + 1)))
-    return np.asarray(out, dtype=float)
-
-
 def suggestion_index(lrs: np.ndarray, losses: np.ndarray, rule: str = "valley") -> int:
     """Index of the suggested rate on a range-test curve (``losses`` smoothed).
 

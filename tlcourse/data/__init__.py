@@ -9,6 +9,6 @@ from .folders import (IMAGE_EXTENSIONS, LABEL_COLUMNS, SYSTEM_FILES, FolderScan,
                       scan_folder, worth_warning, write_labels_csv)
 from .images import CHECKS, MIN_IMAGE_SIDE, inspect_image, load_image, to_rgb
 from .split import Split, stratified_split, subset_per_class
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Augmentation, ImageToTensor, SquareCrop, TransformSettings, denormalize,
-                         eval_transform, train_transform)
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentSettings, Downscale, ImageToTensor, SquareCrop,
+                         TransformSettings, denormalize, downscale, eval_transform, train_transform)
 

@@ -98,7 +98,7 @@ class CourseData:
         return self.table.iloc[getattr(self.split, name)].reset_index(drop=True)
 
     def dataset(self, name: str, augment: bool = False) -> CSVDataset:
-        """Dataset of one part; ``augment=True`` uses the training transform (random crop and flip)."""
+        """Dataset of one part; ``augment=True`` uses the training transform (the course's augmentation)."""
         if self.settings is None:
             raise DataError("This CourseData has no input transform yet: pass the model's settings, "
                             "load_course_data(folder, model.transform_settings, ...), or call "

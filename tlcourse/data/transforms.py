@@ -97,41 +97,72 @@ def eval_transform(settings: TransformSettings) -> v2.Compose:
     )
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """The training transform's random parts (the augmentation explorer's sliders); the defaults make
-    :func:`train_transform`. Taught in lesson 1."""
+def downscale(image: Image.Image, factor: float) -> Image.Image:
+    """Shrink each side of ``image`` by ``factor`` and enlarge it back (bicubic): a small web photo."""
+    width, height = image.size
+    small = image.resize((max(1, int(width * factor)), max(1, int(height * factor))), Image.Resampling.BICUBIC)
+    return small.resize((width, height), Image.Resampling.BICUBIC)
 
-    scale: tuple[float, float] = (0.5, 1.0)  # share of the photo's area the random crop keeps
-    flip: bool = True  # random left-right flip
-    jitter: float = 0.0  # brightness, contrast and saturation change, up to +-this share (0: off)
-    downscale: int = 0  # first shrink the short side to this many pixels, a low-resolution photo (0: off)
+
+class Downscale:
+    """:func:`downscale` by a factor drawn uniformly from ``factor`` (a transform for PIL images)."""
+
+    def __init__(self, factor: tuple[float, float]):
+        self.factor = tuple(factor)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return downscale(image, float(torch.empty(()).uniform_(*self.factor)))
+
+    def __repr__(self) -> str:
+        return f"Downscale(factor={self.factor!r})"
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """The course's training augmentation, its one definition: it makes :func:`train_transform`, the cached
+    augmented views (:mod:`tlcourse.augcache`, where it is part of the cache key) and the augmentation
+    explorer's starting point and code text. Taught in lessons 1 and 7."""
+
+    scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop's share of the photo's area
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5  # probability of a horizontal flip
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    downscale_p: float = 0.5  # probability of shrinking first (then enlarged again by the crop)
+    downscale: tuple[float, float] = (0.3, 0.7)  # factor of each side when shrinking
 
     def code(self, settings: TransformSettings = TransformSettings()) -> str:
-        """Python source of the transform (``from torchvision.transforms import v2`` and ``import torch``)."""
+        """Python source of the transform (needs ``from torchvision.transforms import v2``, ``import torch``
+        and ``from tlcourse.data import Downscale``)."""
+        def r(values):
+            return tuple(round(float(v), 4) for v in values)
+
         lines = []
-        if self.downscale:
-            lines.append(f"v2.Resize({self.downscale}, antialias=True),")
-        scale = tuple(round(float(s), 4) for s in self.scale)
-        lines.append(f"v2.RandomResizedCrop({settings.crop}, scale={scale!r}, antialias=True),")
+        if self.downscale_p:
+            lines.append(f"v2.RandomApply([Downscale(factor={r(self.downscale)!r})], p={round(self.downscale_p, 4)}),")
+        lines.append(f"v2.RandomResizedCrop({settings.crop}, scale={r(self.scale)!r}, ratio={self.ratio!r}, "
+                     "antialias=True),")
         if self.flip:
-            lines.append("v2.RandomHorizontalFlip(),")
-        if self.jitter:
-            j = round(float(self.jitter), 4)
-            lines.append(f"v2.ColorJitter(brightness={j}, contrast={j}, saturation={j}),")
+            lines.append(f"v2.RandomHorizontalFlip({round(self.flip, 4)}),")
+        jitter = (self.brightness, self.contrast, self.saturation)
+        if any(jitter):
+            b, c, s = (round(float(j), 4) for j in jitter)
+            lines.append(f"v2.ColorJitter(brightness={b}, contrast={c}, saturation={s}),")
         lines += ["v2.ToImage(),", "v2.ToDtype(torch.float32, scale=True),",
                   f"v2.Normalize(mean={list(settings.mean)!r}, std={list(settings.std)!r}),"]
         return "v2.Compose([\n" + "".join(f"    {line}\n" for line in lines) + "])"
 
     def transform(self, settings: TransformSettings = TransformSettings()) -> v2.Compose:
         """The torchvision v2 transform these settings make: :meth:`code` run, so the two cannot differ."""
-        return eval(self.code(settings), {"v2": v2, "torch": torch})  # our own text, made just above
+        return eval(self.code(settings), {"v2": v2, "torch": torch, "Downscale": Downscale})  # our own text
 
 
 def train_transform(settings: TransformSettings) -> v2.Compose:
-    """Training transform with augmentation (:class:`Augmentation`'s defaults: random crop and flip), then
-    the same normalisation. Taught in lesson 1."""
-    return Augmentation().transform(settings)
+    """Training transform: the course's augmentation (:class:`AugmentSettings`' defaults: a random crop of
+    25-100 % of the area, flip, colour jitter, half the time a downscale), then the same normalisation.
+    Taught in lesson 1."""
+    return AugmentSettings().transform(settings)
 
 
 def denormalize(x: torch.Tensor, settings: TransformSettings = TransformSettings()) -> torch.Tensor:

@@ -20,7 +20,7 @@ folder: the mistakes browser's marks go to the exclusion list in the output
 folder (:mod:`tlcourse.exclusions`).
 """
 
-from .augment_explorer import Augmentation, AugmentationExplorer
+from .augment_explorer import AugmentationExplorer
 from .common import COLORS
 from .mistakes import SORTS, MistakesBrowser, with_loss
 from .photo_tester import PhotoPrediction, PhotoTester, gradcam_section, photo_section, probabilities_section

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from ..data import Augmentation, TransformSettings, load_image
+from ..data import AugmentSettings, TransformSettings, load_image
 from ..errors import DataError
 from .common import interactive, jpeg_bytes, to_pil
 
@@ -20,13 +21,14 @@ class AugmentationExplorer:
 
     ``photos`` is one photo path or a list (then a menu picks one). The grid
     shows ``n`` draws of the transform, de-normalised: what the network receives
-    during training. The draws are seeded, so moving a slider changes only what
+    during training. It starts from the course's own augmentation (``AugmentSettings()``,
+    what the recipes train on). The draws are seeded, so moving a slider changes only what
     that setting does; "New draws" picks other random numbers.
     Taught in lesson 1.
     """
 
     def __init__(self, photos: str | Path | Sequence[str | Path], settings: TransformSettings = TransformSettings(),
-                 augmentation: Augmentation = Augmentation(), n: int = 8, columns: int = 4, seed: int = 0,
+                 augmentation: AugmentSettings = AugmentSettings(), n: int = 8, columns: int = 4, seed: int = 0,
                  mode: str = "auto"):
         self.photos = [Path(photos)] if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
         if not self.photos:
@@ -40,16 +42,18 @@ class AugmentationExplorer:
 
     @property
     def code(self) -> str:
-        """The current settings' transform as Python source, to copy into a training script."""
-        return self.augmentation.code(self.settings)
+        """The current settings' transform as Python source, with its imports, to copy into a training script."""
+        return ("import torch\nfrom torchvision.transforms import v2\n\nfrom tlcourse.data import Downscale\n\n"
+                f"transform = {self.augmentation.code(self.settings)}")
 
     @property
     def transform(self) -> v2.Compose:
         return self.augmentation.transform(self.settings)
 
     def update(self, **changes: Any) -> None:
-        """Change settings (``scale``, ``flip``, ``jitter``, ``downscale``) and redraw, as the sliders do."""
-        self.augmentation = Augmentation(**{**self.augmentation.__dict__, **changes})
+        """Change :class:`AugmentSettings` fields (``scale``, ``flip``, ``brightness``, ``downscale_p``, ...)
+        and redraw, as the sliders do."""
+        self.augmentation = dataclasses.replace(self.augmentation, **changes)
         self.draw()
 
     def choose(self, photo: str | Path) -> None:
@@ -92,19 +96,22 @@ class AugmentationExplorer:
         self.scale_slider = w.FloatRangeSlider(value=a.scale, min=0.05, max=1.0, step=0.05, readout_format=".2f",
                                                description="crop keeps (area)", style=style, layout=wide,
                                                continuous_update=False)
-        self.flip_box = w.Checkbox(value=a.flip, description="random left-right flip", indent=False)
-        self.jitter_slider = w.FloatSlider(value=a.jitter, min=0.0, max=0.8, step=0.05, readout_format=".2f",
+        self.flip_box = w.Checkbox(value=bool(a.flip), description="random left-right flip", indent=False)
+        self.jitter_slider = w.FloatSlider(value=a.brightness, min=0.0, max=0.8, step=0.05, readout_format=".2f",
                                            description="colour jitter", style=style, layout=wide,
                                            continuous_update=False)
-        self.downscale_slider = w.IntSlider(value=a.downscale, min=0, max=self.settings.resize, step=16,
-                                            description="downscale to (px)", style=style, layout=wide,
-                                            continuous_update=False)
+        self.downscale_slider = w.FloatSlider(value=a.downscale_p, min=0.0, max=1.0, step=0.05,
+                                              readout_format=".2f", description="downscale chance", style=style,
+                                              layout=wide, continuous_update=False)
+        self.factor_slider = w.FloatRangeSlider(value=a.downscale, min=0.05, max=1.0, step=0.05,
+                                                readout_format=".2f", description="downscale to (x side)",
+                                                style=style, layout=wide, continuous_update=False)
         self.redraw_button = w.Button(description="New draws", icon="refresh")
         hint = w.HTML('<div style="color:#555;font-size:0.9em">crop keeps: the share of the photo\'s area in each '
                       'random crop · colour jitter: up to this much brighter/darker, more/less contrast and '
-                      'colour · downscale: shrink the photo to this many pixels first, as a low-resolution '
-                      'photo (0: off)</div>', layout=w.Layout(max_width="700px"))
-        controls: list[Any] = [self.scale_slider, self.jitter_slider, self.downscale_slider,
+                      'colour · downscale: how often the photo is first shrunk to a random share of its '
+                      'sides in this range and enlarged again, as a low-resolution photo (0: never)</div>', layout=w.Layout(max_width="700px"))
+        controls: list[Any] = [self.scale_slider, self.jitter_slider, self.downscale_slider, self.factor_slider,
                                w.HBox([self.flip_box, self.redraw_button]), hint]
         if len(self.photos) > 1:
             self.photo_menu = w.Dropdown(options=[(p.name, str(p)) for p in self.photos], value=str(self.photo_path),
@@ -116,9 +123,11 @@ class AugmentationExplorer:
         self.code_view = w.HTML()
         self.code_view.add_class("tlcourse-augment-code")
         self.scale_slider.observe(lambda c: self.update(scale=tuple(c["new"])), names="value")
-        self.flip_box.observe(lambda c: self.update(flip=bool(c["new"])), names="value")
-        self.jitter_slider.observe(lambda c: self.update(jitter=float(c["new"])), names="value")
-        self.downscale_slider.observe(lambda c: self.update(downscale=int(c["new"])), names="value")
+        self.flip_box.observe(lambda c: self.update(flip=0.5 if c["new"] else 0.0), names="value")
+        self.jitter_slider.observe(lambda c: self.update(**dict.fromkeys(("brightness", "contrast", "saturation"),
+                                                                         float(c["new"]))), names="value")
+        self.downscale_slider.observe(lambda c: self.update(downscale_p=float(c["new"])), names="value")
+        self.factor_slider.observe(lambda c: self.update(downscale=tuple(c["new"])), names="value")
         self.redraw_button.on_click(lambda _: self.new_draws())
         self.widget = w.VBox([*controls, self.image, self.code_view])
         self.widget.add_class("tlcourse-augment")
