@@ -40,6 +40,7 @@ def shown(monkeypatch) -> list[dict]:
     """What the checkers display, as the bundles they pass to IPython's display."""
     bundles: list[dict] = []
     monkeypatch.setattr("IPython.display.display", lambda bundle, raw: bundles.append(bundle))
+    monkeypatch.setattr("IPython.get_ipython", lambda: object())  # as in a kernel
     return bundles
 
 

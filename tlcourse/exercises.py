@@ -46,8 +46,11 @@ class Record:
 
 def _show(record: Record, visible: str) -> None:
     try:
+        from IPython import get_ipython
         from IPython.display import display
-    except ImportError:  # outside Jupyter: the message is all there is to see
+    except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:  # plain Python: the message is all there is to see
         if visible:
             print(visible)
         return
