@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ from .execute import INVALID, MISSING, NO_RECORD, NOT_REACHED, TIMEOUT, WRONG_LE
 SHORT = {PASSED: "solved", FAILED: "wrong", NOT_ATTEMPTED: "-", ERROR: "error", MISSING: "missing",
          INVALID: "bad file", WRONG_LESSON: "other lesson", TIMEOUT: "time limit", NOT_REACHED: "not reached",
          NO_RECORD: "not run"}
-LEGEND = ("solved / wrong (the hint is in the feedback) / - not attempted (as shipped) / error (the answer "
-          "raised) / missing (no notebook) / bad file (not a notebook) / other lesson (another lesson's "
-          "notebook) / time limit (not reached in time) / not reached (the lesson failed earlier) / not run "
+LEGEND = ("solved; wrong (the hint is in the feedback); - not attempted (as shipped); error (the answer raised "
+          "an exception); missing (no notebook); bad file (not a notebook); other lesson (another lesson's "
+          "notebook); time limit (not reached in time); not reached (the lesson failed before it); not run "
           "(--saved: no verdict saved)")
 
 
@@ -59,7 +60,7 @@ class Gradebook:
             shown[f"{lesson.split('_', 1)[0]} {exercise}"] = wide[column].map(SHORT)
         how = ("re-run in a fresh kernel (quick mode) with the course's checkers" if self.mode == "run" else
                "read from the outputs saved in the notebooks: this trusts the learners' own runs (and outputs)")
-        return f"Verdicts {how}.\n{shown.to_string()}\n\n{LEGEND}"
+        return f"Verdicts {how}.\n{shown.to_string()}\n\n" + textwrap.fill(LEGEND, 100)
 
     def summary(self) -> "pd.DataFrame":
         """Per exercise: how many solved, failed, not attempted, other; the most common hint."""
