@@ -137,13 +137,13 @@ def run_notebook(nb, learner: str, lesson: Lesson, *, env: dict[str, str], time_
     stopped = None
     try:
         client = NotebookClient(nb, kernel_name=kernel_name, timeout_func=lambda cell: max(1, int(deadline - time.monotonic()) + 1),
-                                startup_timeout=120, resources={"metadata": {"path": str(workdir / "notebooks")}})
+                                startup_timeout=120, shutdown_kernel="immediate", resources={"metadata": {"path": str(workdir / "notebooks")}})
         try:
             client.execute(env=env)
         except CellTimeoutError:
             at = next((i for i, c in reversed(list(enumerate(nb.cells))) if c.cell_type == "code" and c.execution_count), 0)
             stopped = (TIMEOUT, f"the notebook ran past the {time_limit:.0f} s time limit "
-                                f"(after cell {at + 1}, `{_first_line(nb.cells[at])}`)")
+                                f"(in cell {at + 1}, `{_first_line(nb.cells[at])}`)")
         except CellExecutionError:
             at = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _error_of(c)
                        and TAG not in c.metadata.get("tags", [])), None)
