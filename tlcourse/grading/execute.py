@@ -136,8 +136,10 @@ def run_notebook(nb, learner: str, lesson: Lesson, *, env: dict[str, str], time_
     (workdir / "notebooks").mkdir()
     stopped = None
     try:
-        client = NotebookClient(nb, kernel_name=kernel_name, timeout_func=lambda cell: max(1, int(deadline - time.monotonic()) + 1),
-                                startup_timeout=120, shutdown_kernel="immediate", resources={"metadata": {"path": str(workdir / "notebooks")}})
+        client = NotebookClient(
+            nb, kernel_name=kernel_name, startup_timeout=120, shutdown_kernel="immediate",
+            timeout_func=lambda cell: max(1, int(deadline - time.monotonic()) + 1),  # the rest of the notebook's time
+            resources={"metadata": {"path": str(workdir / "notebooks")}})
         try:
             client.execute(env=env)
         except CellTimeoutError:
@@ -147,7 +149,8 @@ def run_notebook(nb, learner: str, lesson: Lesson, *, env: dict[str, str], time_
         except CellExecutionError:
             at = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _error_of(c)
                        and TAG not in c.metadata.get("tags", [])), None)
-            where = f"cell {at + 1} (`{_first_line(nb.cells[at])}`) raised {_error_of(nb.cells[at])}" if at is not None else "a cell failed"
+            where = (f"cell {at + 1} (`{_first_line(nb.cells[at])}`) raised {_error_of(nb.cells[at])}"
+                     if at is not None else "a cell failed")
             stopped = (NOT_REACHED, f"the lesson stopped before this exercise: {where}")
         except DeadKernelError as error:
             stopped = (NOT_REACHED, f"the kernel died ({str(error)[:120]})")
