@@ -101,8 +101,10 @@ def prepare(nb, lesson: Lesson) -> dict[str, int]:
     """Put the shipped checkers into ``nb`` (a copy), clear outputs, tag; return exercise -> cell index."""
     cells = checker_cells(nb, lesson.name)
     for exercise in lesson.exercises:
-        if exercise in cells:
-            nb.cells[cells[exercise]].source = lesson.checkers[exercise]
+        if exercise in cells:  # keep what a learner typed above the checker (an answer, say), then the course's checker
+            mine, shipped = nb.cells[cells[exercise]].source, lesson.checkers[exercise]
+            start = mine.find(shipped.splitlines()[0])
+            nb.cells[cells[exercise]].source = (mine[:start] if start > 0 else "") + shipped
         else:
             nb.cells.append(nbformat.v4.new_code_cell(lesson.checkers[exercise]))
             cells[exercise] = len(nb.cells) - 1
