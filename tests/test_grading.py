@@ -211,3 +211,19 @@ def test_grade_runs_a_class_again_and_reads_its_saved_verdicts(tmp_path, real_we
     assert "Hint" in verdicts["cleo", EXERCISES[0]] and "my experiment broke" in verdicts["cleo", EXERCISES[1]]
     assert "45 s time limit" in verdicts["dora", EXERCISES[0]]
     assert "re-run in a fresh kernel" in capsys.readouterr().out
+
+
+def test_a_run_uses_the_course_checkers_and_keeps_the_learners_answers():
+    from tlcourse.grading.execute import TAG, prepare
+
+    lesson = load_lessons(ROOT / "notebooks")[LESSON]
+    nb = _shipped()
+    (first, _), (second, _) = checkers(nb)
+    nb.cells[first].source = "resized_size = (1, 2)\n" + nb.cells[first].source.replace("assert", "pass  #")  # "always right"
+    del nb.cells[second]  # a deleted checker comes back at the end
+    cells = prepare(nb, lesson)
+    assert nb.cells[cells[EXERCISES[0]]].source == "resized_size = (1, 2)\n" + lesson.checkers[EXERCISES[0]]
+    assert cells[EXERCISES[1]] == len(nb.cells) - 1 and nb.cells[-1].source == lesson.checkers[EXERCISES[1]]
+    tagged = [i for i, c in enumerate(nb.cells) if TAG in c.metadata.get("tags", [])]
+    code_before_last = max(i for i, c in enumerate(nb.cells[:-1]) if c.cell_type == "code")  # the second answer
+    assert tagged == [first - 1, first, code_before_last, len(nb.cells) - 1]  # each checker, and the code cell before it
