@@ -69,7 +69,7 @@ class Gradebook:
         for column in dict.fromkeys(self.column(r.lesson, r.exercise) for r in self.results):
             mine = [r for r in self.results if self.column(r.lesson, r.exercise) == column]
             counts = Counter(r.status for r in mine)
-            hints = Counter(r.message for r in mine if r.status in (FAILED, ERROR))
+            hints = Counter(_hint(r.message) for r in mine if r.status in (FAILED, ERROR))
             hint = hints.most_common(1)[0] if hints else None
             rows.append({"exercise": column, "solved": f"{counts[PASSED]}/{len(mine)}", "wrong": counts[FAILED],
                          "not attempted": counts[NOT_ATTEMPTED], "error": counts[ERROR],
@@ -102,6 +102,14 @@ class Gradebook:
             path.write_text("\n".join(lines), encoding="utf-8")
             written.append(path)
         return written
+
+
+def _hint(message: str) -> str:
+    """The part of a checker's message that does not repeat the learner's answer ("Not 12. Hint: ...")."""
+    if "Hint:" in message:
+        return message[message.index("Hint:"):]
+    head, colon, rest = message.partition(": ")
+    return rest if colon and head.startswith("Not ") else message
 
 
 def _short(text: str, width: int = 90) -> str:
