@@ -6,6 +6,8 @@ hint) and, in the same output, a machine-readable record under its own MIME type
 ``text/plain`` part (the message); the record is saved with the notebook's outputs, where
 ``tlcourse grade`` reads it (:func:`records_in`). A checker cell reads::
 
+    from tlcourse.exercises import exercise
+
     if answer is None:
         exercise("01_data", "answer").not_attempted()
     else:
