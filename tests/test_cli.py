@@ -20,7 +20,7 @@ from tlcourse import cli
 from tlcourse.checkpoint import load_checkpoint, save_checkpoint
 from tlcourse.models import build_model
 
-COMMANDS = ["download-data", "prefetch-weights", "doctor", "train", "evaluate", "predict", "robustness"]
+COMMANDS = ["download-data", "prefetch-weights", "doctor", "train", "evaluate", "predict", "robustness", "grade"]
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:

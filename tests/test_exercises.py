@@ -9,8 +9,10 @@ assume two classes, the names dog and hotdog, flat folders or clean files, and t
 must print a verdict instead of stopping the notebook.
 
 Then, in the same kernel, after the lesson's last cell, each exercise checker runs twice: with the
-right answer (it must print "Correct") and with a wrong one (it must raise ``AssertionError`` with a
-hint). An exercise checker is a code cell that starts with ``if <answer> is None``; its answers are
+right answer (it must say "Correct") and with a wrong one (it must raise ``AssertionError`` with a
+hint). Each time, and for the lesson's own run with the answers as shipped, the record the checker saves in
+the notebook (``tlcourse.exercises``) must agree with what the learner sees: passed, failed with that
+hint, not attempted. An exercise checker is a code cell that starts with ``if <answer> is None``; its answers are
 declared in ``ANSWERS`` below, and a lesson whose checkers have no declared answers fails this test,
 so lessons added later are covered too.
 """
@@ -26,9 +28,12 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
+from tlcourse.exercises import FAILED, NOT_ATTEMPTED, PASSED, records_in
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-CHECKER = re.compile(r"^if (\w+) is None(?: or (\w+) is None)*:")
+# A checker cell may import the record helper first: `from tlcourse.exercises import exercise`.
+CHECKER = re.compile(r"^(?:from tlcourse\.exercises import exercise\n+)?if (\w+) is None(?: or (\w+) is None)*:")
 RIGHT, WRONG = "RIGHT-ANSWER-RUN", "WRONG-ANSWER-RUN"
 
 # Per notebook: answer variable -> (right answer, wrong answer), as Python expressions evaluated in the
@@ -83,13 +88,14 @@ def checkers(nb) -> list[tuple[int, list[str]]]:
     for index, cell in enumerate(nb.cells):
         match = CHECKER.match(cell.source) if cell.cell_type == "code" else None
         if match:
-            found.append((index, re.findall(r"(\w+) is None", cell.source.splitlines()[0])))
+            found.append((index, re.findall(r"(\w+) is None", match.group(0))))
     return found
 
 
 def test_checker_finder_and_answers_cover_every_lesson():
     """Each checker's answers are declared, and each declared answer belongs to a checker."""
     assert CHECKER.match("if a is None or b is None:") and not CHECKER.match("x = 1\nif a is None:")
+    assert CHECKER.match("from tlcourse.exercises import exercise\n\nif a is None:")
     problems = []
     for path in NOTEBOOKS:
         variables = {v for _, names in checkers(nbformat.read(path, as_version=4)) for v in names}
@@ -188,11 +194,34 @@ def test_lesson_runs_on_own_folder_and_its_exercise_checkers_work(path, own_fold
     assert "chien de garde" in text, "the lesson should print the learner's classes"
     for broken in (TRUNCATED, EMPTY):
         assert broken in text, f"{path.name}: the lesson should skip the unusable file {broken!r} and name it"
+    lesson = path.stem
+    for index, names in checkers(nb):  # as shipped: every answer None, so "not attempted", visibly and in the record
+        records = records_in(nb.cells[index].outputs)
+        assert [r.status for r in records] == [NOT_ATTEMPTED] and records[0].lesson == lesson, \
+            f"{path.name}: the checker for {names} as shipped should record not_attempted: {records}"
+        assert records[0].message in visible(nb.cells[index].outputs) and "Fill in" in records[0].message
     for (kind, name, _), cell in zip(added, nb.cells[lesson_cells:]):
-        out = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+        out = visible(cell.outputs)
+        records = records_in(cell.outputs)
+        assert len(records) == 1 and records[0].lesson == lesson, f"{path.name}: {name}: one record expected: {records}"
         if kind == RIGHT:
             assert "Correct" in out, f"{path.name}: the checker for {name} did not say Correct for the right answer: {out!r}"
+            assert records[0].status == PASSED and records[0].message in out, f"{path.name}: {name}: {records[0]}"
         else:
             hint = out.split("REJECTED WITH HINT:", 1)[-1].strip()
             assert "REJECTED WITH HINT:" in out and len(hint) > 10, \
                 f"{path.name}: the checker for {name} rejected a wrong answer without a hint: {out!r}"
+            # The record holds the hint the learner saw, once (its own text/plain is empty).
+            assert records[0].status == FAILED and records[0].message == hint, f"{path.name}: {name}: {records[0]}"
+            assert out.count(hint) == 1, f"{path.name}: {name}: the learner should see the hint once: {out!r}"
+
+
+def visible(outputs) -> str:
+    """What the learner sees of a cell's outputs as text: printed text and the text/plain of displays."""
+    parts = []
+    for output in outputs:
+        if output.get("output_type") == "stream":
+            parts.append(output.get("text", ""))
+        elif output.get("output_type") in ("display_data", "execute_result"):
+            parts.append(output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
