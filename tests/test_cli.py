@@ -87,13 +87,16 @@ def test_download_data_timeout_reaches_the_download(monkeypatch, tmp_path, capsy
         def summary(self) -> str:
             return "nothing to do"
 
-    def fake_download(dest, **kwargs):
+    def fake_download(dest, field_test_dest, sets, **kwargs):
+        seen.setdefault("sets", []).extend(sets)
         seen.update(kwargs, dest=dest)
-        return Report()
+        return {name: Report() for name in sets}
 
-    monkeypatch.setattr(tlcourse.download, "download_data", fake_download)
-    assert cli.main(["download-data", "--dest", str(tmp_path / "data"), "--quiet", *args]) == 0
+    monkeypatch.setattr(tlcourse.download, "download_sets", fake_download)
+    assert cli.main(["download-data", "--dest", str(tmp_path / "data"), "--field-test-dest",
+                     str(tmp_path / "field-test"), "--quiet", *args]) == 0
     assert seen["timeout"] == expected and seen["dest"] == str(tmp_path / "data")
+    assert seen["sets"] == ["photos", "field-test"]  # both sets by default, each with the timeout
 
 
 @pytest.mark.parametrize("args,expected", [([], 30.0), (["--timeout", "4"], 4.0)])

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer 'unsure' when the top probability is below P (default: the checkpoint's, chosen on "
                         "validation; 0: never)")
 
-    from .grading import cli as grading  # its own module; no torch at import
+    from ..grading import cli as grading  # its own module; no torch at import
     p = sub.add_parser("grade", help=grading.SUMMARY, description=grading.DESCRIPTION, epilog=grading.EPILOG,
                        formatter_class=formatter)
     grading.add_arguments(p)
