@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torchvision
@@ -178,6 +178,14 @@ class _Holder(nn.Module):
         self.backbone = backbone
 
 
+def fast_bottom(model: TransferClassifier, cut: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from a normalised batch to its float32 activations at ``cut`` (``N x C x H x W``, on the
+    CPU), with the feature cache's fast forward (a fused, channels-last copy; the model is not changed)."""
+    shape = activation_shape(model, cut)
+    fast = FastBackbone(_Holder(split_at(model, cut)[0]))
+    return lambda x: fast(x).view(len(x), *shape)
+
+
 def cut_activations(model: TransferClassifier, cut: str, file_paths: Sequence[str | Path],
                     labels: Sequence[int] | torch.Tensor, views: int = 0, augment: AugmentSettings = AugmentSettings(),
                     *, clean: bool = True, cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float16,
@@ -220,7 +228,7 @@ def cut_activations(model: TransferClassifier, cut: str, file_paths: Sequence[st
         if verbose:
             print(f"Computing activations at {cut} of {n_computed} view(s) of {len(todo)} photo(s), once"
                   + (f" (cached in {folder})" if folder is not None else "") + "...", flush=True)
-        _compute(bottom, model, todo, paths, augment, dtype, batch_size, decode_threads)
+        _compute(model, todo, paths, augment, dtype, batch_size, decode_threads)
         if folder is not None:
             for key in keys:
                 if any(k == key for items in todo.values() for k, _ in items):
@@ -233,13 +241,12 @@ def cut_activations(model: TransferClassifier, cut: str, file_paths: Sequence[st
                        cache_files=tuple(folder / k.filename for k in keys) if folder is not None else ())
 
 
-def _compute(bottom: nn.Sequential, model: TransferClassifier, todo: dict[str, list[tuple[CutKey, str]]],
+def _compute(model: TransferClassifier, todo: dict[str, list[tuple[CutKey, str]]],
              paths: dict[str, str], augment: AugmentSettings, dtype: torch.dtype, batch_size: int,
              decode_threads: int) -> None:
-    """Run the missing views through the fast forward of ``bottom`` into the in-memory stores."""
+    """Run the missing views through the fast forward of the layers below the cut into the in-memory stores."""
     settings, clean = model.transform_settings, eval_transform(model.transform_settings)
-    shape = activation_shape(model, next(iter(todo.values()))[0][0].cut)
-    fast = FastBackbone(_Holder(bottom))  # a fused, channels-last copy; the model is not changed
+    fast = fast_bottom(model, next(iter(todo.values()))[0][0].cut)
 
     def inputs(h: str) -> list[tuple[CutKey, str, torch.Tensor]]:
         image = load_image(paths[h])  # decoded once for all its views
@@ -250,7 +257,7 @@ def _compute(bottom: nn.Sequential, model: TransferClassifier, todo: dict[str, l
                                             ahead=batch_size) for item in items)
     with using_threads(extraction_threads(decode_threads)):
         while batch := list(islice(made, batch_size)):
-            values = fast(torch.stack([x for _, _, x in batch])).view(len(batch), *shape).to(dtype)
+            values = fast(torch.stack([x for _, _, x in batch])).to(dtype)
             for (key, i, _), value in zip(batch, values):
                 MEMORY[key.digest][i] = value.clone()  # own storage: a row view would keep the batch alive
 
