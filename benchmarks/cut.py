@@ -143,7 +143,8 @@ def judge(checkpoints: dict[str, str], paths: list[str], labels: list[int], chan
     from tlcourse.config import get_config
     from tlcourse.cut import CUT_POINTS, fast_bottom, split_at
     from tlcourse.data import eval_transform, load_image
-    from tlcourse.features import FastModel, backbone_fingerprint
+    from tlcourse.features import backbone_fingerprint
+    from tlcourse.inference import FastModel
     from tlcourse.models import build_model
 
     reference = build_model(2, weights="DEFAULT", offline=get_config().offline).eval()

@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from .augcache import AugmentSettings, RandomViewDataset, augmented_view
 from .data import CourseData, eval_transform, load_image
 from .errors import DataError
-from .features import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, MEMORY, Digested, FastBackbone, FeatureKey,
-                       ahead_of_time, backbone_fingerprint, extraction_threads, read_store, sha256_file,
-                       using_threads, write_store)
-from .models import TransferClassifier
+from .features import (MEMORY, Digested, FeatureKey, backbone_fingerprint, read_store, sha256_file,
+                       write_store)
+from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
+                        using_threads)
+from .models import TransferClassifier, model_device
 from .recipes import VIEWS, WEIGHT_DECAY
 from .training import Callback, History, TrainState, fit, seed_everything
 
@@ -125,7 +126,7 @@ def activation_shape(model: TransferClassifier, cut: str) -> tuple[int, ...]:
     # Sequential would restore its (train) mode onto the model's own layers afterwards.
     bottom = copy.deepcopy(split_at(model, cut)[0]).eval()
     crop = model.transform_settings.crop
-    return tuple(bottom(torch.zeros(1, 3, crop, crop, device=next(model.parameters()).device)).shape[1:])
+    return tuple(bottom(torch.zeros(1, 3, crop, crop, device=model_device(model))).shape[1:])
 
 
 # --------------------------------------------------------------------------- the cache
