@@ -93,7 +93,7 @@ def test_smoke_mode_shrinks_the_run(course):
     normal = get_config(env={}, root=course)
     smoke = get_config(env={"TLCOURSE_SMOKE": "1"}, root=course)
     assert normal.epochs(5) == 5 and normal.smoke_images_per_class is None
-    assert smoke.epochs(5) == 1 and smoke.smoke_images_per_class == 40
+    assert smoke.epochs(5) == 1 and smoke.smoke_images_per_class == 80
 
 
 def test_labels_csv_goes_to_the_output_folder_not_the_photos(course):

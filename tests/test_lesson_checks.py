@@ -96,16 +96,16 @@ def test_the_quick_run_lets_a_coin_through_at_most_one_percent_of_the_time():
     per_class = get_config({"TLCOURSE_SMOKE": "1"}).smoke_images_per_class
     labels = np.repeat([0, 1], per_class)
     test = stratified_split(labels, seed=0).test
-    assert np.bincount(labels[test]).tolist() == [4, 4]  # 40 per class: 32 train, 4 validation, 4 test
-    needed = recall_needed(4, 2)
-    coin = binom.sf(needed - 1, 4, 0.5) ** 2
-    old = binom.sf(4 // 2 + 1 - 1, 4, 0.5) ** 2  # the old rule, 3 of 4 per class
+    assert np.bincount(labels[test]).tolist() == [8, 8]  # 80 per class: 64 train, 8 validation, 8 test
+    needed = recall_needed(8, 2)
+    coin = binom.sf(needed - 1, 8, 0.5) ** 2
+    old = binom.sf(4 // 2 + 1 - 1, 4, 0.5) ** 2  # the old rule and size: 3 of 4 per class
     assert old == pytest.approx((5 / 16) ** 2)  # 9.8 %, the "about 10 %"
-    assert needed == 4 and coin == pytest.approx((1 / 16) ** 2) and coin <= 0.01  # 0.39 %
+    assert needed == 7 and coin == pytest.approx((9 / 256) ** 2) and coin <= 0.01  # 0.12 %
     # Simulated: check_learnt itself on 5,000 coins.
     rng = np.random.default_rng(0)
-    y_true = np.repeat([0, 1], 4)
-    passed = sum(check_learnt(y_true, rng.integers(0, 2, 8), CLASSES, strict=False) for _ in range(5_000))
+    y_true = np.repeat([0, 1], 8)
+    passed = sum(check_learnt(y_true, rng.integers(0, 2, 16), CLASSES, strict=False) for _ in range(5_000))
     assert passed / 5_000 == pytest.approx(coin, abs=0.003)
 
 
@@ -180,4 +180,4 @@ def test_lesson_check_stops_only_in_a_full_run_on_the_course_photos(capsys):
 def test_quick_run_sizes_come_from_the_config():
     full, quick = get_config({}), get_config({"TLCOURSE_SMOKE": "1"})
     assert (full.photos_per_class, full.photos(128), full.photos(), full.epochs(4)) == (None, 128, None, 4)
-    assert (quick.photos_per_class, quick.photos(128), quick.photos(8), quick.photos(), quick.epochs(4)) == (40, 16, 8, 16, 1)
+    assert (quick.photos_per_class, quick.photos(128), quick.photos(8), quick.photos(), quick.epochs(4)) == (80, 16, 8, 16, 1)
