@@ -26,8 +26,9 @@ from .training import Callback, TrainState
 #: How to stop early. There is no Stop button: a click is a message the kernel reads only after the
 #: busy cell ends, and jupyter-ui-poll 1.1, which reads it earlier, calls Kernel.do_one_iteration,
 #: which ipykernel 7 no longer has (it fails silently). Interrupt raises KeyboardInterrupt, which fit handles.
-STOP_HINT = ("To stop early, press ■ (Interrupt the kernel) in the toolbar: training ends after the "
-             "current batch, the model keeps its best weights and the notebook carries on.")
+STOP_HINT = ("To stop early, press ■ (Interrupt the kernel) in the toolbar: training stops at once (the "
+             "batch under way is dropped), the model keeps its best finished epoch's weights and the notebook "
+             "carries on.")
 
 
 def in_kernel() -> bool:

@@ -157,8 +157,9 @@ def fit(
     Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` reaches callbacks as ``state.index``.
     After each epoch the model is evaluated on ``val_loader``; with ``keep_best`` the best epoch's
     weights (validation accuracy, then lower loss) are put back at the end, also after a stop or an
-    interrupt. A callback's stop request, or the kernel's Interrupt (KeyboardInterrupt, caught when
-    ``catch_interrupt``), ends training after the current batch with the history complete so far.
+    interrupt. A callback's stop request ends training after the current batch; the kernel's
+    Interrupt (KeyboardInterrupt, caught when ``catch_interrupt``) arrives mid-batch, so that batch is
+    dropped; either way the history holds the finished epochs.
     An earlier ``history`` continues its epoch numbering (resuming; its best epoch must be beaten).
     A NaN or infinite loss raises :class:`NonFiniteLossError` naming the likely cause.
     A ``scheduler`` (any ``torch.optim.lr_scheduler``) is stepped once per batch, after the
