@@ -94,6 +94,20 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def two_per_class(tmp_path, data_dir) -> list[Path]:
+    """Copies of the first two real photos of each class (dog, dog, hotdog, hotdog) in a temporary
+    folder, so a test may change or delete them."""
+    paths = []
+    for name in ("dog", "hotdog"):
+        for source in sorted((data_dir / name).glob("*.jpg"))[:2]:
+            target = tmp_path / "photos" / name / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            paths.append(target)
+    return paths
+
+
 @pytest.fixture(scope="session")
 def real_weights() -> Path:
     """The real ImageNet MobileNetV2 weights in the test TORCH_HOME."""

@@ -5,7 +5,6 @@ different from each other, and one view per photo is drawn each epoch."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import pytest
 import torch
@@ -28,15 +27,8 @@ def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.fixture
-def photos(tmp_path, data_dir):
-    paths = []
-    for name in ("dog", "hotdog"):
-        for source in sorted((data_dir / name).glob("*.jpg"))[:2]:
-            target = tmp_path / "photos" / name / source.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            paths.append(target)
-    return paths
+def photos(two_per_class):
+    return two_per_class  # conftest: two real photos of each class, copied
 
 
 @pytest.fixture(autouse=True)

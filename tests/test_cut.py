@@ -36,15 +36,8 @@ def empty_memory():
 
 
 @pytest.fixture
-def photos(tmp_path, data_dir):
-    paths = []
-    for name in ("dog", "hotdog"):
-        for source in sorted((data_dir / name).glob("*.jpg"))[:2]:
-            target = tmp_path / "photos" / name / source.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            paths.append(target)
-    return paths
+def photos(two_per_class):
+    return two_per_class  # conftest: two real photos of each class, copied
 
 
 LABELS = [0, 0, 1, 1]
