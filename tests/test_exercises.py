@@ -19,6 +19,7 @@ so lessons added later are covered too.
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 from pathlib import Path
@@ -28,7 +29,9 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-from tlcourse.exercises import FAILED, NOT_ATTEMPTED, PASSED, records_in
+from tlcourse import exercises
+from tlcourse.exercises import FAILED, NOT_ATTEMPTED, PASSED, exercise, records_in
+from tlcourse.grading.course import exercise_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -80,6 +83,75 @@ PER_CLASS = 20
 NESTED = "holiday 2024"  # a subfolder of a class folder: its photos belong to the class
 BROKEN_CLASS = "hot dög"  # holds the two files that cannot be used
 TRUNCATED, EMPTY = "cut off.jpg", "empty.jpg"
+
+
+# Coding exercises: the learner writes a function, and the checker cell runs
+# `exercise(lesson, id).run(check_..., function)`. Their variants live in tests/exercise_code/<lesson>.py as
+# CODE = {exercise id: {"checker": "tlcourse.checkers.<module>:<checker>", "function": "<the learner's name>",
+#                       "correct": source of a correct implementation that differs from the solution,
+#                       "wrong": source of a typical mistake, "hint": words the hint must contain,
+#                       "stub": source of a half-written answer}}.
+CODE_RUN = re.compile(r"exercise\([^)]*\)\.run\(")
+VARIANTS = ("correct", "wrong", "stub")
+
+
+def coding_variants() -> dict[str, dict[str, dict[str, str]]]:
+    """lesson stem -> exercise id -> its variants (tests/exercise_code/<stem>.py)."""
+    found = {}
+    for path in sorted((Path(__file__).parent / "exercise_code").glob("[0-9]*.py")):
+        found[path.stem] = importlib.import_module(f"tests.exercise_code.{path.stem}").CODE
+    return found
+
+
+def coding_cells(nb, lesson: str) -> dict[str, int]:
+    """exercise id -> index of the coding checker cell (the one that calls ``.run(...)``)."""
+    return {exercise_id: index for index, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" and CODE_RUN.search(cell.source)
+            for named, exercise_id in exercise_calls(cell.source) if named == lesson}
+
+
+def load_checker(dotted: str):
+    module, name = dotted.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+CODING = [(lesson, exercise_id) for lesson, code in coding_variants().items() for exercise_id in code]
+
+
+def test_each_coding_exercise_has_variants():
+    """Each coding checker cell has variants, and each variant set a cell."""
+    variants, problems = coding_variants(), []
+    for path in NOTEBOOKS:
+        cells = coding_cells(nbformat.read(path, as_version=4), path.stem)
+        declared = set(variants.get(path.stem, {}))
+        if set(cells) - declared:
+            problems.append(f"{path.name}: add variants for {sorted(set(cells) - declared)} in tests/exercise_code/{path.stem}.py")
+        if declared - set(cells):
+            problems.append(f"tests/exercise_code/{path.stem}.py has {sorted(declared - set(cells))}, which no cell checks")
+    assert not problems, "; ".join(problems)
+
+
+@pytest.mark.parametrize("lesson, exercise_id", CODING, ids=[f"{l}.{e}" for l, e in CODING])
+def test_coding_checker_accepts_another_solution_rejects_a_mistake_with_its_hint_and_never_crashes(
+        lesson, exercise_id, monkeypatch):
+    """Called directly: a correct implementation unlike the solution passes; the typical mistake fails with
+    its hint; the stub is not attempted (or failed) without an exception escaping the checker cell."""
+    spec = coding_variants()[lesson][exercise_id]
+    shown = []
+    monkeypatch.setattr(exercises, "_show", lambda record, visible: shown.append((record, visible)))
+    for variant in VARIANTS:
+        namespace: dict = {}
+        exec(compile(spec[variant], f"<{exercise_id} {variant}>", "exec"), namespace)
+        exercise(lesson, exercise_id).run(load_checker(spec["checker"]), namespace[spec["function"]])
+        record, seen = shown.pop()
+        assert record.message == seen, f"{variant}: the learner sees one message, the record the same: {record}"
+        if variant == "correct":
+            assert record.status == PASSED, f"{lesson}/{exercise_id}: a correct answer was rejected: {record.message}"
+        elif variant == "wrong":
+            assert record.status == FAILED and spec["hint"].lower() in record.message.lower(), \
+                f"{lesson}/{exercise_id}: the mistake should fail with a hint about {spec['hint']!r}: {record}"
+        else:
+            assert record.status in (NOT_ATTEMPTED, FAILED), f"{lesson}/{exercise_id}: the stub: {record}"
 
 
 def checkers(nb) -> list[tuple[int, list[str]]]:
@@ -184,7 +256,7 @@ def test_lesson_runs_on_own_folder_and_its_exercise_checkers_work(path, own_fold
     nb = nbformat.read(path, as_version=4)
     nb.metadata["tlcourse_name"] = path.name
     lesson_cells = len(nb.cells)
-    added = _exercise_cells(nb)
+    added = _exercise_cells(nb) + _coding_exercise_cells(nb, path.stem)
     nb.cells += [nbformat.v4.new_code_cell(source) for _, _, source in added]
     # Raises CellExecutionError, naming the cell and the error, if any lesson cell fails on this folder.
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -200,11 +272,21 @@ def test_lesson_runs_on_own_folder_and_its_exercise_checkers_work(path, own_fold
         assert [r.status for r in records] == [NOT_ATTEMPTED] and records[0].lesson == lesson, \
             f"{path.name}: the checker for {names} as shipped should record not_attempted: {records}"
         assert records[0].message in visible(nb.cells[index].outputs) and "Fill in" in records[0].message
+    for exercise_id, index in coding_cells(nb, lesson).items():  # as shipped: a stub, so "not attempted"
+        records = records_in(nb.cells[index].outputs)
+        assert [r.status for r in records] == [NOT_ATTEMPTED], f"{path.name}: {exercise_id} as shipped: {records}"
     for (kind, name, _), cell in zip(added, nb.cells[lesson_cells:]):
         out = visible(cell.outputs)
         records = records_in(cell.outputs)
         assert len(records) == 1 and records[0].lesson == lesson, f"{path.name}: {name}: one record expected: {records}"
-        if kind == RIGHT:
+        if kind in VARIANTS:
+            assert not [o for o in cell.outputs if o.get("output_type") == "error"], f"{path.name}: {name} {kind}: a traceback"
+            expected = {"correct": (PASSED,), "wrong": (FAILED,), "stub": (NOT_ATTEMPTED, FAILED)}[kind]
+            assert records[0].status in expected and records[0].message in out, f"{path.name}: {name} {kind}: {records[0]}"
+            if kind == "wrong":
+                hint = coding_variants()[lesson][name]["hint"]
+                assert hint.lower() in records[0].message.lower(), f"{path.name}: {name}: the hint should name {hint!r}"
+        elif kind == RIGHT:
             assert "Correct" in out, f"{path.name}: the checker for {name} did not say Correct for the right answer: {out!r}"
             assert records[0].status == PASSED and records[0].message in out, f"{path.name}: {name}: {records[0]}"
         else:
@@ -216,6 +298,14 @@ def test_lesson_runs_on_own_folder_and_its_exercise_checkers_work(path, own_fold
             assert out.count(hint) == 1, f"{path.name}: {name}: the learner should see the hint once: {out!r}"
 
 
+def _coding_exercise_cells(nb, lesson: str) -> list[tuple[str, str, str]]:
+    """Per coding exercise, one cell per variant: the variant's function, then the lesson's checker cell."""
+    variants = coding_variants().get(lesson, {})
+    return [(variant, exercise_id, variants[exercise_id][variant] + "\n" + nb.cells[index].source)
+            for exercise_id, index in coding_cells(nb, lesson).items() if exercise_id in variants
+            for variant in VARIANTS]
+
+
 def visible(outputs) -> str:
     """What the learner sees of a cell's outputs as text: printed text and the text/plain of displays."""
     parts = []
@@ -225,3 +315,29 @@ def visible(outputs) -> str:
         elif output.get("output_type") in ("display_data", "execute_result"):
             parts.append(output.get("data", {}).get("text/plain", ""))
     return "\n".join(parts)
+
+
+def test_run_turns_stubs_mistakes_and_crashes_into_one_line_each(monkeypatch):
+    """`exercise(...).run` never raises: each kind of answer gets its status and one line naming what is wrong."""
+    shown = []
+    monkeypatch.setattr(exercises, "_show", lambda record, visible: shown.append(record))
+
+    def check_double(double):  # a checker in the shape of tlcourse.checkers': the reference is 2 * x
+        for x in (3, -1.5):
+            got = exercises.attempt(double, x)
+            assert got == 2 * x, f"double({x}) gave {got!r}, but twice {x} is {2 * x}."
+        return "Correct: your double doubles."
+
+    def stub(x):
+        raise NotImplementedError
+
+    def dots(x):
+        ...
+
+    cases = {"right": (lambda x: x + x, PASSED, "Correct"), "stub": (stub, NOT_ATTEMPTED, "not written yet"),
+             "dots": (dots, NOT_ATTEMPTED, "returns nothing"), "wrong": (lambda x: x * x, FAILED, "twice 3 is 6"),
+             "crash": (lambda x: x.upper(), FAILED, "raised AttributeError"),
+             "text": (lambda x: "6", FAILED, "gave '6'"), "not a function": (None, NOT_ATTEMPTED, "not a function")}
+    for name, (answer, status, words) in cases.items():
+        exercise("lesson", "double").run(check_double, answer)
+        assert shown[-1].status == status and words in shown[-1].message, f"{name}: {shown[-1]}"

@@ -18,12 +18,18 @@ hint) and, in the same output, a machine-readable record under its own MIME type
 A wrong answer still raises its ``AssertionError`` (so "Run All" stops there, as before) after the
 record is shown; any other exception raised while checking (a half-written answer such as a string
 where a number is asked) is recorded as ``error`` with its message, then raised too.
+
+A *coding* exercise checks a function the learner wrote: a checker from :mod:`tlcourse.checkers` calls
+it on fresh inputs through :func:`attempt` and compares with the package's tested version. Its cell
+reads ``exercise("03_weight_freezing", "freeze").run(check_freeze, freeze)``. It never raises: a stub
+(``...``, ``NotImplementedError``) is "not attempted", a wrong answer or one that crashes gets one line
+naming what is wrong, and neither shows a traceback, so "Run All" goes on past an unfinished exercise.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 #: The MIME type of an exercise record in a notebook's outputs.
 MIME_TYPE = "application/vnd.tlcourse.exercise+json"
@@ -81,6 +87,22 @@ class exercise:  # noqa: N801 - read in lessons like a function: `with exercise(
         """Say what the learner sees when the answer is right; shown when the ``with`` block ends."""
         self._message = message
 
+    def run(self, checker: Callable[..., str], *functions: Callable) -> None:
+        """Check a coding exercise: ``checker(*functions)`` returns the "Correct" message or raises
+        ``AssertionError`` with a hint. Shows one line and records it; never raises (see the module)."""
+        try:
+            status, message = PASSED, checker(*functions)
+        except NotAttempted as stub:
+            status, message = NOT_ATTEMPTED, f"{stub} Then run this cell again."
+        except AssertionError as wrong:
+            status, message = FAILED, f"Not yet: {wrong}" if str(wrong) else "Not yet: the result is not right."
+        except LearnerError as crashed:
+            status, message = FAILED, f"Not yet: {crashed}"
+        except Exception as error:  # e.g. a wrong return type that the checker could not even compare
+            status, message = FAILED, (f"Not yet: checking your answer stopped at {type(error).__name__}: {error}. "
+                                       "Does your function return what the exercise asks for?")
+        _show(self.record(status, message), message)
+
     def __enter__(self) -> "exercise":
         return self
 
@@ -94,6 +116,33 @@ class exercise:  # noqa: N801 - read in lessons like a function: `with exercise(
         elif isinstance(error, Exception):
             _show(self.record(ERROR, f"{kind.__name__}: {error}"), "")
         return False  # never swallow: a wrong answer stops "Run All" here, as it always did
+
+
+class NotAttempted(Exception):
+    """The learner's function is still a stub: it raised ``NotImplementedError`` or returned nothing."""
+
+
+class LearnerError(Exception):
+    """The learner's function raised an exception: the message names the function and the exception."""
+
+
+def attempt(function: Callable, *args: Any, returns: bool = True, **kwargs: Any) -> Any:
+    """Call the learner's ``function``; a stub raises :class:`NotAttempted`, any other error :class:`LearnerError`.
+
+    ``returns=False`` for a function that works in place (its ``None`` is then an answer, not a stub).
+    """
+    if not callable(function):
+        raise NotAttempted(f"{function!r} is not a function yet: define it with `def` in the cell above.")
+    name = getattr(function, "__name__", "your function")
+    try:
+        result = function(*args, **kwargs)
+    except NotImplementedError as error:
+        raise NotAttempted(f"{name} is not written yet ({error or 'NotImplementedError'}).") from None
+    except Exception as error:  # the learner's code crashed: say where, in one line, with no traceback
+        raise LearnerError(f"Your {name} raised {type(error).__name__}: {error}") from None
+    if returns and (result is None or result is Ellipsis):
+        raise NotAttempted(f"{name} returns nothing yet: finish it and `return` the result.")
+    return result
 
 
 def records_in(outputs: Iterable[dict]) -> list[Record]:
