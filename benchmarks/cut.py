@@ -12,7 +12,8 @@ its peak resident memory is read by the process itself. Each checkpoint is then 
 validation photos as they are and under each of the robustness report's changes (cross-entropy and
 accuracy). The decision rule (tlcourse.cut.choose_recipe, printed before the numbers) picks a
 candidate from those validation figures alone; the field test is printed once per candidate after
-the choice and never enters it. Figures go to <TLCOURSE_OUTPUT>/benchmarks/cut-<time>.json.
+the choice and never enters it. Figures go to <TLCOURSE_OUTPUT>/benchmarks/cut-<time>/cut.json, rewritten
+after every seed; each cold run's own figures stay in its folder there, so `--resume` goes on after an interruption.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def cold_run(recipe: dict, seed: int, per_class: int | None, work: Path) -> dict
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith(RESULT))
+    shutil.rmtree(work / "cache", ignore_errors=True)  # the cold run is over; its checkpoint is kept for judging
     return {**json.loads(line[len(RESULT):]), "seconds": seconds, "checkpoint": str(work / "model.pt")}
 
 
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="40 photos per class, seeds 0 and 1 (~5 min)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick: 0 1)")
     parser.add_argument("--report", metavar="JSON", help="print the tables and the decision of a saved run again")
+    parser.add_argument("--resume", metavar="FOLDER", help="go on with an interrupted run in FOLDER (its runs are kept)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--per-class", type=int, help="photos per class (default all; quick: 40)")
@@ -252,42 +255,53 @@ def main() -> None:
     seeds = options.seeds or ([0, 1] if quick else [0, 1, 2])
     per_class = options.per_class or (40 if quick else None)
     print(RULE, file=sys.stderr, flush=True)
-    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = [{"name": name, "recipe": recipe, "reference": recipe.pop("reference", False), "seeds": []}
             for name, recipe in candidates(quick)]
-    field, photos = None, 0
-    with tempfile.TemporaryDirectory(prefix="tlcourse-cut-") as work:
-        for seed in seeds:
-            runs = {}
-            for number, row in enumerate(rows):
-                print(f"  seed {seed}: {row['name']} ...", file=sys.stderr, flush=True)
-                runs[row["name"]] = cold_run(row["recipe"], seed, per_class, Path(work) / f"{seed}-{number}")
-                print(f"    {runs[row['name']]['seconds']:.0f} s, peak {runs[row['name']]['peak_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
-            first = next(iter(runs.values()))
-            photos = sum(first["sizes"].values())
-            checkpoints = {name: run["checkpoint"] for name, run in runs.items()}
-            judged = judge(checkpoints, first["val_paths"], first["val_labels"], DEFAULT_CHANGES)
-            # The field test: computed now (the checkpoints are temporary), printed after the choice only.
-            field = label_folder(cfg.field_test_dir, first["classes"]) if field is None else field
-            balanced = field_balanced(checkpoints, field, first["classes"])
-            for row in rows:
-                run = runs[row["name"]]
-                row["seeds"].append({"seed": seed, "seconds": run["seconds"], "peak_mb": run["peak_mb"],
-                                     "best_epoch": run["best_epoch"], "test_accuracy": run["test_accuracy"],
-                                     **judged[row["name"]], "field_balanced": balanced[row["name"]]})
-    meta = {"mode": ("quick" if quick else "full") + (f", {per_class} photos per class" if per_class else ""), "seeds": seeds, "photos": photos,
-            "changes": [c.name for c in DEFAULT_CHANGES], "rule": RULE, "load_before": load_before,
-            "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    # Each cold run keeps its figures in its own folder, and the report is rewritten after every seed: an
+    # interrupted run loses at most the run under way, and `--resume` goes on from the folder.
+    work = Path(options.resume) if options.resume else \
+        cfg.output_dir / "benchmarks" / f"cut-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    work.mkdir(parents=True, exist_ok=True)
+    saved_path = work / "cut.json"
+    meta = {"mode": ("quick" if quick else "full") + (f", {per_class} photos per class" if per_class else ""),
+            "seeds": seeds, "photos": 0, "changes": [c.name for c in DEFAULT_CHANGES], "rule": RULE,
+            "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
             "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__} with "
                        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"}
-    saved = {"meta": meta, "rows": rows}
-    saved["decision"] = dict(zip(("name", "reason"), decide(rows)))
+    field = None
+    for seed in seeds:
+        runs = {}
+        for number, row in enumerate(rows):
+            folder = work / f"{seed}-{number}"
+            done = folder / "run.json"
+            if done.is_file():
+                runs[row["name"]] = json.loads(done.read_text())
+                print(f"  seed {seed}: {row['name']}: kept from an earlier run", file=sys.stderr, flush=True)
+                continue
+            shutil.rmtree(folder, ignore_errors=True)  # a run that was interrupted starts again, cold
+            print(f"  seed {seed}: {row['name']} ...", file=sys.stderr, flush=True)
+            runs[row["name"]] = cold_run(row["recipe"], seed, per_class, folder)
+            done.write_text(json.dumps(runs[row["name"]]))
+            print(f"    {runs[row['name']]['seconds']:.0f} s, peak {runs[row['name']]['peak_mb']:.0f} MB",
+                  file=sys.stderr, flush=True)
+        first = next(iter(runs.values()))
+        meta["photos"] = sum(first["sizes"].values())
+        checkpoints = {name: run["checkpoint"] for name, run in runs.items()}
+        judged = judge(checkpoints, first["val_paths"], first["val_labels"], DEFAULT_CHANGES)
+        # The field test: computed now (beside the checkpoints), printed after the choice only.
+        field = label_folder(cfg.field_test_dir, first["classes"]) if field is None else field
+        balanced = field_balanced(checkpoints, field, first["classes"])
+        for row in rows:
+            run = runs[row["name"]]
+            row["seeds"].append({"seed": seed, "seconds": run["seconds"], "peak_mb": run["peak_mb"],
+                                 "best_epoch": run["best_epoch"], "test_accuracy": run["test_accuracy"],
+                                 **judged[row["name"]], "field_balanced": balanced[row["name"]]})
+        meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        saved = {"meta": meta, "rows": rows, "decision": dict(zip(("name", "reason"), decide(rows)))}
+        saved_path.write_text(json.dumps(saved, indent=1))
+        print(f"  seed {seed} judged; figures so far: {saved_path}", file=sys.stderr, flush=True)
     print(report(saved))
-    out = cfg.output_dir / "benchmarks" / f"cut-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(saved, indent=1))
-    print(f"\nFigures: {out}", file=sys.stderr)
+    print(f"\nFigures: {saved_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
