@@ -480,6 +480,23 @@ def test_train_discriminative(small_folder, real_weights, output_dir, tmp_path, 
     assert not any(k.endswith(("running_mean", "running_var")) for k in changed)  # ... BatchNorm statistics kept
 
 
+def test_train_cut(small_folder, real_weights, output_dir, tmp_path, capsys, optimizers_made):
+    """--method cut: one optimizer with the head at --lr and the blocks from the cut 10x lower; below the cut the
+    pretrained weights stay exactly as in the file, the blocks above learn, BatchNorm statistics stay."""
+    checkpoint = tmp_path / "cut.pt"
+    stdout, stderr = train(capsys, small_folder, "--method", "cut", "--cut", "features.18", "--epochs", 2,
+                           "--lr", 2e-3, "--out", checkpoint)
+    assert "the blocks from features.18 on and the head" in stderr and "validation accuracy:" in stdout
+    assert optimizers_made == [[("head", 2e-3), ("blocks", 2e-4)]]
+    payload = payload_of(checkpoint)
+    assert payload["extra"]["method"] == "cut" and payload["extra"]["cut"] == "features.18"
+    pretrained = torch.load(real_weights, map_location="cpu", weights_only=True)
+    backbone = {k.removeprefix("backbone."): v for k, v in payload["state_dict"].items() if k.startswith("backbone.")}
+    changed = {k for k, v in backbone.items() if not torch.equal(v, pretrained[k])}
+    assert changed and all(k.startswith("features.18.") for k in changed), sorted(changed)[:5]
+    assert not any(k.endswith(("running_mean", "running_var")) for k in changed)
+
+
 def test_train_seed_overrides_the_setting(small_folder, real_weights, output_dir, tmp_path, capsys, monkeypatch):
     def run(setting: int, *args) -> dict:
         monkeypatch.setenv("TLCOURSE_SEED", str(setting))

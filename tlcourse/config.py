@@ -38,6 +38,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DASHBOARD_MODES = ("auto", "widgets", "text")
 #: Photos per class of a lesson's own sample in a quick run (see :meth:`Config.photos`).
 QUICK_SAMPLE = 16
+#: The reference recipe's methods (:func:`tlcourse.recipes.train_reference`), cheapest first, and the default
+#: of ``tlcourse train``, chosen on validation by benchmarks/cut.py (the README gives its table).
+METHODS = ("freeze", "cut", "discriminative")
+DEFAULT_METHOD = "freeze"
 
 
 def course_root(start: Path | None = None) -> Path:

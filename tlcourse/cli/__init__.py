@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from .. import __version__
+from ..config import DEFAULT_METHOD, METHODS
 from ..errors import TLCourseError
 from .common import EXIT_FAIL, EXIT_INTERRUPTED, err
 from .machine import cmd_doctor, cmd_prefetch_weights
@@ -100,23 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "train", cmd_train, "train the reference solution and save a checkpoint",
         "Train the course's reference solution on DATA_DIR (one subfolder per class): a pretrained backbone with a "
-        "new head, by weight freezing (only the head learns) or discriminative learning rates (the head is trained "
-        "on the frozen backbone first, then everything learns, the backbone 10x more slowly). The head trains on "
-        "cached features of each photo and of a few augmented views of it (random crop, flip, colours, a "
+        "new head, by weight freezing (only the head learns), by training the top blocks from a cut and the head "
+        "(the layers below the cut frozen), or by discriminative learning rates (the head is trained on the frozen "
+        "backbone first, then everything learns, the backbone 10x more slowly). What learns on a frozen part trains "
+        "on its cached output for each photo and for a few augmented views of it (random crop, flip, colours, a "
         "downscale), computed once and reused by every rerun. Every photo is "
         "decoded first; unreadable ones are skipped and named. Splits the photos 80/10/10 from the seed, prints "
         "progress, the final validation and test accuracy, and writes a checkpoint for `tlcourse evaluate` and "
         "`tlcourse predict`.", options=["device"])
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of class subfolders with photos")
     p.add_argument("--backbone", help="torchvision backbone (default: TLCOURSE_BACKBONE, mobilenet_v2)")
-    p.add_argument("--method", choices=["freeze", "discriminative"], default="freeze",
-                   help="fine-tuning method (default: freeze)")
-    p.add_argument("--epochs", type=int, help="epochs (default: tlcourse.recipes.EPOCHS for freeze; 2 for discriminative, after 5 head-only epochs)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"fine-tuning method (default: {DEFAULT_METHOD}, chosen on validation: see the README)")
+    p.add_argument("--cut", metavar="BLOCK", help="with --method cut: the first block that learns, a module path "
+                   "such as features.14 (default: tlcourse.cut.DEFAULT_CUTS for the backbone)")
+    p.add_argument("--epochs", type=int, help="epochs (default: tlcourse.recipes.EPOCHS for freeze, CUT_EPOCHS for cut; "
+                   "2 for discriminative, after 5 head-only epochs)")
     p.add_argument("--views", type=int, metavar="K",
                    help="augmented views cached per training photo for the head (default: tlcourse.recipes.VIEWS; 0: none)")
     p.add_argument("--out", metavar="FILE", help="checkpoint to write (default: TLCOURSE_OUTPUT/<backbone>-<method>.pt)")
     p.add_argument("--lr", type=float,
-                   help="learning rate of the head (default: 1e-3 for freeze, 1e-4 when fine-tuning; backbone 1e-5)")
+                   help="learning rate of the head (default: 1e-3 for freeze and cut, the blocks 10x lower; 1e-4 for "
+                   "discriminative, the backbone 1e-5)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--per-class", type=int, metavar="N", help="use at most N photos per class (quick runs)")
     p.add_argument("--seed", type=int, help="seed for the split and training (default: TLCOURSE_SEED, 0)")

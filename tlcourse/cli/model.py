@@ -17,13 +17,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..dashboard import TextProgress
     from ..data import find_classes, load_course_data
     from ..models import build_model
-    from ..recipes import EPOCHS, VIEWS, train_reference
+    from ..recipes import CUT_EPOCHS, EPOCHS, VIEWS, train_reference
     from ..training import seed_everything
 
     config = get_config()
     backbone = args.backbone or config.backbone
     seed = config.seed if args.seed is None else args.seed
-    epochs = args.epochs if args.epochs is not None else (EPOCHS if args.method == "freeze" else 2)
+    epochs = args.epochs if args.epochs is not None else {"freeze": EPOCHS, "cut": CUT_EPOCHS}.get(args.method, 2)
     views = VIEWS if args.views is None else args.views
     out = Path(args.out) if args.out else config.output_dir / f"{backbone}-{args.method}.pt"
     device = device_for(args.device)
@@ -36,7 +36,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                             skipped=skipped, exclusions=config.excluded_csv)
     report_skipped(skipped)
     sizes = data.split.sizes()
-    print(f"Training {backbone} ({'weight freezing' if args.method == 'freeze' else 'discriminative learning rates'}) "
+    method = {"freeze": "weight freezing", "discriminative": "discriminative learning rates"}.get(
+        args.method, f"the blocks from {args.cut or 'the default cut'} on and the head")
+    print(f"Training {backbone} ({method}) "
           f"on {device}: {len(data.table)} photos of {', '.join(data.classes)}; split train {sizes['train']}, "
           f"val {sizes['val']}, test {sizes['test']} (seed {seed}); {epochs} epoch(s)", file=sys.stderr)
     started = time.perf_counter()
@@ -45,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train_reference(model, data, out, args.method, epochs, args.lr, views, args.batch_size, seed,
                                  config.feature_cache, [TextProgress(file=sys.stderr)], device=device, extra={
                                      "epochs": epochs, "data_dir": str(Path(args.data_dir).resolve()),
-                                     "per_class": args.per_class})
+                                     "per_class": args.per_class}, cut=args.cut)
     if result.history.interrupted:
         print("Training was interrupted; the checkpoint holds the best weights so far.", file=sys.stderr)
     calibration = result.calibration
