@@ -47,7 +47,7 @@ os._exit(0 if answered else 1)
 endef
 export TORCH_INDEX_PROBE
 
-.PHONY: setup lab test smoke data doctor bench bench-recipes bench-dashboard figures clean-venv
+.PHONY: setup lab test smoke data doctor bench bench-recipes bench-cut bench-train bench-dashboard figures clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,12 @@ bench: data ## print the speed benchmark table (~15 min; `make bench BENCH_ARGS=
 
 bench-recipes: data ## compare the recipes on validation, test split and field test, and choose the views (~10 min)
 	$(BIN)/python benchmarks/recipes.py $(BENCH_ARGS)
+
+bench-cut: data ## where to cut: the recipes on several seeds, chosen on validation (~35 min; BENCH_ARGS=--quick: ~5 min)
+	$(BIN)/python benchmarks/cut.py $(BENCH_ARGS)
+
+bench-train: data ## cold `tlcourse train`: the default beside the other recipes, with ratios and peak memory (~8 min)
+	$(BIN)/python benchmarks/train_cold.py $(BENCH_ARGS)
 
 bench-dashboard: data ## print the live dashboard's cost, side by side with no dashboard (10+ min)
 	$(BIN)/python benchmarks/dashboard_overhead.py
