@@ -222,10 +222,12 @@ def train_reference(model: TransferClassifier, data: CourseData, out: str | Path
     blocks from ``cut`` on and the head on cached activations; ``"discriminative"``: the whole network after 5
     head-only epochs), calibrate on the validation photos, test once, save a checkpoint (``tlcourse train``)."""
     if method == "freeze":
+        # The backbone is frozen: every photo's features in one pass of the fast forward, built once (the
+        # test photos' are only read after training).
+        compute_features(model, data, ("train", "val", "test"), cache_dir=cache_dir, verbose=True)
         history = train_frozen(model, data, epochs=EPOCHS if epochs is None else epochs, lr=lr or 1e-3,
                                batch_size=batch_size, callbacks=callbacks, seed=seed, cache_dir=cache_dir, views=views)
-        # The backbone is frozen: the head on cached features gives the whole model's logits without a
-        # second backbone pass over the validation photos (the test ones join the cache).
+        # The head on cached features gives the whole model's logits without a second backbone pass.
         sets = compute_features(model, data, ("val", "test"), cache_dir=cache_dir)
         net, loaders = model.head, {part: sets[part].loader(batch_size) for part in sets}
     elif method == "cut":

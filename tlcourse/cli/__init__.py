@@ -13,6 +13,7 @@ from typing import Sequence
 from .. import __version__
 from ..config import DEFAULT_METHOD, METHODS
 from ..errors import TLCourseError
+from . import grade as grading
 from .common import EXIT_FAIL, EXIT_INTERRUPTED, err
 from .machine import cmd_doctor, cmd_prefetch_weights
 from .model import cmd_evaluate, cmd_predict, cmd_robustness, cmd_train
@@ -155,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer 'unsure' when the top probability is below P (default: the checkpoint's, chosen on "
                         "validation; 0: never)")
 
-    from ..grading import cli as grading  # its own module; no torch at import
     p = sub.add_parser("grade", help=grading.SUMMARY, description=grading.DESCRIPTION, epilog=grading.EPILOG,
                        formatter_class=formatter)
     grading.add_arguments(p)

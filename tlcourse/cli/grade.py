@@ -1,4 +1,5 @@
-"""The ``tlcourse grade`` command: ``add_arguments(parser)`` and ``run(args)``, registered by tlcourse.cli."""
+"""The ``tlcourse grade`` command: ``add_arguments(parser)`` and ``run(args)``. Grading itself (:mod:`tlcourse.grading`,
+which imports nbformat) is imported when the command runs, so other commands start without it."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Grade, print the table and the summary, write the CSV and the feedback files; 0 when all were read."""
-    from . import grade
+    from ..grading import grade
 
     notebooks = (args.course or course_root()) / "notebooks"
     if not notebooks.is_dir():
