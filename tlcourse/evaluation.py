@@ -64,10 +64,7 @@ def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] |
 def per_class_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                        class_names: Sequence[str]) -> dict[str, float]:
     """Accuracy within each class (recall), keyed by class name; NaN for a class with no examples."""
-    matrix = confusion_matrix(y_true, y_pred, len(class_names))
-    totals = matrix.sum(1)
-    return {name: (float(matrix[k, k] / totals[k]) if totals[k] else float("nan"))
-            for k, name in enumerate(class_names)}
+    return recall_table(y_true, y_pred, class_names)["recall"].to_dict()
 
 
 def confusion_frame(y_true, y_pred, class_names: Sequence[str]) -> pd.DataFrame:
@@ -226,23 +223,16 @@ def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
     return True
 
 
-def expects_known_results(data, cfg) -> bool:
-    """True where a lesson knows what its results must be: a full run on the course's own photos.
-
-    ``data``: the lesson's :class:`~tlcourse.data.CourseData`; ``cfg``: its :class:`~tlcourse.config.Config`.
-    """
-    return not cfg.smoke and is_course_example(data.table)
-
-
 def lesson_check(ok: bool, finding: str, advice: str, data, cfg) -> bool:
-    """Print a lesson's check; stop the lesson only where the result is known (:func:`expects_known_results`).
+    """Print a lesson's check; stop the lesson only where the result is known: a full run (``cfg``, the
+    lesson's :class:`~tlcourse.config.Config`) on the course's own photos (``data``, its CourseData).
 
     ``finding`` says what was found, ``advice`` what to try when it is wrong. On a learner's own photos,
     or in a quick run, a failed check is printed and the lesson goes on: there it is news, not a fault.
     """
     print(("Check passed: " if ok else "Check NOT passed: ") + finding)
     if not ok:
-        if expects_known_results(data, cfg):
+        if not cfg.smoke and is_course_example(data.table):
             raise AssertionError(f"{finding}. On the course's photos this should not happen. {advice}")
         print(f"  What to try: {advice}")
     return bool(ok)
