@@ -6,7 +6,6 @@ the next photos while it runs. The feature cache (:mod:`tlcourse.features`), the
 from __future__ import annotations
 
 import copy
-import functools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from .data import TransformSettings, eval_transform, load_image
 from .models import model_device
@@ -82,11 +80,6 @@ def for_predictions(model: nn.Module) -> nn.Module:
     return FastModel(model) if hasattr(model, "backbone") and hasattr(model, "head") else model
 
 
-def decode(path: str, transform: v2.Compose) -> torch.Tensor:
-    """One photo through ``transform``: the same loader as CSVDataset, so inputs are identical."""
-    return transform(load_image(path))
-
-
 def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> Iterator[T]:
     """The results of ``jobs`` in order, each started up to ``ahead`` jobs early in ``threads`` threads
     (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for.
@@ -122,8 +115,7 @@ def batches_of_inputs(
     two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
     """
     transform = eval_transform(settings)
-    inputs = ahead_of_time((functools.partial(decode, p, transform) for p in paths), decode_threads,
-                           ahead=2 * batch_size)
+    inputs = ahead_of_time((lambda p=p: transform(load_image(p)) for p in paths), decode_threads, ahead=2 * batch_size)
     while batch := list(islice(inputs, batch_size)):
         yield torch.stack(batch)
 
