@@ -1,9 +1,7 @@
 """Training: a loop with correct loss handling, an evaluation pass, callbacks, device and seed helpers.
 
-The model outputs logits and the loss is ``F.cross_entropy`` (log-softmax inside, numerically
-stable); the epoch loss is the sum of per-example losses over the number of examples, so a short
-last batch counts as much as it should. The loop knows nothing about displays: callbacks follow it
-and may set ``state.stop_requested``.
+The loss is ``F.cross_entropy`` of the logits (log-softmax inside, numerically stable); the epoch loss
+is the sum of per-example losses over the number of examples, so a short last batch counts as it should.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from .evaluation import collect_logits
 from .models import model_device
 
 
-# --------------------------------------------------------------------------- helpers
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and PyTorch so a run can be repeated.
 
@@ -64,7 +61,6 @@ def choose_device(preference: str = "auto") -> torch.device:
     return device
 
 
-# --------------------------------------------------------------------------- history and state
 @dataclass
 class History:
     """What a training run measured: one record per finished epoch and one per batch."""
@@ -126,7 +122,6 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None: ...
 
 
-# --------------------------------------------------------------------------- evaluation pass
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict[str, float]:
     """Mean cross-entropy loss and accuracy over a whole loader, in eval mode without gradients
     (:func:`~tlcourse.evaluation.collect_logits`). Taught in lesson 3."""
@@ -138,7 +133,6 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
             "n": len(labels)}
 
 
-# --------------------------------------------------------------------------- the loop
 def fit(
     model: nn.Module,
     train_loader: Sequence | Iterable,
