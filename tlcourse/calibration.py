@@ -65,9 +65,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
     Taught in lesson 7.
     """
     logits, labels = logits.detach().double(), labels.long()
-    if bool((logits.argmax(1) == labels).all()):
-        # No mistake to learn from: the loss keeps falling as T -> 0 (every answer "certain"), it has no
-        # minimum, and these photos give no evidence to change the model's confidence.
+    if bool((logits.argmax(1) == labels).all()):  # no mistake: the loss falls as T -> 0, without a minimum
         return 1.0
 
     def loss(beta: float) -> float:
@@ -207,15 +205,11 @@ def plot_reliability(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torc
     diagonal of a perfectly calibrated model; the ECE in the legend."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax = ax or plt.subplots(figsize=(4.5, 4.5))[1]
     table = reliability_table(probs, labels, n_bins)
     ece = expected_calibration_error(probs, labels, n_bins)
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     ax.plot(table["confidence"], table["accuracy"], marker="o", label=f"{label or 'model'} (ECE {ece:.3f})")
-    ax.set_xlabel("confidence (top probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1.01)
-    ax.set_ylim(0, 1.01)
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.01), ylim=(0, 1.01))
     ax.legend(loc="upper left")
     return ax

@@ -95,8 +95,7 @@ def show_gradcam(image: torch.Tensor | np.ndarray, heatmap: torch.Tensor | np.nd
     image, heatmap = np.asarray(image, dtype=np.float32), np.asarray(heatmap, dtype=np.float32)
     if image.ndim == 3 and image.shape[0] == 3:
         image = image.transpose(1, 2, 0)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3, 3))
+    ax = ax or plt.subplots(figsize=(3, 3))[1]
     ax.imshow(image)
     ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1)
     ax.axis("off")
