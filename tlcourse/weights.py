@@ -1,9 +1,6 @@
 """Pretrained weights in the torch cache (``$TORCH_HOME/hub/checkpoints``), for lessons that run offline.
 
-:func:`prefetch_weights` downloads each backbone's file from torchvision's address, or
-installs it from a folder (a USB stick, another machine's torch cache), and checks that
-it loads into the model. torchvision names its files after their sha256
-(``mobilenet_v2-7ebf99e0.pth``), and a download must match that prefix.
+torchvision names its files after their sha256 (``mobilenet_v2-7ebf99e0.pth``): a download must match.
 """
 
 from __future__ import annotations
@@ -23,7 +20,9 @@ import torchvision
 from .errors import DataError, DownloadError, WeightsUnavailableError
 from .files import atomic_write, sha256_file
 
-#: Backbones the course is tested with; any torchvision classification model name also works.
+#: The backbones the course supports: every lesson is written and tested for them (lesson 2 compares them).
+#: build_model also builds other torchvision classification models, untested; some fail (GoogLeNet and
+#: Inception v3 return auxiliary outputs in training mode) and lesson cells do not know their layers.
 SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
 
 #: torchvision's file names end in ``-<first hex digits of the sha256>.<ending>`` (torch.hub's convention).
@@ -51,20 +50,16 @@ def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
     """Return the torchvision weights enum member for ``backbone`` (``None`` for no weights)."""
     # Checked also for weights=None, so a typo in TLCOURSE_BACKBONE gets the same clear message.
     if backbone not in torchvision.models.list_models(module=torchvision.models):
-        raise DataError(
-            f"Unknown backbone {backbone!r}. Use a torchvision classification model name, "
-            f"for example one of {', '.join(SUPPORTED_BACKBONES)}."
-        )
+        raise DataError(f"Unknown backbone {backbone!r}. Use one of the course's backbones, "
+                        f"{', '.join(SUPPORTED_BACKBONES)} (other torchvision classification models are untested).")
     if weights is None:
         return None
     enum = torchvision.models.get_model_weights(backbone)
     try:
         return enum[weights]
     except KeyError:
-        raise DataError(
-            f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
-            f"{', '.join(member.name for member in enum)}, or None for random weights."
-        ) from None
+        raise DataError(f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
+                        f"{', '.join(member.name for member in enum)}, or None for random weights.") from None
 
 
 def weights_path(weights) -> Path:
@@ -78,12 +73,10 @@ def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> di
     """
     path = weights_path(weights)
     if not path.is_file():
-        hint = (
-            f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
-            f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
-            f"Fix: run `tlcourse prefetch-weights` on a machine with internet, or copy {path.name} "
-            f"into {path.parent}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it."
-        )
+        hint = (f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
+                f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
+                f"Fix: run `tlcourse prefetch-weights` on a machine with internet, or copy {path.name} "
+                f"into {path.parent}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it.")
         if offline:
             raise WeightsUnavailableError(hint + " (TLCOURSE_OFFLINE is set, so no download was tried.)")
         try:
@@ -135,10 +128,9 @@ def download_weights_file(url: str, target: Path, timeout: float = 30.0, progres
                                     f"{expected}. Nothing was installed; try again, or install the file from a "
                                     "folder with --from DIR.")
     except requests.RequestException as error:
-        raise DownloadError(
-            f"Could not download {url}: {error}. Check the network connection, or copy the weights from a "
-            "machine that has them (its $TORCH_HOME/hub/checkpoints) with `tlcourse prefetch-weights --from DIR`."
-        ) from error
+        raise DownloadError(f"Could not download {url}: {error}. Check the network connection, or copy the weights "
+                            "from a machine that has them (its $TORCH_HOME/hub/checkpoints) with "
+                            "`tlcourse prefetch-weights --from DIR`.") from error
 
 
 def _find_in_folder(folder: Path, file_name: str) -> Path | None:
