@@ -1,13 +1,10 @@
 """Augmentation that keeps the speed of the feature cache: K augmented views per training photo.
 
-A random crop needs a new backbone pass, so the cached recipe could not augment. Instead, each
-photo gets K fixed augmented views (random resized crop, flip, colour jitter, sometimes a downscale
-and upscale, as a web thumbnail), each drawn from a seed made of the photo's content, the view index
-and the augmentation settings: the same view every time, so its features are computed once and reused
-by every epoch and every rerun. Each epoch the head sees one view per photo, drawn at random.
-
-Stores use :mod:`tlcourse.features`' key (backbone, weights fingerprint, transform settings, library
-versions) plus the augmentation settings; a vector is found by ``<photo sha256>:<view index>``.
+A random crop needs a new backbone pass, so the cached recipe could not augment. Instead, each photo
+gets K fixed augmented views, each drawn from a seed made of the photo's content, the view index and the
+augmentation settings (:func:`view_seed`): the same view every time, so its features are computed once and
+reused by every epoch and rerun. Each epoch the head sees one view per photo, drawn at random. A store
+(:class:`AugmentKey`) holds a vector per ``<photo sha256>:<view index>``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Course settings: every ``TLCOURSE_*`` environment variable, read in one place.
 
-Lessons and the ``tlcourse`` command start from :func:`get_config` and pass the
-values on; library functions never read the environment themselves. One
-variable changes the whole course (``TLCOURSE_BACKBONE=vgg11`` follows the
-original notebook's VGG11). Relative paths are resolved against the *course
-root*: the nearest folder, from the current one upwards, that holds a
-``notebooks/`` folder (so a lesson in ``notebooks/`` and a terminal in the
-repository root see the same ``data/``), or the current folder when there is none.
+Lessons and the ``tlcourse`` command start from :func:`get_config` and pass the values on; library
+functions never read the environment themselves. Relative paths are resolved against the *course root*
+(:func:`course_root`), so a lesson in ``notebooks/`` and a terminal in the repository root see the same ``data/``.
 """
 
 from __future__ import annotations
@@ -41,7 +37,7 @@ QUICK_SAMPLE = 16
 
 
 def course_root(start: Path | None = None) -> Path:
-    """Return the nearest folder at or above ``start`` that has a ``notebooks/`` folder."""
+    """Return the nearest folder at or above ``start`` that has a ``notebooks/`` folder (else ``start``)."""
     start = Path.cwd() if start is None else Path(start)
     for folder in (start, *start.parents):
         if (folder / "notebooks").is_dir():

@@ -1,13 +1,10 @@
 """Getting the course's photos onto a machine, verified, from where they are published or a mirror.
 
-The course has two sets (:data:`SETS`): the example photos it trains on (``dogs_vs_hotdogs.tsv``)
-and a field test of photos from other sources, for evaluation only (``field_test.tsv``). Only their
-manifests ship with the package: class, file, sha256 and a GitHub repository pinned to a commit per
-photo. :func:`download_data` gives one manifest to `pooch <https://www.fatiando.org/pooch>`_, which
-fetches each file, checks its sha256 and only then gives it its name, in a thread pool;
-:func:`download_sets` fetches the sets into their own folders. A classroom mirror is an HTTP address
-or a local folder laid out as ``<mirror>/<class>/<file>`` for the photos and
-``<mirror>/field-test/<class>/<file>`` for the field test. Pretrained weights: :mod:`tlcourse.weights`.
+The course has two sets (:data:`SETS`): the example photos it trains on and a field test of photos
+from other sources, for evaluation only. Only their manifests ship with the package (class, file,
+sha256 and a GitHub repository pinned to a commit per photo); :func:`download_data` gives one to
+`pooch <https://www.fatiando.org/pooch>`_, which fetches each file and checks its sha256 before it
+gets its name. Pretrained weights: :mod:`tlcourse.weights`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """A field test: how a trained model does on a folder of photos from elsewhere.
 
-A test split comes from the same source as the training photos, so it flatters: the first photos
-from another camera or website tell more. This module turns the predictions on such a folder into
-what a learner needs to judge them: recall per class with its 95 % interval (a handful of photos
-per class leaves a wide one), balanced accuracy (one class's recall cannot hide behind the other's
-count) and the list of mistakes to look at.
+A test split comes from the same source as the training photos, so it flatters: photos from another
+camera or website tell more. Their report has recall per class with its 95 % interval (a handful of
+photos per class leaves a wide one), balanced accuracy and the list of mistakes to look at.
 """
 
 from __future__ import annotations
