@@ -1,9 +1,5 @@
-"""Watching training: text progress, or a live dashboard in JupyterLab.
-
-``TrainingDashboard(data.classes, model.transform_settings, dataset=data.dataset("train"),
-mode=get_config().dashboard)`` as a training callback shows, in JupyterLab, tqdm's progress bars,
-matplotlib's loss and accuracy curves, the batch's first photo with its true and predicted label,
-how to stop early and a summary; elsewhere (a terminal, nbval, CI) a line per epoch and the summary.
+"""Watching training: text progress, or a live dashboard in JupyterLab (tqdm's progress bars, matplotlib's
+loss and accuracy curves, the batch's first photo with its true and predicted label, how to stop early).
 """
 
 from __future__ import annotations
@@ -23,9 +19,8 @@ from .data import TransformSettings, denormalize
 from .errors import ConfigError
 from .training import Callback, TrainState
 
-#: How to stop early. There is no Stop button: a click is a message the kernel reads only after the
-#: busy cell ends, and jupyter-ui-poll 1.1, which reads it earlier, calls Kernel.do_one_iteration,
-#: which ipykernel 7 no longer has (it fails silently). Interrupt raises KeyboardInterrupt, which fit handles.
+#: How to stop early: Interrupt raises KeyboardInterrupt, which fit handles. (A Stop button's click is a
+#: message the kernel would read only after the busy cell ends.)
 STOP_HINT = ("To stop early, press ■ (Interrupt the kernel) in the toolbar: training stops at once (the "
              "batch under way is dropped), the model keeps its best finished epoch's weights and the notebook "
              "carries on.")
@@ -154,9 +149,7 @@ class TrainingDashboard(Callback):
 
     def stop(self) -> None:
         """Ask training to end after the current batch (the model keeps its best weights)."""
-        if self.text is not None:
-            self.text.stop()
-        elif self._state is not None:
+        if self._state is not None:
             self._state.stop_requested = True  # the flag fit reads after each batch
 
     def curve_data(self) -> dict[str, list[float]]:
