@@ -195,12 +195,7 @@ def format_table(checks: list[Check]) -> str:
         lines += [f"  - {c.name}: {c.fix}" for c in problems]
     else:
         lines.append("Ready: everything the lessons need is here.")
-    worth = [c for c in checks if c.status == WARN]
-    if worth:
-        lines.append("Worth fixing:")
-        lines += [f"  - {c.name}: {c.fix}" for c in worth]
-    optional = [c for c in checks if c.status == INFO and c.fix]
-    if optional:
-        lines.append("Optional:")
-        lines += [f"  - {c.name}: {c.fix}" for c in optional]
+    for status, title in ((WARN, "Worth fixing:"), (INFO, "Optional:")):  # a warn row always has a fix
+        rows = [f"  - {c.name}: {c.fix}" for c in checks if c.status == status and c.fix]
+        lines += [title, *rows] if rows else []
     return "\n".join(lines)
