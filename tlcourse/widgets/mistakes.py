@@ -157,17 +157,15 @@ class MistakesBrowser:
                                     layout=w.Layout(width="200px"))
         self.previous_button = w.Button(description="Previous", icon="arrow-left", layout=w.Layout(width="110px"))
         self.next_button = w.Button(description="Next", icon="arrow-right", layout=w.Layout(width="110px"))
-        self.previous_button.add_class("tlcourse-previous")
-        self.next_button.add_class("tlcourse-next")
         self.position = w.HTML()
-        self.position.add_class("tlcourse-position")
         self.image = w.Image(format="jpeg", layout=w.Layout(align_self="flex-start"))  # its own size, not stretched
-        self.image.add_class("tlcourse-mistake-photo")
         self.info = w.HTML()
-        self.info.add_class("tlcourse-mistake-info")
         self.reason_menu = w.Dropdown(options=list(REASONS), value=REASONS[0], layout=w.Layout(width="200px"))
         self.mark_button = w.Button(layout=w.Layout(width="220px"))
-        self.mark_button.add_class("tlcourse-mark")
+        for widget, name in ((self.previous_button, "previous"), (self.next_button, "next"),
+                             (self.position, "position"), (self.image, "mistake-photo"), (self.info, "mistake-info"),
+                             (self.mark_button, "mark")):
+            widget.add_class(f"tlcourse-{name}")
         self.sort_menu.observe(lambda c: self.set_sort(c["new"]), names="value")
         self.true_menu.observe(lambda c: self.set_filter(c["new"] or None, self.pred_class), names="value")
         self.pred_menu.observe(lambda c: self.set_filter(self.true_class, c["new"] or None), names="value")

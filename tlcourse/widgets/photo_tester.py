@@ -42,10 +42,6 @@ class PhotoPrediction:
     def label(self) -> str:
         return self.verdict.best_guess
 
-    @property
-    def confidence(self) -> float:
-        return self.verdict.probability
-
 
 def photo_section(prediction: PhotoPrediction) -> str:
     """HTML: the photo with its name."""
