@@ -28,15 +28,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a damaged EXIF block must not cost the learner the photo itself
         pass
-    if img.mode in _SIXTEEN_BIT_MODES:
-        # Pillow's own convert() clips 16-bit values at 255, turning a 16-bit photo
-        # white; scale the 0..65535 range to 0..255 instead.
+    if img.mode in _SIXTEEN_BIT_MODES:  # Pillow's convert() would clip at 255 (a white photo): scale instead
         values = np.asarray(img, dtype=np.float64) / 257.0
         img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
-        # Composite on white rather than dropping alpha: the hidden colour of transparent
-        # pixels is arbitrary (often black), which would frame the object in a colour
-        # the model could learn instead of the object.
+        # On white, not dropping alpha: the hidden colour of transparent pixels is arbitrary (often black),
+        # a frame the model could learn instead of the object.
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
@@ -73,10 +70,8 @@ def load_image(path: str | Path) -> Image.Image:
 def _too_large_reason(width: int, height: int) -> str | None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
-        return (
-            f"too large: {width}x{height} = {width * height:,} pixels is over Pillow's decompression-bomb "
-            f"limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); shrink it, e.g. to 2000 px on the long side"
-        )
+        return (f"too large: {width}x{height} = {width * height:,} pixels is over Pillow's decompression-bomb "
+                f"limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); shrink it, e.g. to 2000 px on the long side")
     return None
 
 
@@ -111,13 +106,9 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
                 if too_large:
                     return None, too_large
                 if min(width, height) < MIN_IMAGE_SIDE:
-                    return None, (
-                        f"too small: {width}x{height} px, the course needs at least {MIN_IMAGE_SIDE} px "
-                        "on the short side; probably a placeholder or a broken thumbnail"
-                    )
-                if check == "decode":
-                    # draft() lets libjpeg scale down while decoding (1/8 size): cheaper, and it
-                    # still reads every byte, so truncation and broken data streams are found.
+                    return None, (f"too small: {width}x{height} px, the course needs at least {MIN_IMAGE_SIDE} px "
+                                  "on the short side; probably a placeholder or a broken thumbnail")
+                if check == "decode":  # draft(): libjpeg decodes at 1/8 size, still reading every byte
                     img.draft(None, (max(1, width // 8), max(1, height // 8)))
                     to_rgb(img)
     except Image.DecompressionBombError as error:  # over twice the limit: Pillow refuses to open it
@@ -125,8 +116,6 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
                       "e.g. to 2000 px on the long side")
     except UnidentifiedImageError:
         return None, "not an image: unreadable content (corrupt, or not really a photo despite its ending); replace it"
-    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
-        # Pillow reports damaged data with several types: "image file is truncated",
-        # "broken data stream", SyntaxError from some plugins, struct.error on short headers.
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:  # Pillow's types for damaged data
         return None, f"corrupt or truncated: {error}; replace it with a good copy"
     return info, None
