@@ -18,14 +18,9 @@ from .training import History
 FORMAT_VERSION = 2  # 2: the model's constructor arguments are stored as they are
 
 
-def save_checkpoint(
-    path: str | Path,
-    model: TransferClassifier,
-    class_names: Sequence[str],
-    history: History | None = None,
-    extra: dict[str, Any] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> Path:
+def save_checkpoint(path: str | Path, model: TransferClassifier, class_names: Sequence[str],
+                    history: History | None = None, extra: dict[str, Any] | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Save ``model``, its arguments, ``class_names``, ``history``, ``extra`` (plain values) and the
     ``optimizer``'s state to ``path``. An interruption leaves the previous file intact.
     Taught in lesson 5.
@@ -93,29 +88,23 @@ def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | st
     where = source or "checkpoint"
     theirs = checkpoint["model"]["backbone_name"]
     if theirs != model.backbone_name:
-        raise CheckpointError(
-            f"{where} was trained with backbone {theirs!r}, but this model uses {model.backbone_name!r}. "
-            f"Build the model with backbone={theirs!r} or use load_checkpoint()."
-        )
+        raise CheckpointError(f"{where} was trained with backbone {theirs!r}, but this model uses "
+                              f"{model.backbone_name!r}. Build the model with backbone={theirs!r} or use "
+                              "load_checkpoint().")
     n = len(checkpoint["class_names"])
     if n != model.n_classes:
-        raise CheckpointError(
-            f"{where} has {n} classes ({', '.join(checkpoint['class_names'])}), but this model has "
-            f"{model.n_classes} outputs. Build the model with n_classes={n} or use load_checkpoint()."
-        )
+        raise CheckpointError(f"{where} has {n} classes ({', '.join(checkpoint['class_names'])}), but this model "
+                              f"has {model.n_classes} outputs. Build the model with n_classes={n} or use "
+                              "load_checkpoint().")
     if class_names is not None and list(class_names) != list(checkpoint["class_names"]):
-        raise CheckpointError(
-            f"{where} was trained on classes {checkpoint['class_names']}, but this model is for "
-            f"{list(class_names)}: its outputs would mean other classes. Use the checkpoint's class names "
-            "(load_checkpoint() returns them) or train a model for these classes."
-        )
+        raise CheckpointError(f"{where} was trained on classes {checkpoint['class_names']}, but this model is for "
+                              f"{list(class_names)}: its outputs would mean other classes. Use the checkpoint's "
+                              "class names (load_checkpoint() returns them) or train a model for these classes.")
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         head = {k: checkpoint["model"][k] for k in ("hidden", "dropout")}
-        raise CheckpointError(
-            f"{where} does not fit this model's layers (checkpoint head: {head}, this model: "
-            f"{ {'hidden': model.hidden, 'dropout': model.dropout} }). Build the model with the checkpoint's settings or use load_checkpoint(). "
-            f"Details: {error}"
-        ) from error
+        raise CheckpointError(f"{where} does not fit this model's layers (checkpoint head: {head}, this model: "
+                              f"{ {'hidden': model.hidden, 'dropout': model.dropout} }). Build the model with the "
+                              f"checkpoint's settings or use load_checkpoint(). Details: {error}") from error
     return model

@@ -103,12 +103,8 @@ def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> 
                 future.cancel()
 
 
-def batches_of_inputs(
-    paths: Sequence[str],
-    settings: TransformSettings,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-) -> Iterator[torch.Tensor]:
+def batches_of_inputs(paths: Sequence[str], settings: TransformSettings, batch_size: int = DEFAULT_BATCH_SIZE,
+                      decode_threads: int = DEFAULT_DECODE_THREADS) -> Iterator[torch.Tensor]:
     """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
 
     Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
@@ -138,15 +134,9 @@ def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
     return max(1, torch.get_num_threads() - max(0, decode_threads))
 
 
-def extract_features(
-    model: nn.Module,
-    paths: Sequence[str],
-    settings: TransformSettings | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-    fast: FastBackbone | None = None,
-    torch_threads: int | None = None,
-) -> torch.Tensor:
+def extract_features(model: nn.Module, paths: Sequence[str], settings: TransformSettings | None = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
+                     fast: FastBackbone | None = None, torch_threads: int | None = None) -> torch.Tensor:
     """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
     settings = settings or model.transform_settings
     fast = fast or FastBackbone(model)

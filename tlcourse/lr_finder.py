@@ -120,19 +120,10 @@ def _cycle(loader: Iterable) -> Iterator:
             return
 
 
-def lr_range_test(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    steps: int = 100,
-    beta: float = 0.98,
-    diverge: float = 4.0,
-    rule: str = "valley",
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-    device: torch.device | None = None,
-) -> RangeTest:
+def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, start_lr: float = 1e-7,
+                  end_lr: float = 10.0, steps: int = 100, beta: float = 0.98, diverge: float = 4.0,
+                  rule: str = "valley", loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                  device: torch.device | None = None) -> RangeTest:
     """Run the learning-rate range test and put everything back; returns a :class:`RangeTest`.
 
     The first parameter group's rate grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` batches

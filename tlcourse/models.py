@@ -56,7 +56,7 @@ def _split_backbone(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def feature_size(backbone: nn.Module, crop: int = 224) -> int:
-    """Length of the feature vector the backbone outputs for one ``3 x crop x crop`` image (computed, not hard-coded)."""
+    """Length of the feature vector the backbone outputs for one ``3 x crop x crop`` image (measured)."""
     with eval_mode(backbone):  # a dummy forward must not touch BatchNorm running statistics
         return int(backbone(torch.zeros(1, 3, crop, crop)).flatten(1).shape[1])
 
@@ -131,14 +131,8 @@ class TransferClassifier(nn.Module):
         return self
 
 
-def build_model(
-    n_classes: int,
-    backbone: str = "mobilenet_v2",
-    weights: str | None = "DEFAULT",
-    hidden: int | None = None,
-    dropout: float = 0.2,
-    offline: bool = False,
-) -> TransferClassifier:
+def build_model(n_classes: int, backbone: str = "mobilenet_v2", weights: str | None = "DEFAULT",
+                hidden: int | None = None, dropout: float = 0.2, offline: bool = False) -> TransferClassifier:
     """Build a :class:`TransferClassifier` from a torchvision backbone name.
 
     ``weights="DEFAULT"``: the best ImageNet weights torchvision has (from the torch cache, downloaded
@@ -172,13 +166,9 @@ def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
     ``weight_decay`` (AdamW's default, as both recipes use).
     Taught in lesson 4.
     """
-    groups = [
-        {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},
-        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": backbone_lr,
-         "name": "backbone"},
-    ]
-    for group in groups:
-        group["weight_decay"] = weight_decay
+    groups = [{"params": [p for p in part.parameters() if p.requires_grad], "lr": lr, "name": name,
+               "weight_decay": weight_decay}
+              for name, part, lr in (("head", model.head, head_lr), ("backbone", model.backbone, backbone_lr))]
     return [g for g in groups if g["params"]]
 
 

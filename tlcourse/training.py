@@ -133,19 +133,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
             "n": len(labels)}
 
 
-def fit(
-    model: nn.Module,
-    train_loader: Sequence | Iterable,
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    val_loader: Iterable | None = None,
-    callbacks: Iterable[Callback] = (),
-    device: torch.device | None = None,
-    keep_best: bool = True,
-    history: History | None = None,
-    catch_interrupt: bool = True,
-    scheduler: Any | None = None,
-) -> History:
+def fit(model: nn.Module, train_loader: Sequence | Iterable, optimizer: torch.optim.Optimizer, epochs: int,
+        val_loader: Iterable | None = None, callbacks: Iterable[Callback] = (), device: torch.device | None = None,
+        keep_best: bool = True, history: History | None = None, catch_interrupt: bool = True,
+        scheduler: Any | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
 
     Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` reaches callbacks as ``state.index``.

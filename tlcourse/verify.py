@@ -1,8 +1,5 @@
-"""Check a photo folder before training: every file decoded once, a summary table, a clear verdict.
-
-``print(verify_folder("data"))`` shows, per class, how many images are usable and why the others
-are skipped, plus the problems that stop training (missing folder, one class, an empty class, too
-few images to split). The folder is only read.
+"""Check a photo folder before training: every file decoded once, a summary table per class, the
+problems that stop training and a clear verdict (``print(verify_folder("data"))``). The folder is only read.
 """
 
 from __future__ import annotations
@@ -126,11 +123,8 @@ def _relative(path: str | Path, root: Path) -> str:
     return path.relative_to(base).as_posix() if base is not None else str(path)
 
 
-def verify_folder(
-    root: str | Path,
-    check: str = "decode",
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-) -> FolderReport:
+def verify_folder(root: str | Path, check: str = "decode",
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> FolderReport:
     """Check a folder of class subfolders before training, without changing anything in it.
 
     Every image is decoded as training will decode it (``check="decode"``; ``"header"`` is quicker but
@@ -156,15 +150,7 @@ def verify_folder(
         warnings.append(
             f"Classes are unbalanced ({', '.join(f'{k} {v}' for k, v in counts.sort_index().items())}): "
             "accuracy then mostly reflects the big class; add images to the small one(s).")
-    return FolderReport(
-        root=Path(root),
-        classes=scan.classes,
-        images=scan.table.reset_index(drop=True),
-        problems=_frame(sorted(scan.skipped, key=lambda s: s.path)),
-        errors=[str(e) for e in exceptions],
-        warnings=warnings,
-        check=check,
-        seconds=time.perf_counter() - started,
-        exceptions=exceptions,
-        skipped=list(scan.skipped),
-    )
+    return FolderReport(root=Path(root), classes=scan.classes, images=scan.table.reset_index(drop=True),
+                        problems=_frame(sorted(scan.skipped, key=lambda s: s.path)),
+                        errors=[str(e) for e in exceptions], warnings=warnings, check=check,
+                        seconds=time.perf_counter() - started, exceptions=exceptions, skipped=list(scan.skipped))

@@ -21,7 +21,8 @@ from .transforms import TransformSettings, eval_transform, train_transform
 
 
 class CSVDataset(Dataset):
-    """``(image, label)`` pairs from a labels table or CSV; ``transform`` applies to the image only. Taught in lesson 1."""
+    """``(image, label)`` pairs from a labels table or CSV; ``transform`` applies to the image only.
+    Taught in lesson 1."""
 
     def __init__(self, table: pd.DataFrame | str | Path, transform: Callable | None = None):
         self.table = read_labels_csv(table) if isinstance(table, (str, Path)) else table.reset_index(drop=True)
@@ -46,25 +47,13 @@ class CSVDataset(Dataset):
         return class_names(self.table)
 
 
-def make_loader(
-    dataset: Dataset,
-    batch_size: int = 32,
-    shuffle: bool = False,
-    seed: int = 0,
-    num_workers: int = 0,
-) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int = 32, shuffle: bool = False, seed: int = 0,
+                num_workers: int = 0) -> DataLoader:
     """A DataLoader with a seeded shuffle; ``num_workers=0`` by default, as worker processes re-import
     the notebook on Windows and macOS.
     """
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 @dataclass
@@ -113,16 +102,10 @@ class CourseData:
         return make_loader(self.dataset(name, augment), batch_size, shuffle, seed, num_workers)
 
 
-def load_course_data(
-    data_dir: str | Path,
-    settings: TransformSettings | None = None,
-    seed: int = 0,
-    per_class: int | None = None,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    check: str = "decode",
-    skipped: list[SkippedFile] | None = None,
-    exclusions: str | Path | None = None,
-) -> CourseData:
+def load_course_data(data_dir: str | Path, settings: TransformSettings | None = None, seed: int = 0,
+                     per_class: int | None = None, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                     check: str = "decode", skipped: list[SkippedFile] | None = None,
+                     exclusions: str | Path | None = None) -> CourseData:
     """Scan ``data_dir``, optionally keep ``per_class`` images per class, and split it from ``seed``.
 
     Every photo is decoded first (``check="decode"``): an empty, truncated or corrupt file is left

@@ -96,10 +96,8 @@ def find_classes(root: str | Path) -> list[str]:
             f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead."
             if loose else ""
         )
-        raise DataError(
-            f"No class subfolders in {root}. Put each class's images in its own subfolder, "
-            f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}"
-        )
+        raise DataError(f"No class subfolders in {root}. Put each class's images in its own subfolder, "
+                        f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}")
     return classes
 
 
@@ -185,10 +183,8 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
             left_out = worth_warning([s for s in skipped if s.class_name == name])
             detail = (f" ({len(left_out)} file(s) skipped, e.g. {left_out[0].path.name}: {left_out[0].reason})"
                       if left_out else "")
-            errors.append(DataError(
-                f"Class folder without usable images in {root}: {name}{detail}. "
-                "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."
-            ))
+            errors.append(DataError(f"Class folder without usable images in {root}: {name}{detail}. "
+                                    "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."))
     return FolderScan(root, classes, table, skipped, errors, check)
 
 
@@ -208,10 +204,8 @@ def label_folder(root: str | Path, class_names: Sequence[str],
         raise scan.errors[0] if scan.errors else DataError(f"No images in the class folders of {root}.")
     unknown = sorted(set(scan.classes) - set(class_names))
     if unknown:
-        raise DataError(
-            f"{root} has class folder(s) {unknown} that the model does not know; it was trained on "
-            f"{list(class_names)}. Use a folder whose subfolders are named like those classes."
-        )
+        raise DataError(f"{root} has class folder(s) {unknown} that the model does not know; it was trained on "
+                        f"{list(class_names)}. Use a folder whose subfolders are named like those classes.")
     table = scan.table.copy()
     table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)}).astype(int)
     return table.reset_index(drop=True)
@@ -257,10 +251,8 @@ def create_csv(root: str | Path, out_csv: str | Path) -> pd.DataFrame:
     """
     root, out_csv = Path(root).resolve(), Path(out_csv).resolve()
     if root in out_csv.parents:
-        raise DataError(
-            f"Refusing to write {out_csv} inside the photo folder {root}: derived files "
-            "belong in the output folder (TLCOURSE_OUTPUT, default outputs/)."
-        )
+        raise DataError(f"Refusing to write {out_csv} inside the photo folder {root}: derived files "
+                        "belong in the output folder (TLCOURSE_OUTPUT, default outputs/).")
     table = scan_folder(root)
     write_labels_csv(table, out_csv)
     return table
@@ -274,9 +266,7 @@ def read_labels_csv(csv_path: str | Path) -> pd.DataFrame:
     table = pd.read_csv(csv_path)
     missing = [c for c in LABEL_COLUMNS if c not in table.columns]
     if missing:
-        raise DataError(
-            f"{csv_path} lacks column(s) {missing}; expected {LABEL_COLUMNS}. Recreate it with create_csv."
-        )
+        raise DataError(f"{csv_path} lacks column(s) {missing}; expected {LABEL_COLUMNS}. Recreate it with create_csv.")
     return table[LABEL_COLUMNS]
 
 

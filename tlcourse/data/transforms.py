@@ -86,15 +86,10 @@ def eval_transform(settings: TransformSettings) -> v2.Compose:
     time, as in the original, make the test accuracy change from run to run). For pretrained weights
     it equals their own ``weights.transforms()``. Taught in lesson 1.
     """
-    return v2.Compose(
-        [
-            v2.Resize(settings.resize, interpolation=InterpolationMode(settings.interpolation), antialias=True),
-            v2.CenterCrop(settings.crop),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(settings.mean), std=list(settings.std)),
-        ]
-    )
+    return v2.Compose([
+        v2.Resize(settings.resize, interpolation=InterpolationMode(settings.interpolation), antialias=True),
+        v2.CenterCrop(settings.crop), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(settings.mean), std=list(settings.std))])
 
 
 def downscale(image: Image.Image, factor: float) -> Image.Image:
