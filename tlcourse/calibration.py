@@ -57,13 +57,9 @@ TEMPERATURE_RANGE = (0.1, 10.0)
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = TEMPERATURE_RANGE
                     ) -> float:
-    """The temperature T in ``bounds`` that minimises the cross-entropy of ``softmax(logits / T)``;
-    1 (unchanged) when every answer is right, as the loss then has no minimum.
-
-    The loss is convex in ``1 / T`` (a log-sum-exp of linear functions minus a linear one), so a
-    golden-section search over ``1 / T`` finds the minimum without step sizes or tolerances to tune.
-    Taught in lesson 7.
-    """
+    """The temperature T in ``bounds`` that minimises the cross-entropy of ``softmax(logits / T)``; 1
+    (unchanged) when every answer is right, as the loss then has no minimum. The loss is convex in ``1 / T``,
+    so a golden-section search over ``1 / T`` finds it without step sizes to tune. Taught in lesson 7."""
     logits, labels = logits.detach().double(), labels.long()
     if bool((logits.argmax(1) == labels).all()):  # no mistake: the loss falls as T -> 0, without a minimum
         return 1.0

@@ -119,12 +119,9 @@ class TextProgress(Callback):
 
 
 class TrainingDashboard(Callback):
-    """A training callback that shows training live (``mode="widgets"``) or as text.
-
-    ``settings`` (the model's ``transform_settings``) undo the sample photo's normalisation;
-    ``dataset``: when training on cached features, where the rows ``state.index`` names are read from.
-    ``stop()`` ends training after the current batch; :meth:`curve_data` gives the plotted numbers.
-    """
+    """A training callback that shows training live (``mode="widgets"``) or as text. ``settings`` (the
+    model's) undo the sample photo's normalisation; ``dataset``: when training on cached features, where
+    the rows ``state.index`` names are read from. :meth:`curve_data` gives the plotted numbers."""
 
     #: Fraction of the training time that drawing the curves and the photo may take.
     draw_budget: float = 0.02

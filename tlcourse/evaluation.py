@@ -180,22 +180,16 @@ def recall_needed(n_c: int, k: int, chance_pass: float = CHANCE_PASS) -> int:
 def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                  class_names: Sequence[str], required_accuracy: float | None = None,
                  strict: bool = False, what: str = "test") -> bool:
-    """Print whether a model learnt the task; raise ``AssertionError`` only when ``strict``.
+    """Print whether a model learnt the task; raise ``AssertionError`` only when ``strict`` (the lessons
+    pass it on the course's own photos, where the results are known). Two conditions, both printed:
 
-    Two conditions, both printed with their figures:
+    * every class is recalled more often than chance explains: at least :func:`recall_needed` of its
+      ``n_c`` photos, so that a model guessing at random among the ``k`` classes passes in every class
+      at once with probability at most ``CHANCE_PASS``. A model that always answers one class fails it;
+    * the accuracy is at least ``required_accuracy`` (``None``: not checked, as in a quick run on a
+      handful of photos, where an accuracy threshold cannot tell a model from a coin).
 
-    * every class is recalled more often than chance explains: at least
-      :func:`recall_needed` of its ``n_c`` photos, so few that a model guessing at random among
-      the ``k`` classes passes in every class at once with probability at most ``CHANCE_PASS``
-      (1 %; in a quick run, 4 of 4 photos per class). A model that always answers one class fails
-      it, however the accuracy looks on a few photos;
-    * the accuracy is at least ``required_accuracy`` (``None``: not checked, as in a quick run
-      on a handful of photos, where an accuracy threshold cannot tell a model from a coin).
-
-    ``strict``: the lessons pass it on the course's own photos, where these results are known;
-    on a learner's own folder the verdict is printed and the notebook goes on.
-    Taught in lesson 3.
-    """
+    Taught in lesson 3."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     k = len(class_names)
     matrix = confusion_matrix(y_true, y_pred, k)
@@ -246,12 +240,9 @@ RERUN_ADVICE = ("Restart the kernel and run the lesson again from the top (Kerne
 
 def lesson_verdict(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, data, cfg,
                    course_accuracy: float = 0.97, what: str = "test") -> bool:
-    """A lesson's verdict on its model: :func:`check_learnt`, with the strictness decided here.
-
-    In a full run on the course's own photos the recipe's accuracy is known, so the lesson stops (with
-    what to try) when it is not reached; in a quick run only every class's recall is checked; on a
-    learner's own photos the verdict is printed and the lesson goes on.
-    """
+    """A lesson's verdict on its model: :func:`check_learnt`, strict on the course's own photos. In a full
+    run there the lesson stops (with what to try) below the recipe's accuracy; in a quick run only every
+    class's recall is checked; on a learner's own photos the verdict is printed and the lesson goes on."""
     try:
         learnt = check_learnt(y_true, y_pred, data.classes,
                               required_accuracy=None if cfg.smoke else course_accuracy,

@@ -118,12 +118,9 @@ def as_exclusion_list(exclusions: str | Path | ExclusionList | None) -> Exclusio
 
 
 def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | ExclusionList | None):
-    """``split`` without the rows of ``table`` whose photo is on the exclusion list.
-
-    ``exclusions``: a CSV path or an :class:`ExclusionList` (``None``: leave ``split`` as it is).
-    The other rows keep their part. Warns with :class:`ExcludedPhotosWarning` when photos
-    were left out, so it never happens silently.
-    """
+    """``split`` without the rows of ``table`` whose photo is on the ``exclusions`` list (a CSV path or an
+    :class:`ExclusionList`; ``None``: ``split`` as it is). The other rows keep their part. Warns with
+    :class:`ExcludedPhotosWarning` when photos were left out, so it never happens silently."""
     listing = as_exclusion_list(exclusions)
     marked = listing.paths() if listing is not None else set()
     if not marked:

@@ -34,14 +34,11 @@ def last_conv_block(model: nn.Module) -> nn.Module:
 
 
 class GradCAM:
-    """Grad-CAM maps of ``model`` at ``layer`` (default :func:`last_conv_block`).
+    """Grad-CAM maps of ``model`` at ``layer`` (default :func:`last_conv_block`). Taught in lesson 7.
 
-    ``cam = GradCAM(model); maps = cam(x)`` gives one map per photo for its predicted class (or
-    ``target``), at the layer's resolution; :func:`upsample` brings them to the photo's size.
-    The model's weights and modes are left as they were (a frozen backbone stays frozen: the
-    gradient is taken with respect to the block's output, not its weights).
-    Taught in lesson 7.
-    """
+    ``GradCAM(model)(x)`` gives one map per photo for its predicted class (or ``target``), at the layer's
+    resolution; :func:`upsample` brings them to the photo's size. The model's weights and modes are left
+    as they were (the gradient is taken with respect to the block's output, not its weights)."""
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None):
         self.model = model

@@ -29,12 +29,10 @@ T = TypeVar("T")
 
 
 class FastBackbone:
-    """A copy of a model's backbone prepared for fast inference; the model itself is not changed.
-
-    ``torch.inference_mode`` (no autograd bookkeeping), ``channels_last`` (oneDNN's depthwise and 1x1
-    convolutions are faster in NHWC) and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``;
-    the same affine map). Outputs match ``model.features`` to float rounding (the tests check it).
-    """
+    """A copy of a model's backbone prepared for fast inference (the model itself is not changed):
+    ``torch.inference_mode``, ``channels_last`` (oneDNN's depthwise and 1x1 convolutions are faster in NHWC)
+    and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``). Outputs match ``model.features``
+    to float rounding."""
 
     def __init__(self, model: nn.Module, channels_last: bool = True, fuse: bool = True):
         backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)

@@ -62,13 +62,10 @@ def feature_size(backbone: nn.Module, crop: int = 224) -> int:
 
 
 class TransferClassifier(nn.Module):
-    """A pretrained backbone (feature extractor) followed by a new head that outputs logits.
+    """A pretrained backbone (feature extractor) followed by a new head that outputs logits. Taught in lesson 2.
 
-    The model knows what it is: its constructor arguments (:meth:`arguments`) name the backbone,
-    its weights, the input transform and the head's shape; a checkpoint stores them. ``freeze()``
-    stops the backbone from learning, BatchNorm statistics included, even in train mode.
-    Taught in lesson 2.
-    """
+    Its constructor arguments (:meth:`arguments`: backbone, weights, input transform, head) are what a
+    checkpoint stores. ``freeze()`` stops the backbone from learning, BatchNorm statistics included."""
 
     def __init__(self, backbone: nn.Module, n_features: int, n_classes: int, hidden: int | None = None,
                  dropout: float = 0.2, backbone_name: str = "", weights_name: str | None = None,
@@ -107,12 +104,10 @@ class TransferClassifier(nn.Module):
         return self
 
     def unfreeze(self, update_batchnorm: bool = True) -> "TransferClassifier":
-        """Let the backbone learn again: all its parameters get gradients.
+        """Let the backbone learn again: all its parameters get gradients. Taught in lesson 4.
 
-        ``update_batchnorm=False`` keeps BatchNorm's running statistics the pretrained ones: those
-        of small batches of a small dataset are noisy, and the later layers were trained on the others.
-        Taught in lesson 4.
-        """
+        ``update_batchnorm=False`` keeps BatchNorm's pretrained running statistics: those of small batches of a
+        small dataset are noisy, and the later layers were trained on the others."""
         self.backbone.requires_grad_(True)
         self.frozen = False
         self.update_batchnorm = update_batchnorm
@@ -133,12 +128,10 @@ class TransferClassifier(nn.Module):
 
 def build_model(n_classes: int, backbone: str = "mobilenet_v2", weights: str | None = "DEFAULT",
                 hidden: int | None = None, dropout: float = 0.2, offline: bool = False) -> TransferClassifier:
-    """Build a :class:`TransferClassifier` from a torchvision backbone name.
+    """Build a :class:`TransferClassifier` from a torchvision backbone name. Taught in lesson 2.
 
     ``weights="DEFAULT"``: the best ImageNet weights torchvision has (from the torch cache, downloaded
-    unless ``offline``); ``None``: random weights (quick, for tests).
-    Taught in lesson 2.
-    """
+    unless ``offline``); ``None``: random weights (quick, for tests)."""
     enum = weights_enum(backbone, weights)
     model = rebuild({"backbone_name": backbone, "weights_name": None if enum is None else str(enum),
                      "n_classes": n_classes, "hidden": hidden, "dropout": dropout,
@@ -162,10 +155,8 @@ def rebuild(arguments: dict[str, Any]) -> TransferClassifier:
 def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
                  weight_decay: float = 0.01) -> list[dict[str, Any]]:
     """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
-    pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out. Both groups get
-    ``weight_decay`` (AdamW's default, as both recipes use).
-    Taught in lesson 4.
-    """
+    pretrained backbone at the smaller ``backbone_lr``, both with ``weight_decay`` (AdamW's default);
+    frozen parameters are left out. Taught in lesson 4."""
     groups = [{"params": [p for p in part.parameters() if p.requires_grad], "lr": lr, "name": name,
                "weight_decay": weight_decay}
               for name, part, lr in (("head", model.head, head_lr), ("backbone", model.backbone, backbone_lr))]

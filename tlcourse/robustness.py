@@ -104,13 +104,11 @@ DEFAULT_CHANGES: tuple[Change, ...] = (
 def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
                       changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
                       device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Accuracy of ``model`` on the photos of a labels table (``file_path``, ``label``) under each change.
+    """Accuracy of ``model`` on the photos of a labels table under each change, each followed by the
+    model's evaluation transform. Taught in lesson 7.
 
-    One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``),
-    ``balanced_accuracy``, ``recall_<class>`` and ``drop`` (accuracy lost against the first change,
-    the unchanged photos). The model's own evaluation transform follows each change.
-    Taught in lesson 7.
-    """
+    One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``), ``balanced_accuracy``,
+    ``recall_<class>`` and ``drop`` (accuracy lost against the first change, the unchanged photos)."""
     transform = eval_transform(model.transform_settings)
     net = for_predictions(model)  # every change is one more pass over the photos: the fast forward
     rows = []

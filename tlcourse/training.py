@@ -27,13 +27,9 @@ from .models import model_device
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and PyTorch so a run can be repeated.
-
-    On a CPU with the same software and thread count, the same seed repeats the split, the
-    weights and every metric bit for bit. On a GPU cuDNN may add numbers in a varying order;
-    ``deterministic=True`` asks PyTorch for deterministic algorithms (slower; fine-tuning's
-    adaptive pooling still has none on CUDA, so small differences remain there).
-    """
+    """Seed Python, NumPy and PyTorch so a run can be repeated: on a CPU with the same software and
+    thread count, bit for bit. On a GPU cuDNN may add numbers in a varying order; ``deterministic=True``
+    asks PyTorch for deterministic algorithms (slower; fine-tuning's adaptive pooling has none on CUDA)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
@@ -137,21 +133,17 @@ def fit(model: nn.Module, train_loader: Sequence | Iterable, optimizer: torch.op
         val_loader: Iterable | None = None, callbacks: Iterable[Callback] = (), device: torch.device | None = None,
         keep_best: bool = True, history: History | None = None, catch_interrupt: bool = True,
         scheduler: Any | None = None) -> History:
-    """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
+    """Train ``model`` for ``epochs`` epochs and return its :class:`History`. Taught in lesson 3.
 
-    Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` reaches callbacks as ``state.index``.
-    After each epoch the model is evaluated on ``val_loader``; with ``keep_best`` the best epoch's
-    weights (validation accuracy, then lower loss) are put back at the end, also after a stop or an
-    interrupt. A callback's stop request ends training after the current batch; the kernel's
-    Interrupt (KeyboardInterrupt, caught when ``catch_interrupt``) arrives mid-batch, so that batch is
-    dropped; either way the history holds the finished epochs.
-    An earlier ``history`` continues its epoch numbering (resuming; its best epoch must be beaten).
-    A NaN or infinite loss raises :class:`NonFiniteLossError` naming the likely cause.
-    A ``scheduler`` (any ``torch.optim.lr_scheduler``) is stepped once per batch, after the
-    optimizer; each batch record holds the rate it trained with (``lr``, the first parameter
-    group's, and ``lr_<name>`` per named group).
-    Taught in lesson 3.
-    """
+    Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` reaches callbacks as ``state.index``. After each
+    epoch the model is evaluated on ``val_loader``; with ``keep_best`` the best epoch's weights (validation
+    accuracy, then lower loss) are put back at the end, also after a stop or an interrupt. A callback's stop
+    request ends training after the current batch; the kernel's Interrupt (KeyboardInterrupt, caught when
+    ``catch_interrupt``) drops the batch under way; either way the history holds the finished epochs. An
+    earlier ``history`` continues its epoch numbering (resuming; its best epoch must be beaten). A NaN or
+    infinite loss raises :class:`NonFiniteLossError` naming the likely cause. A ``scheduler`` (any
+    ``torch.optim.lr_scheduler``) is stepped once per batch, after the optimizer; each batch record holds
+    the rates it trained with (``lr``, the first group's, and ``lr_<name>`` per named group)."""
     device = device or model_device(model)
     history = history if history is not None else History()
     history.interrupted = history.stopped_early = False  # these describe the latest run

@@ -23,12 +23,9 @@ PROBLEM_COLUMNS = ["file_path", "class_name", "kind", "reason", "quiet"]
 
 @dataclass
 class FolderReport:
-    """The result of :func:`verify_folder`.
-
-    ``images``: usable images (``file_path, label, class_name, width, height, mode, format``);
-    ``problems``: skipped files (``file_path, class_name, kind, reason, quiet``; ``quiet``: hidden or
-    system files); ``errors``: what stops training, each with the fix; ``warnings``: what is worth fixing.
-    """
+    """The result of :func:`verify_folder`: usable ``images`` (the scan's table, with sizes), skipped files
+    as ``problems`` (``quiet``: hidden or system files), ``errors`` that stop training, each with the fix,
+    and ``warnings`` worth fixing."""
 
     root: Path
     classes: list[str]
@@ -125,12 +122,9 @@ def _relative(path: str | Path, root: Path) -> str:
 
 def verify_folder(root: str | Path, check: str = "decode",
                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> FolderReport:
-    """Check a folder of class subfolders before training, without changing anything in it.
-
-    Every image is decoded as training will decode it (``check="decode"``; ``"header"`` is quicker but
-    misses truncated files). Never raises for the folder's content: problems are listed in
-    :attr:`FolderReport.errors` with their fixes.
-    """
+    """Check a folder of class subfolders before training, without changing anything in it. Every image
+    is decoded as training will decode it (``check="decode"``; ``"header"`` is quicker but misses truncated
+    files). Never raises for the folder's content: :attr:`FolderReport.errors` lists problems and fixes."""
     started = time.perf_counter()
     scan = inspect_folder(root, check)
     exceptions = list(scan.errors)

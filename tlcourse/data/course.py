@@ -58,13 +58,10 @@ def make_loader(dataset: Dataset, batch_size: int = 32, shuffle: bool = False, s
 
 @dataclass
 class CourseData:
-    """A labels table with its seeded split, and the input transform settings of the model that uses it.
-
-    ``settings`` come from the model's weights: pass ``model.transform_settings`` (or
-    ``TransformSettings.from_weights(...)``) to :func:`load_course_data`, or leave them out and the
-    first model that trains on the data sets them (:meth:`use_settings`). A model with other settings
-    is refused: its features and predictions would be computed at another input size.
-    """
+    """A labels table with its seeded split, and the input transform settings of the model that uses it:
+    pass ``model.transform_settings`` to :func:`load_course_data`, or leave them out and the first model that
+    trains on the data sets them (:meth:`use_settings`). A model with other settings is refused: its features
+    and predictions would be computed at another input size."""
 
     table: pd.DataFrame
     split: Split
@@ -107,13 +104,12 @@ def load_course_data(data_dir: str | Path, settings: TransformSettings | None = 
                      check: str = "decode", skipped: list[SkippedFile] | None = None,
                      exclusions: str | Path | None = None) -> CourseData:
     """Scan ``data_dir``, optionally keep ``per_class`` images per class, and split it from ``seed``.
+    Taught in lesson 1.
 
-    Every photo is decoded first (``check="decode"``): an empty, truncated or corrupt file is left
-    out and named (one :class:`SkippedFilesWarning`, or in ``skipped``) instead of stopping training
-    later. ``settings``: the model's transform settings (``None``: the first model's, see
-    :class:`CourseData`). Photos listed in the ``exclusions`` CSV (the course's: ``cfg.excluded_csv``)
-    are then left out of every part; see :mod:`tlcourse.exclusions`. Taught in lesson 1.
-    """
+    Every photo is decoded first (``check="decode"``): an empty, truncated or corrupt file is left out and
+    named (one :class:`SkippedFilesWarning`, or in ``skipped``) instead of stopping training later.
+    ``settings``: the model's transform settings (``None``: the first model's, see :class:`CourseData`).
+    Photos listed in the ``exclusions`` CSV (``cfg.excluded_csv``) are left out of every part."""
     with warnings.catch_warnings():
         if skipped is not None:  # the caller reports them
             warnings.simplefilter("ignore", SkippedFilesWarning)

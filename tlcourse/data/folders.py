@@ -190,11 +190,8 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
 
 def label_folder(root: str | Path, class_names: Sequence[str],
                  skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
-    """Scan a folder to evaluate a trained model on: rows labelled with the *model's* class indices.
-
-    Unlike :func:`scan_folder`, a folder with only some of the classes is fine (a field test of one
-    class); a class folder the model does not know raises. Unusable files go to ``skipped``.
-    """
+    """Scan a folder to evaluate a trained model on: rows labelled with the *model's* class indices. A
+    folder with only some of the classes is fine; a class folder the model does not know raises."""
     root = Path(root)
     find_classes(root)  # a missing folder or one without class subfolders: clear error, with the fix
     scan = inspect_folder(root, check="header")
@@ -214,11 +211,9 @@ def label_folder(root: str | Path, class_names: Sequence[str],
 def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
     """Scan a folder of class subfolders into a table ``file_path, label, class_name``.
 
-    Labels follow the sorted class names; images in nested folders belong to their class. Files
-    that cannot be used (see :func:`inspect_image` for ``check``) are appended to ``skipped`` and,
-    except hidden and system files, named in one :class:`SkippedFilesWarning`. Folder-level
-    problems raise with the folder and the fix.
-    """
+    Labels follow the sorted class names; images in nested folders belong to their class. Unusable files
+    (see :func:`inspect_image` for ``check``) go to ``skipped`` and, except hidden and system files, into
+    one :class:`SkippedFilesWarning`. Folder-level problems raise with the folder and the fix."""
     scan = inspect_folder(root, check)
     if skipped is not None:
         skipped.extend(scan.skipped)

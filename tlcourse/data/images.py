@@ -41,12 +41,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB, upright (EXIF), whatever its format and mode.
+    """Open an image as 8-bit RGB, upright (EXIF), whatever its format and mode. Taught in lesson 1.
 
-    16-bit images are scaled, not clipped; transparency is composited on white; animations give
-    their first frame. Raises :class:`ImageLoadError` naming the file, the reason and the fix.
-    Taught in lesson 1.
-    """
+    16-bit images are scaled, not clipped; transparency is composited on white; animations give their first
+    frame. Raises :class:`ImageLoadError` naming the file, the reason and the fix."""
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -78,11 +76,9 @@ def _too_large_reason(width: int, height: int) -> str | None:
 def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, object] | None, str | None]:
     """Look at one image file: ``(info, None)`` when it is usable, ``(None, reason)`` when not.
 
-    ``check``: ``"none"`` (only that it is not empty), ``"header"`` (format and size: empty, not an
-    image, smaller than :data:`MIN_IMAGE_SIDE`, over Pillow's decompression-bomb limit) or ``"decode"``
-    (also the pixels, as :func:`load_image` converts them: corrupt and truncated files too).
-    Images over the bomb limit are skipped, not loaded: such a file is almost always a mistake.
-    """
+    ``check``: ``"none"`` (only that it is not empty), ``"header"`` (format and size: empty, not an image,
+    smaller than :data:`MIN_IMAGE_SIDE`, over Pillow's decompression-bomb limit: skipped, not loaded) or
+    ``"decode"`` (also the pixels, as :func:`load_image` converts them: corrupt and truncated files too)."""
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     path = Path(path)

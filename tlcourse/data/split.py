@@ -25,12 +25,9 @@ class Split:
 
 def stratified_split(labels: Sequence[int] | np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
                      seed: int = 0, class_names: Sequence[str] | None = None) -> Split:
-    """Split indices into disjoint train/val/test parts, keeping each class's share, from a seed.
-
-    Each class is shuffled with ``numpy.random.default_rng(seed)`` and cut at ``round(n * val)`` and
-    ``round(n * test)``: the same seed and labels give the same split on every machine.
-    Taught in lesson 1.
-    """
+    """Split indices into disjoint train/val/test parts, keeping each class's share, from a seed: each
+    class is shuffled with ``numpy.random.default_rng(seed)`` and cut at ``round(n * val)`` and
+    ``round(n * test)``, the same on every machine. Taught in lesson 1."""
     labels = np.asarray(labels)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")

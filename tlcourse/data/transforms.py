@@ -20,10 +20,8 @@ class SquareCrop:
     """The original's hand-written transform, fixed: resize the short side to ``size``, crop a square.
     Taught in lesson 1.
 
-    PIL's ``image.size`` is ``(width, height)``. The original named the two the other way round,
-    consistently, so its output was right (a naming slip); its defect was a random crop at test time.
-    ``random=False`` takes the centre crop (as torchvision's ``Resize`` + ``CenterCrop``).
-    """
+    PIL's ``image.size`` is ``(width, height)``; the original named the two the other way round, consistently
+    (a naming slip). Its defect was a random crop at test time: ``random=False`` takes the centre crop."""
 
     def __init__(self, size: int, random: bool = False):
         if not isinstance(size, int) or size < 1:

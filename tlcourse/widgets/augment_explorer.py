@@ -18,14 +18,12 @@ from .common import interactive, jpeg_bytes, to_pil
 
 class AugmentationExplorer:
     """Sliders for the training transform's random parts, and a grid of what they do to one photo.
-
-    ``photos`` is one photo path or a list (then a menu picks one). The grid
-    shows ``n`` draws of the transform, de-normalised: what the network receives
-    during training. It starts from the course's own augmentation (``AugmentSettings()``,
-    what the recipes train on). The draws are seeded, so moving a slider changes only what
-    that setting does; "New draws" picks other random numbers.
     Taught in lesson 1.
-    """
+
+    ``photos``: one photo path or a list (a menu picks one). The grid shows ``n`` seeded draws of the
+    transform, de-normalised: what the network receives in training, starting from the course's own
+    augmentation (``AugmentSettings()``). Moving a slider changes only what that setting does; "New
+    draws" picks other random numbers."""
 
     def __init__(self, photos: str | Path | Sequence[str | Path], settings: TransformSettings = TransformSettings(),
                  augmentation: AugmentSettings = AugmentSettings(), n: int = 8, columns: int = 4, seed: int = 0,

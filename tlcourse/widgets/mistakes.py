@@ -21,11 +21,8 @@ SORTS = {"loss": ("loss", False), "confidence": ("confidence", True)}
 
 
 def with_loss(results: pd.DataFrame) -> pd.DataFrame:
-    """``results`` (from :func:`tlcourse.evaluation.predict`) plus each photo's cross-entropy ``loss``.
-
-    The loss of one photo is ``-log p(true class)``: large for confident mistakes,
-    near 0 for confident right answers.
-    """
+    """``results`` (from :func:`tlcourse.evaluation.predict`) plus each photo's cross-entropy ``loss``,
+    ``-log p(true class)``: large for confident mistakes, near 0 for confident right answers."""
     probs = results[[c for c in results.columns if c.startswith("prob_")]].to_numpy()
     p_true = probs[np.arange(len(results)), results["label"].to_numpy()]
     out = results.copy()
@@ -35,17 +32,12 @@ def with_loss(results: pd.DataFrame) -> pd.DataFrame:
 
 
 class MistakesBrowser:
-    """Step through predictions, worst first, and mark photos that do not belong in the data.
+    """Step through predictions, worst first, and mark photos that do not belong in the data. Taught in lesson 5.
 
-    ``results`` has one row per photo: ``file_path``, ``label``, ``pred`` and
-    ``prob_<k>`` (as :func:`tlcourse.evaluation.predict` returns, plus the file
-    paths). ``sort`` is ``"loss"`` (highest first: confident mistakes, then
-    close calls) or ``"confidence"`` (lowest first: the closest calls). With
-    ``exclusions`` (a CSV path, the course's is ``cfg.excluded_csv``, or an
-    :class:`ExclusionList`) it offers to mark the photo shown as "leave out of the
-    data"; the file itself is not touched.
-    Taught in lesson 5.
-    """
+    ``results``: one row per photo, as :func:`tlcourse.evaluation.predict` returns, plus ``file_path``.
+    ``sort``: ``"loss"`` (highest first: confident mistakes, then close calls) or ``"confidence"`` (lowest
+    first). With ``exclusions`` (a CSV path, the course's is ``cfg.excluded_csv``, or an
+    :class:`ExclusionList`) it offers to mark the photo shown as "leave out of the data"; the file is not touched."""
 
     def __init__(self, results: pd.DataFrame, class_names: Sequence[str], sort: str = "loss",
                  exclusions: ExclusionList | str | Path | None = None, mode: str = "auto"):
