@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import DASHBOARD_MODES
 from .data import TransformSettings, denormalize
@@ -24,12 +25,6 @@ from .training import Callback, TrainState
 STOP_HINT = ("To stop early, press ■ (Interrupt the kernel) in the toolbar: training stops at once (the "
              "batch under way is dropped), the model keeps its best finished epoch's weights and the notebook "
              "carries on.")
-
-
-def in_kernel() -> bool:
-    """True inside a Jupyter (IPython) kernel, as opposed to plain python or a terminal IPython."""
-    ipython = sys.modules.get("IPython")  # a kernel has imported it; no need to import it here
-    return getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None
 
 
 def dashboard_mode(requested: str = "auto") -> str:
@@ -45,7 +40,24 @@ def dashboard_mode(requested: str = "auto") -> str:
         import ipywidgets  # noqa: F401
     except ImportError:
         return "text"
-    return "widgets" if in_kernel() else "text"
+    ipython = sys.modules.get("IPython")  # a kernel has imported it (a terminal IPython has no .kernel)
+    return "widgets" if getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None else "text"
+
+
+def jpeg_bytes(image: Image.Image, max_side: int | None = None, quality: int = 85) -> bytes:
+    """A photo as JPEG bytes (first shrunk to ``max_side``), for the dashboard and the widgets to show."""
+    if max_side and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def to_pil(x: torch.Tensor, settings: TransformSettings) -> Image.Image:
+    """A normalised ``3 x H x W`` input as the photo the network sees."""
+    array = (denormalize(x, settings).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
 
 
 def format_duration(seconds: float) -> str:
@@ -162,7 +174,6 @@ class TrainingDashboard(Callback):
         return {"status": self.status, "Epochs": (self._epochs_bar.n, self._epochs_bar.total),
                 "Batches": (self._batches_bar.n, self._batches_bar.total)}
 
-    # ----------------------------------------------------------------- callbacks
     def on_train_begin(self, state: TrainState) -> None:
         self._state, self._history, self._first = state, state.history, len(state.history.epochs)
         self._batch_x, self._batch_loss, self._batch_acc = [], [], []
@@ -203,7 +214,6 @@ class TrainingDashboard(Callback):
         self._draw(state)
         self._footer.value = f"<b>{html.escape(self.summary)}</b>"
 
-    # ----------------------------------------------------------------- the widgets
     def _build(self, state: TrainState) -> None:
         import ipywidgets as w
         from IPython.display import display
@@ -238,9 +248,8 @@ class TrainingDashboard(Callback):
                               f"<span class='tlcourse-status' style='color:{color}'>{status}</span>")
 
     def _maybe_draw(self, state: TrainState) -> None:
-        # Drawing takes at most draw_budget of the time so far: after a draw that took c seconds,
-        # wait c / draw_budget, and draw only if the total stays within the budget (a short run
-        # pays for no drawing but the final one).
+        # Drawing takes at most draw_budget of the time so far: after a draw that took c seconds, wait
+        # c / draw_budget, and draw only within the budget (a short run pays for the final drawing only).
         now = time.perf_counter()
         if now - self._last_draw < max(self.draw_interval, self._draw_cost / self.draw_budget):
             return
@@ -304,12 +313,7 @@ class TrainingDashboard(Callback):
             image = self.dataset[int(state.index[0])][0]
         else:
             return b"", caption + "<div style='color:#888'>No photo: cached features. Pass <code>dataset=</code>.</div>"
-        from PIL import Image
-
-        pixels = denormalize(image.detach().float().cpu(), self.settings).permute(1, 2, 0).numpy()
-        buffer = io.BytesIO()
-        Image.fromarray((pixels * 255 + 0.5).astype(np.uint8)).save(buffer, format="JPEG", quality=88)
-        return buffer.getvalue(), caption
+        return jpeg_bytes(to_pil(image.detach().float().cpu(), self.settings), quality=88), caption
 
     def _name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)

@@ -69,7 +69,6 @@ class MistakesBrowser:
         results["file_path"] = table["file_path"].to_numpy()
         return cls(results, class_names, **kwargs)
 
-    # ---- state
     def _apply(self) -> None:
         if self.sort not in SORTS:
             raise ConfigError(f"sort must be one of {list(SORTS)}, got {self.sort!r}")
@@ -135,7 +134,6 @@ class MistakesBrowser:
         return (f"true: {true} · predicted: {pred} ({row['confidence']:.1%}) · {verdict} · "
                 f"loss {row['loss']:.3f} · {Path(row['file_path']).name}")
 
-    # ---- widgets
     def build(self) -> Any:
         """Create the ipywidgets panel (done by :meth:`show`; tests call it directly)."""
         import ipywidgets as w
