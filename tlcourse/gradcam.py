@@ -66,9 +66,8 @@ class GradCAM:
                 if target is None:
                     target = logits.argmax(1)
                 target = torch.as_tensor(target, device=logits.device).expand(len(x))
-                # Sum of each photo's own class logit: photos do not mix (eval mode, no batch statistics).
-                # The gradient w.r.t. the input only: the hooks see the block's gradient on the way, and no
-                # parameter's .grad is written (a later training step would otherwise start from it).
+                # Each photo's own class logit (eval mode: photos do not mix), differentiated w.r.t. the input
+                # only: the hooks see the block's gradient on the way, and no parameter's .grad is written.
                 torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), x)
         finally:
             for handle in handles:

@@ -20,14 +20,9 @@ import torchvision
 from .errors import DataError, DownloadError, WeightsUnavailableError
 from .files import atomic_write, sha256_file
 
-#: The backbones the course supports: every lesson is written and tested for them (lesson 2 compares them).
-#: build_model also builds other torchvision classification models, untested; some fail (GoogLeNet and
-#: Inception v3 return auxiliary outputs in training mode) and lesson cells do not know their layers.
+#: The backbones the course supports and tests (lesson 2 compares them). build_model builds other torchvision
+#: classifiers too, untested: GoogLeNet and Inception v3 fail (auxiliary outputs in training mode).
 SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
-
-#: torchvision's file names end in ``-<first hex digits of the sha256>.<ending>`` (torch.hub's convention).
-HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
-
 
 @dataclass
 class WeightsResult:
@@ -41,8 +36,9 @@ class WeightsResult:
 
 
 def hash_prefix(file_name: str) -> str | None:
-    """The sha256 prefix torchvision puts in a weights file name (``mobilenet_v2-7ebf99e0.pth`` -> ``7ebf99e0``)."""
-    match = HASH_IN_NAME.search(file_name)
+    """The sha256 prefix torchvision puts in a weights file name (``mobilenet_v2-7ebf99e0.pth`` -> ``7ebf99e0``),
+    torch.hub's convention ``<name>-<first hex digits of the sha256>.<ending>``."""
+    match = re.search(r"-([a-f0-9]*)\.", file_name)
     return match.group(1) if match else None
 
 
