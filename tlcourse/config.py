@@ -2,8 +2,7 @@
 
 Lessons and the ``tlcourse`` command start from :func:`get_config` and pass the values on; library
 functions never read the environment themselves. Relative paths are resolved against the *course root*
-(:func:`course_root`), so a lesson in ``notebooks/`` and a terminal in the repository root see the same ``data/``.
-"""
+(:func:`course_root`), so a lesson in ``notebooks/`` and a terminal in the repository root see the same ``data/``."""
 
 from __future__ import annotations
 
@@ -75,15 +74,12 @@ class Config:
         return self.output_dir / "excluded.csv"
 
     @property
-    def smoke_images_per_class(self) -> int | None:
-        """How many photos per class a smoke run uses (``None``: all of them)."""
-        return 80 if self.smoke else None
-
-    @property
     def photos_per_class(self) -> int | None:
         """Photos per class the lessons load: all of them (``None``), or 80 in a quick run
         (the test split then has 8 per class: enough for a verdict that a guess passes under 1 % of the time)."""
-        return self.smoke_images_per_class
+        return 80 if self.smoke else None
+
+    smoke_images_per_class = photos_per_class  # the same number under its older name
 
     def photos(self, full: int | None = None) -> int | None:
         """Photos per class for a lesson's own sample: ``full`` (``None``: all) normally, at most 16 in a
