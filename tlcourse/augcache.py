@@ -4,8 +4,7 @@ A random crop needs a new backbone pass, so the cached recipe could not augment.
 gets K fixed augmented views, each drawn from a seed made of the photo's content, the view index and the
 augmentation settings (:func:`view_seed`): the same view every time, so its features are computed once and
 reused by every epoch and rerun. Each epoch the head sees one view per photo, drawn at random. A store
-(:class:`AugmentKey`) holds a vector per ``<photo sha256>:<view index>``.
-"""
+(:class:`AugmentKey`) holds a vector per ``<photo sha256>:<view index>``."""
 
 from __future__ import annotations
 

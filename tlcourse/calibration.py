@@ -4,8 +4,7 @@ A network trained with cross-entropy tends to be over-confident: among the photo
 fewer than 95 % are right. The reliability diagram shows it, the expected calibration error (ECE)
 measures it, and temperature scaling (Guo et al., 2017) fixes much of it with one number fitted on
 the validation photos: softmax(logits / T). T does not change which class wins, only how sure it
-sounds. Below a probability threshold, also chosen on validation, ``predict`` answers "unsure".
-"""
+sounds. Below a probability threshold, also chosen on validation, ``predict`` answers "unsure"."""
 
 from __future__ import annotations
 
@@ -86,8 +85,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
 def choose_threshold(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                      target_accuracy: float = 0.99) -> float:
     """The lowest top-probability threshold at which the answers kept (top probability >= threshold)
-    are at least ``target_accuracy`` right on these photos; ``1 / k`` (never unsure) when all are.
-    """
+    are at least ``target_accuracy`` right on these photos; ``1 / k`` (never unsure) when all are."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     confidence, correct = probs.max(1), probs.argmax(1) == labels
     floor = 1.0 / probs.shape[1]

@@ -1,6 +1,5 @@
 """Checkpoints: a trained model with everything needed to use it again (weights, the model's
-constructor arguments, class names, history), written atomically.
-"""
+constructor arguments, class names, history), written atomically."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ def save_checkpoint(path: str | Path, model: TransferClassifier, class_names: Se
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Save ``model``, its arguments, ``class_names``, ``history``, ``extra`` (plain values) and the
     ``optimizer``'s state to ``path``. An interruption leaves the previous file intact.
-    Taught in lesson 5.
-    """
+    Taught in lesson 5."""
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # a typo must not overwrite a learner's photo
         raise DataError(f"Refusing to save a checkpoint as {path}: that is an image file name. "
@@ -64,8 +62,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     """Rebuild the model saved at ``path`` (in eval mode). Returns ``(model, info)``.
 
     ``info``: ``class_names``, ``history``, ``transform``, ``backbone``, ``extra`` and ``optimizer``.
-    To resume, load ``info["optimizer"]`` into the same optimizer and pass ``history=info["history"]`` to fit.
-    """
+    To resume, load ``info["optimizer"]`` into the same optimizer and pass ``history=info["history"]`` to fit."""
     payload = read_checkpoint(path)
     model = rebuild(payload["model"])  # the checkpoint carries every weight; no download needed
     load_weights_into(model, payload, source=path)
@@ -81,8 +78,7 @@ def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | st
                       source: str | Path | None = None,
                       class_names: Sequence[str] | None = None) -> TransferClassifier:
     """Put a checkpoint's weights into an existing model; :class:`CheckpointError` (naming both setups
-    and the fix) when the backbone, the classes or the head's layers differ.
-    """
+    and the fix) when the backbone, the classes or the head's layers differ."""
     if not isinstance(checkpoint, dict):
         source, checkpoint = checkpoint, read_checkpoint(checkpoint)
     where = source or "checkpoint"

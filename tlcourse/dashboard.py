@@ -1,6 +1,5 @@
 """Watching training: text progress, or a live dashboard in JupyterLab (tqdm's progress bars, matplotlib's
-loss and accuracy curves, the batch's first photo with its true and predicted label, how to stop early).
-"""
+loss and accuracy curves, the batch's first photo with its true and predicted label, how to stop early)."""
 
 from __future__ import annotations
 

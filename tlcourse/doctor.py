@@ -2,8 +2,7 @@
 
 Each :class:`Check` is ``ok``, ``info`` (worth knowing, not needed), ``warn`` (lessons work, something
 should be fixed) or ``missing`` (a lesson will fail; the check names the fix). The command exits
-non-zero when any check is ``missing``.
-"""
+non-zero when any check is ``missing``."""
 
 from __future__ import annotations
 
@@ -108,8 +107,7 @@ def _listing(items: list[tuple[str, str]], limit: int = 5) -> str:
 
 def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
     """The photo folder through :func:`tlcourse.verify.verify_folder` (so doctor and lessons agree):
-    skipped files are a warning, folder-level problems are missing.
-    """
+    skipped files are a warning, folder-level problems are missing."""
     fix = f"tlcourse download-data --dest {data_dir}  (or point TLCOURSE_DATA at your photo folder)"
     if not data_dir.is_dir() or not any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
         return [Check("data folder", f"{data_dir}: missing or empty", MISSING, fix)]

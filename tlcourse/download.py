@@ -4,8 +4,7 @@ The course has two sets (:data:`SETS`): the example photos it trains on and a fi
 from other sources, for evaluation only. Only their manifests ship with the package (class, file,
 sha256 and a GitHub repository pinned to a commit per photo); :func:`download_data` gives one to
 `pooch <https://www.fatiando.org/pooch>`_, which fetches each file and checks its sha256 before it
-gets its name. Pretrained weights: :mod:`tlcourse.weights`.
-"""
+gets its name. Pretrained weights: :mod:`tlcourse.weights`."""
 
 from __future__ import annotations
 

@@ -34,8 +34,7 @@ def collect_logits(model: nn.Module, loader: Iterable, device: torch.device | No
 def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
     """Run ``model`` over ``loader`` (:func:`collect_logits`): one row per example, in loader order,
     with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``.
-    Taught in lesson 3.
-    """
+    Taught in lesson 3."""
     logits, labels = collect_logits(model, loader, device)
     prob = torch.softmax(logits, dim=1).numpy()
     frame = pd.DataFrame(prob, columns=[f"prob_{k}" for k in range(prob.shape[1])])
@@ -78,8 +77,7 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     """Wilson score interval for a proportion ``correct / n`` (``z=1.96``: 95 %).
 
     Taught in lesson 3. Unlike the normal approximation ``p +- z*sqrt(p(1-p)/n)``, it stays inside [0, 1] and is
-    not empty at 0 or ``n`` correct: 144 of 144 gives about (0.974, 1.0), not (1.0, 1.0).
-    """
+    not empty at 0 or ``n`` correct: 144 of 144 gives about (0.974, 1.0), not (1.0, 1.0)."""
     if n <= 0 or not 0 <= correct <= n:
         raise ValueError(f"need 0 <= correct <= n and n > 0, got correct={correct}, n={n}")
     p = correct / n
@@ -107,8 +105,7 @@ def balanced_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] 
 def recall_table(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                  class_names: Sequence[str]) -> pd.DataFrame:
     """One row per class: ``n`` photos, ``correct``, ``recall`` and its 95 % Wilson interval
-    (``low``, ``high``); NaN for a class without photos. Taught in lesson 7.
-    """
+    (``low``, ``high``); NaN for a class without photos. Taught in lesson 7."""
     matrix = confusion_matrix(y_true, y_pred, len(class_names))
     rows = []
     for k, name in enumerate(class_names):
@@ -148,8 +145,7 @@ def is_course_example(table: pd.DataFrame) -> bool:
     """True when every photo of a labels table is one of the course's example photos (dog/hotdog).
 
     Compares ``class/file name`` with the course's manifest (names only: cheap). The lessons
-    assert their accuracy only on these photos; on any other folder they print a verdict.
-    """
+    assert their accuracy only on these photos; on any other folder they print a verdict."""
     from .download import read_manifest  # the manifest lists the example set
 
     manifest = read_manifest()
@@ -222,8 +218,7 @@ def lesson_check(ok: bool, finding: str, advice: str, data, cfg) -> bool:
     lesson's :class:`~tlcourse.config.Config`) on the course's own photos (``data``, its CourseData).
 
     ``finding`` says what was found, ``advice`` what to try when it is wrong. On a learner's own photos,
-    or in a quick run, a failed check is printed and the lesson goes on: there it is news, not a fault.
-    """
+    or in a quick run, a failed check is printed and the lesson goes on: there it is news, not a fault."""
     print(("Check passed: " if ok else "Check NOT passed: ") + finding)
     if not ok:
         if not cfg.smoke and is_course_example(data.table):

@@ -5,8 +5,7 @@ but deleting or moving it would change the learner's folder (and cannot be undon
 its path goes into a CSV in the output folder (``get_config().excluded_csv``, which lessons and
 ``tlcourse train`` pass on) and :func:`tlcourse.data.load_course_data` leaves it out; the photo files are
 never written, moved or deleted. Excluded photos leave the split *after* it is drawn, so every other
-photo stays in its part: marking one photo does not reshuffle the test set.
-"""
+photo stays in its part: marking one photo does not reshuffle the test set."""
 
 from __future__ import annotations
 
@@ -42,8 +41,7 @@ class ExclusionList:
     """The photos marked as "leave out of the data", stored as a CSV (the course's: ``cfg.excluded_csv``).
 
     Every call reads the file again, so two notebooks (or a notebook and ``tlcourse train``) always see
-    the same list. Writes are atomic. A missing file is an empty list.
-    """
+    the same list. Writes are atomic. A missing file is an empty list."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()

@@ -4,8 +4,7 @@ A frozen backbone gives a photo the same feature vector every epoch, so it is co
 deterministic evaluation transform), kept in memory and on disk, and the head gets a loader of cached
 vectors. A vector is found by its store's :class:`FeatureKey` and the sha256 of the photo's bytes (an
 edited photo is recomputed, a renamed one is not). Each store is one file, written atomically and
-merged with what another process added meanwhile.
-"""
+merged with what another process added meanwhile."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def photo_sha256(path: str | Path) -> str:
 
 def backbone_fingerprint(backbone: nn.Module) -> str:
     """sha256 over the names, shapes, dtypes and values of a module's tensors: a backbone changed in
-    any weight (say by ``train_discriminative``) gets a new one.
-    """
+    any weight (say by ``train_discriminative``) gets a new one."""
     digest = hashlib.sha256(type(backbone).__name__.encode())
     for name, tensor in backbone.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -117,8 +115,7 @@ def read_store(path: Path, digest: str) -> dict[str, torch.Tensor]:
 def write_store(path: Path, digest: str, store: dict[str, torch.Tensor], meta: dict) -> None:
     """Write a store atomically, merged with whatever another process wrote since we read it.
 
-    ``meta`` says in words what the vectors are (backbone, weights, settings), for a person reading the file.
-    """
+    ``meta`` says in words what the vectors are (backbone, weights, settings), for a person reading the file."""
     merged = {**read_store(path, digest), **store}
     ids = sorted(merged)
     blob = {"version": FORMAT_VERSION, "key": digest, "meta": meta, "ids": ids,
@@ -191,8 +188,7 @@ class FeatureSet(CacheCounts):
 
     def loader(self, batch_size: int = 32, shuffle: bool = False, seed: int = 0) -> DataLoader:
         """A DataLoader of ``(features, y, index)`` batches in the same order as the image loader with the
-        same ``seed`` (same samplers and generator), each batch one indexing of the feature matrix.
-        """
+        same ``seed`` (same samplers and generator), each batch one indexing of the feature matrix."""
         dataset = FeatureDataset(self.features, self.labels)
         generator = torch.Generator().manual_seed(seed)
         rows = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
@@ -224,8 +220,7 @@ def features_for_files(model: nn.Module, file_paths: Sequence[str], labels: Sequ
                        batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
                        verbose: bool = False) -> FeatureSet:
     """Features for photo files: from memory, else from ``cache_dir`` (``None``: memory only), else
-    computed once and stored. Rows follow ``file_paths``; the counts say where each came from.
-    """
+    computed once and stored. Rows follow ``file_paths``; the counts say where each came from."""
     started = time.perf_counter()
     settings = settings or model.transform_settings
     key = feature_key(model, settings)
@@ -259,8 +254,7 @@ def compute_features(model: nn.Module, data: CourseData, parts: str | Sequence[s
                      decode_threads: int = DEFAULT_DECODE_THREADS, verbose: bool = False) -> dict[str, FeatureSet]:
     """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
     rows in the order of ``data.part(part)``.
-    Taught in lesson 3.
-    """
+    Taught in lesson 3."""
     data.use_settings(model.transform_settings)  # features at another input size than the model's: refused
     parts = [parts] if isinstance(parts, str) else list(parts)
     tables = {name: data.part(name) for name in parts}

@@ -3,8 +3,7 @@
 The last convolutional block still has a spatial map (7 x 7 for a 224 px input) of channels that each
 respond to some pattern. Grad-CAM weighs each channel by how much the class's logit grows with it
 (the gradient, averaged over the map), sums the weighted channels and keeps the positive part: the
-regions that speak *for* the class. A forward hook keeps the block's output, a backward hook its gradient.
-"""
+regions that speak *for* the class. A forward hook keeps the block's output, a backward hook its gradient."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Fast inference on the CPU: a backbone prepared for predictions only, fed by a thread that decodes
 the next photos while it runs. The feature cache (:mod:`tlcourse.features`), the augmented views
-(:mod:`tlcourse.augcache`), the robustness report and ``tlcourse evaluate`` use it.
-"""
+(:mod:`tlcourse.augcache`), the robustness report and ``tlcourse evaluate`` use it."""
 
 from __future__ import annotations
 
@@ -80,8 +79,7 @@ def for_predictions(model: nn.Module) -> nn.Module:
 
 def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> Iterator[T]:
     """The results of ``jobs`` in order, each started up to ``ahead`` jobs early in ``threads`` threads
-    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for.
-    """
+    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for."""
     if threads <= 0:
         for job in jobs:
             yield job()
@@ -106,8 +104,7 @@ def batches_of_inputs(paths: Sequence[str], settings: TransformSettings, batch_s
     """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
 
     Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
-    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
-    """
+    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread."""
     transform = eval_transform(settings)
     inputs = ahead_of_time((lambda p=p: transform(load_image(p)) for p in paths), decode_threads, ahead=2 * batch_size)
     while batch := list(islice(inputs, batch_size)):
@@ -127,8 +124,7 @@ def using_threads(n: int) -> Iterator[None]:
 
 def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
     """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder
-    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all).
-    """
+    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all)."""
     return max(1, torch.get_num_threads() - max(0, decode_threads))
 
 

@@ -6,8 +6,7 @@ point the steps overshoot and the loss shoots up. A good rate lies on the fallin
 the blow-up. The noisy per-batch losses are smoothed (an exponential moving average, corrected for
 its start at zero, as in Adam). Nothing the test trains survives: the model's weights and buffers,
 the optimizer's state and rates, the train/eval mode, torch's random number generator and the
-loader's shuffling generator are put back afterwards.
-"""
+loader's shuffling generator are put back afterwards."""
 
 from __future__ import annotations
 
@@ -79,8 +78,7 @@ def suggestion_index(lrs: np.ndarray, losses: np.ndarray, rule: str = "valley") 
       from the blow-up.
     * ``"steepest"``: where the loss falls fastest per factor of rate (the most negative slope
       against log(rate), over a tenth of the curve), before the lowest loss. Noise moves it more.
-    * ``"minimum"``: a tenth of the rate at the lowest loss (the older rule of thumb).
-    """
+    * ``"minimum"``: a tenth of the rate at the lowest loss (the older rule of thumb)."""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) != len(losses) or len(lrs) < 3:
         raise ValueError(f"need at least 3 (rate, loss) points of equal number, got {len(lrs)} and {len(losses)}")
@@ -130,8 +128,7 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
     (the loader is repeated if it is shorter); the other groups keep their ratio to it. The test
     stops early once the smoothed loss exceeds ``diverge`` times its lowest value (or is not finite).
     ``loader`` yields ``(x, y)`` or ``(x, y, index)``.
-    Taught in lesson 6.
-    """
+    Taught in lesson 6."""
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if steps < 3:

@@ -1,8 +1,7 @@
 """Models: a pretrained torchvision backbone as a feature extractor with a new head that outputs logits.
 
 No Softmax inside the model: ``F.cross_entropy`` applies log-softmax itself, and a Softmax before
-it (as in the original notebook) squashes the gradients. :func:`predict_proba` gives probabilities.
-"""
+it (as in the original notebook) squashes the gradients. :func:`predict_proba` gives probabilities."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Centre the vectors and take the singular value decomposition ``X - mean = U S V^T``: the rows of
 ``V^T`` are the directions along which the vectors vary most, ordered by variance (``S**2 / (n - 1)``);
 projecting onto the first two gives the best 2-D picture in the least-squares sense. A component's sign
-is arbitrary: each is flipped so that its largest entry is positive, so the same data gives the same picture.
-"""
+is arbitrary: each is flipped so that its largest entry is positive, so the same data gives the same picture."""
 
 from __future__ import annotations
 

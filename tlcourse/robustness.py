@@ -2,8 +2,7 @@
 
 A field test says *that* a model misses photos from elsewhere; changing the photos one way at a time
 says *what* it is sensitive to: small web images, JPEG artefacts, blur, light, framing. The changes are
-made in memory; nothing is written next to the learner's photos.
-"""
+made in memory; nothing is written next to the learner's photos."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """What pretraining is worth: the material for training the same network from scratch beside the
 pretrained one, on the same photos, decoded once at a smaller size into tensors kept in memory that
-every epoch of both networks reads. (The field test, for evaluation only, is :mod:`tlcourse.fieldtest`'s.)
-"""
+every epoch of both networks reads. (The field test, for evaluation only, is :mod:`tlcourse.fieldtest`'s.)"""
 
 from __future__ import annotations
 

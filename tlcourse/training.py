@@ -1,8 +1,7 @@
 """Training: a loop with correct loss handling, an evaluation pass, callbacks, device and seed helpers.
 
 The loss is ``F.cross_entropy`` of the logits (log-softmax inside, numerically stable); the epoch loss
-is the sum of per-example losses over the number of examples, so a short last batch counts as it should.
-"""
+is the sum of per-example losses over the number of examples, so a short last batch counts as it should."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def choose_device(preference: str = "auto") -> torch.device:
     """Pick CUDA if available, else Apple's MPS, else the CPU (or the one asked for: raises at once,
-    with the fix, if this machine lacks it).
-    """
+    with the fix, if this machine lacks it)."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if preference == "auto":
         return torch.device(next((kind for kind, ok in available.items() if ok), "cpu"))
@@ -257,8 +255,7 @@ def _rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 def _score(record: dict[str, float]) -> tuple[float, float]:
     """How good an epoch is: validation accuracy, then (on a tie, common with a small validation set)
-    lower validation loss.
-    """
+    lower validation loss."""
     if "val_acc" in record:
         return record["val_acc"], -record["val_loss"]
     return record["train_acc"], -record["train_loss"]

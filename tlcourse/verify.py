@@ -1,6 +1,5 @@
 """Check a photo folder before training: every file decoded once, a summary table per class, the
-problems that stop training and a clear verdict (``print(verify_folder("data"))``). The folder is only read.
-"""
+problems that stop training and a clear verdict (``print(verify_folder("data"))``). The folder is only read."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Pretrained weights in the torch cache (``$TORCH_HOME/hub/checkpoints``), for lessons that run offline.
 
-torchvision names its files after their sha256 (``mobilenet_v2-7ebf99e0.pth``): a download must match.
-"""
+torchvision names its files after their sha256 (``mobilenet_v2-7ebf99e0.pth``): a download must match."""
 
 from __future__ import annotations
 
@@ -65,8 +64,7 @@ def weights_path(weights) -> Path:
 
 def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> dict[str, torch.Tensor]:
     """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``
-    (giving up after ``timeout`` seconds); the error names the file and where it was looked for.
-    """
+    (giving up after ``timeout`` seconds); the error names the file and where it was looked for."""
     path = weights_path(weights)
     if not path.is_file():
         hint = (f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
@@ -84,8 +82,7 @@ def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> di
 
 def verify_weights_file(path: str | Path, backbone: str) -> tuple[str, str | None]:
     """Check that ``path`` loads as a state dict that fits ``backbone``: ``(sha256, warning)``, the
-    warning when the sha256 does not start with the prefix in the file name (not torchvision's file).
-    """
+    warning when the sha256 does not start with the prefix in the file name (not torchvision's file)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -111,8 +108,7 @@ def verify_weights_file(path: str | Path, backbone: str) -> tuple[str, str | Non
 
 def download_weights_file(url: str, target: Path, timeout: float = 30.0, progress: bool = True) -> None:
     """Download ``url`` to ``target`` (pooch's HTTP downloader, ``timeout`` per connection and read);
-    the file gets its name only if its sha256 starts with the prefix in ``target``'s name.
-    """
+    the file gets its name only if its sha256 starts with the prefix in ``target``'s name."""
     target = Path(target)
     try:
         with atomic_write(target) as handle:
@@ -150,8 +146,7 @@ def prefetch_weights(backbones: Iterable[str], source_dir: str | Path | None = N
     """Put each backbone's default pretrained weights into the torch cache, verified (:func:`verify_weights_file`).
 
     Downloaded from torchvision's address unless cached (``offline``: a missing file is an error), or
-    copied from ``source_dir`` (a USB stick, another machine's torch cache).
-    """
+    copied from ``source_dir`` (a USB stick, another machine's torch cache)."""
     results = []
     for backbone in backbones:
         enum = weights_enum(backbone)

@@ -1,8 +1,7 @@
 """The ``tlcourse`` command (also ``python -m tlcourse``): set up a machine for the course and run the
 reference solution from a terminal. Each command lives in the module of its group (``photos``, ``machine``,
 ``model``); heavy imports (torch) happen inside the commands that need them, so ``--help`` and
-``download-data`` start quickly.
-"""
+``download-data`` start quickly."""
 
 from __future__ import annotations
 

@@ -50,8 +50,7 @@ class CSVDataset(Dataset):
 def make_loader(dataset: Dataset, batch_size: int = 32, shuffle: bool = False, seed: int = 0,
                 num_workers: int = 0) -> DataLoader:
     """A DataLoader with a seeded shuffle; ``num_workers=0`` by default, as worker processes re-import
-    the notebook on Windows and macOS.
-    """
+    the notebook on Windows and macOS."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
                       num_workers=num_workers, persistent_workers=num_workers > 0)
 

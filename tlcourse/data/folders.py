@@ -1,8 +1,7 @@
 """Folders: from a folder of class subfolders (``data/dog/*.jpg``, ``data/hotdog/*.jpg``) to a labels table.
 
 A learner's photo folder is never clean: the README's "Preparing your own photos" lists what is
-used, skipped quietly (hidden and system files), skipped with a warning, or a clear error.
-"""
+used, skipped quietly (hidden and system files), skipped with a warning, or a clear error."""
 
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ class SkippedFilesWarning(UserWarning):
 @dataclass(frozen=True)
 class SkippedFile:
     """A file (or hidden folder) that scanning left out: ``reason`` reads ``"<kind>: <details and fix>"``;
-    ``quiet`` marks hidden and system files, skipped without a warning.
-    """
+    ``quiet`` marks hidden and system files, skipped without a warning."""
 
     path: Path
     reason: str
@@ -103,8 +101,7 @@ def find_classes(root: str | Path) -> list[str]:
 
 def _walk(class_dir: Path, class_name: str | None) -> tuple[list[Path], list[SkippedFile]]:
     """Candidate image files under ``class_dir`` (nested folders too; hidden ones not entered, link loops
-    guarded) and what was left out.
-    """
+    guarded) and what was left out."""
     files: list[Path] = []
     skipped: list[SkippedFile] = []
     seen: set[str] = set()
@@ -242,8 +239,7 @@ def write_labels_csv(table: pd.DataFrame, out_csv: str | Path) -> Path:
 def create_csv(root: str | Path, out_csv: str | Path) -> pd.DataFrame:
     """The original notebook's ``create_csv``, fixed: scan ``root`` and write the table to ``out_csv``,
     never into the photo folder.
-    Taught in lesson 1.
-    """
+    Taught in lesson 1."""
     root, out_csv = Path(root).resolve(), Path(out_csv).resolve()
     if root in out_csv.parents:
         raise DataError(f"Refusing to write {out_csv} inside the photo folder {root}: derived files "

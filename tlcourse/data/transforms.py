@@ -1,6 +1,5 @@
 """Transforms: the original notebook's two hand-written ones (fixed), and the model's input pipeline,
-whose sizes and normalisation come from the pretrained weights.
-"""
+whose sizes and normalisation come from the pretrained weights."""
 
 from __future__ import annotations
 
@@ -58,8 +57,7 @@ class TransformSettings:
     """What the model's input pipeline needs: sizes, resampling and normalisation statistics.
 
     A model built from pretrained weights carries its own (:meth:`from_weights`); the defaults are
-    the ImageNet standard, which a model without pretrained weights uses. Taught in lesson 1.
-    """
+    the ImageNet standard, which a model without pretrained weights uses. Taught in lesson 1."""
 
     resize: int = 256
     crop: int = 224
@@ -82,8 +80,7 @@ class TransformSettings:
 def eval_transform(settings: TransformSettings) -> v2.Compose:
     """Deterministic evaluation transform: resize, centre crop, tensor, normalise (random crops at test
     time, as in the original, make the test accuracy change from run to run). For pretrained weights
-    it equals their own ``weights.transforms()``. Taught in lesson 1.
-    """
+    it equals their own ``weights.transforms()``. Taught in lesson 1."""
     return v2.Compose([
         v2.Resize(settings.resize, interpolation=InterpolationMode(settings.interpolation), antialias=True),
         v2.CenterCrop(settings.crop), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),

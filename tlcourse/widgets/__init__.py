@@ -5,8 +5,7 @@ In JupyterLab ``show()`` displays ipywidgets controls; elsewhere (plain python, 
 the same content once as a matplotlib figure and prints a table. ``mode`` chooses as for the training
 dashboard: ``"widgets"``, ``"text"`` or ``"auto"`` (lessons pass ``cfg.dashboard``). Each widget keeps its
 state in plain attributes and has methods that do what its buttons do, so it can be checked without a
-browser. None writes into the photo folder: the mistakes browser's marks go to :mod:`tlcourse.exclusions`.
-"""
+browser. None writes into the photo folder: the mistakes browser's marks go to :mod:`tlcourse.exclusions`."""
 
 from .augment_explorer import AugmentationExplorer
 from .common import COLORS

@@ -60,8 +60,7 @@ class MistakesBrowser:
                     **kwargs: Any) -> "MistakesBrowser":
         """Predict every photo in a folder of class subfolders (say, the field test) and browse the results.
 
-        The folder's subfolder names must be among ``class_names`` (the model's classes).
-        """
+        The folder's subfolder names must be among ``class_names`` (the model's classes)."""
         class_names = list(class_names)
         table = label_folder(folder, class_names)  # a folder of only some of the classes is fine
         settings = settings or getattr(model, "transform_settings", TransformSettings())
