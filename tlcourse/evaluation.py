@@ -33,8 +33,7 @@ def collect_logits(model: nn.Module, loader: Iterable, device: torch.device | No
 
 def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
     """Run ``model`` over ``loader`` (:func:`collect_logits`): one row per example, in loader order,
-    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``.
-    Taught in lesson 3."""
+    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``. Taught in lesson 3."""
     logits, labels = collect_logits(model, loader, device)
     prob = torch.softmax(logits, dim=1).numpy()
     frame = pd.DataFrame(prob, columns=[f"prob_{k}" for k in range(prob.shape[1])])
@@ -94,12 +93,10 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 def balanced_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                       n_classes: int) -> float:
     """Mean recall over the classes that have examples (each class counts the same, whatever its size)."""
-    matrix = confusion_matrix(y_true, y_pred, n_classes)
-    totals = matrix.sum(1)
-    present = totals > 0
-    if not present.any():
+    recall = recall_table(y_true, y_pred, [str(k) for k in range(n_classes)])["recall"]
+    if recall.isna().all():
         raise ValueError("need at least one example")
-    return float(np.mean(np.diag(matrix)[present] / totals[present]))
+    return float(recall.mean())  # NaN (a class without examples) is skipped
 
 
 def recall_table(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
@@ -186,12 +183,9 @@ def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
       handful of photos, where an accuracy threshold cannot tell a model from a coin).
 
     Taught in lesson 3."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    k = len(class_names)
-    matrix = confusion_matrix(y_true, y_pred, k)
+    y_true, y_pred, k = np.asarray(y_true), np.asarray(y_pred), len(class_names)
     problems = []
-    for c, name in enumerate(class_names):
-        n_c, right = int(matrix[c].sum()), int(matrix[c, c])
+    for name, n_c, right in recall_table(y_true, y_pred, class_names)[["n", "correct"]].itertuples():
         needed = recall_needed(n_c, k)
         if n_c and needed > n_c:
             problems.append(f"class {name!r}: {n_c} photos are too few to tell a model from a guess")
