@@ -21,8 +21,7 @@ def save_checkpoint(path: str | Path, model: TransferClassifier, class_names: Se
                     history: History | None = None, extra: dict[str, Any] | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Save ``model``, its arguments, ``class_names``, ``history``, ``extra`` (plain values) and the
-    ``optimizer``'s state to ``path``. An interruption leaves the previous file intact.
-    Taught in lesson 5."""
+    ``optimizer``'s state to ``path``. An interruption leaves the previous file intact. Taught in lesson 5."""
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # a typo must not overwrite a learner's photo
         raise DataError(f"Refusing to save a checkpoint as {path}: that is an image file name. "

@@ -253,8 +253,7 @@ def compute_features(model: nn.Module, data: CourseData, parts: str | Sequence[s
                      cache_dir: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      decode_threads: int = DEFAULT_DECODE_THREADS, verbose: bool = False) -> dict[str, FeatureSet]:
     """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
-    rows in the order of ``data.part(part)``.
-    Taught in lesson 3."""
+    rows in the order of ``data.part(part)``. Taught in lesson 3."""
     data.use_settings(model.transform_settings)  # features at another input size than the model's: refused
     parts = [parts] if isinstance(parts, str) else list(parts)
     tables = {name: data.part(name) for name in parts}

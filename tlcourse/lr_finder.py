@@ -127,8 +127,7 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
     The first parameter group's rate grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` batches
     (the loader is repeated if it is shorter); the other groups keep their ratio to it. The test
     stops early once the smoothed loss exceeds ``diverge`` times its lowest value (or is not finite).
-    ``loader`` yields ``(x, y)`` or ``(x, y, index)``.
-    Taught in lesson 6."""
+    ``loader`` yields ``(x, y)`` or ``(x, y, index)``. Taught in lesson 6."""
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if steps < 3:

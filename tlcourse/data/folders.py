@@ -238,8 +238,7 @@ def write_labels_csv(table: pd.DataFrame, out_csv: str | Path) -> Path:
 
 def create_csv(root: str | Path, out_csv: str | Path) -> pd.DataFrame:
     """The original notebook's ``create_csv``, fixed: scan ``root`` and write the table to ``out_csv``,
-    never into the photo folder.
-    Taught in lesson 1."""
+    never into the photo folder. Taught in lesson 1."""
     root, out_csv = Path(root).resolve(), Path(out_csv).resolve()
     if root in out_csv.parents:
         raise DataError(f"Refusing to write {out_csv} inside the photo folder {root}: derived files "

@@ -17,8 +17,7 @@ from ..errors import DataError
 from .common import interactive, jpeg_bytes, to_pil
 
 class AugmentationExplorer:
-    """Sliders for the training transform's random parts, and a grid of what they do to one photo.
-    Taught in lesson 1.
+    """Sliders for the training transform's random parts, and a grid of what they do to one photo. Taught in lesson 1.
 
     ``photos``: one photo path or a list (a menu picks one). The grid shows ``n`` seeded draws of the
     transform, de-normalised: what the network receives in training, starting from the course's own
