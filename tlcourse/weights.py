@@ -125,14 +125,6 @@ def download_weights_file(url: str, target: Path, timeout: float = 30.0, progres
                             "`tlcourse prefetch-weights --from DIR`.") from error
 
 
-def _find_in_folder(folder: Path, file_name: str) -> Path | None:
-    """``file_name`` directly in ``folder`` or in a copied torch cache inside it (``hub/checkpoints``)."""
-    for candidate in (folder / file_name, folder / "checkpoints" / file_name, folder / "hub" / "checkpoints" / file_name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _install(found: Path, target: Path) -> str:
     if target.exists() and target.resolve() == found.resolve():
         return "already cached"
@@ -155,7 +147,8 @@ def prefetch_weights(backbones: Iterable[str], source_dir: str | Path | None = N
             folder = Path(source_dir)
             if not folder.is_dir():
                 raise DownloadError(f"Folder not found: {folder}")
-            found = _find_in_folder(folder, target.name)
+            found = next((f / target.name for f in (folder, folder / "checkpoints", folder / "hub" / "checkpoints")
+                          if (f / target.name).is_file()), None)  # the folder, or a torch cache copied into it
             if found is None:
                 raise DownloadError(
                     f"{target.name} (torchvision's file for {backbone}) is not in {folder} (also looked in its "
