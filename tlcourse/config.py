@@ -121,15 +121,9 @@ def get_config(env: Mapping[str, str] | None = None, root: Path | None = None) -
         seed = int(get("TLCOURSE_SEED"))
     except ValueError:
         raise ConfigError(f"TLCOURSE_SEED must be an integer, got {get('TLCOURSE_SEED')!r}") from None
-    return Config(
-        data_dir=_resolve(get("TLCOURSE_DATA"), root),
-        field_test_dir=_resolve(get("TLCOURSE_FIELD_TEST"), root),
-        backbone=get("TLCOURSE_BACKBONE"),
-        output_dir=_resolve(get("TLCOURSE_OUTPUT"), root),
-        smoke=flag("TLCOURSE_SMOKE"),
-        seed=seed,
-        device=_choice("TLCOURSE_DEVICE", get("TLCOURSE_DEVICE").lower(), DEVICES, "auto, cpu, cuda or mps"),
-        offline=flag("TLCOURSE_OFFLINE"),
-        dashboard=_choice("TLCOURSE_DASHBOARD", get("TLCOURSE_DASHBOARD").lower(), DASHBOARD_MODES,
-                          "auto, widgets or text (auto: widgets in Jupyter, text elsewhere)"),
-    )
+    return Config(data_dir=_resolve(get("TLCOURSE_DATA"), root), output_dir=_resolve(get("TLCOURSE_OUTPUT"), root),
+                  field_test_dir=_resolve(get("TLCOURSE_FIELD_TEST"), root), backbone=get("TLCOURSE_BACKBONE"),
+                  smoke=flag("TLCOURSE_SMOKE"), seed=seed, offline=flag("TLCOURSE_OFFLINE"),
+                  device=_choice("TLCOURSE_DEVICE", get("TLCOURSE_DEVICE").lower(), DEVICES, "auto, cpu, cuda or mps"),
+                  dashboard=_choice("TLCOURSE_DASHBOARD", get("TLCOURSE_DASHBOARD").lower(), DASHBOARD_MODES,
+                                    "auto, widgets or text (auto: widgets in Jupyter, text elsewhere)"))

@@ -155,10 +155,7 @@ class TrainingDashboard(Callback):
         self.draws, self.draw_seconds = 0, 0.0
         self._state = None
 
-    def stop(self) -> None:
-        """Ask training to end after the current batch (the model keeps its best weights)."""
-        if self._state is not None:
-            self._state.stop_requested = True  # the flag fit reads after each batch
+    stop = TextProgress.stop  # the same flag on the state this callback keeps
 
     def curve_data(self) -> dict[str, list[float]]:
         """The numbers behind the curves: per batch (x in epochs; loss, running accuracy) and per epoch."""

@@ -154,13 +154,10 @@ def check_weights(config: Config) -> list[Check]:
         if path.is_file():
             rows.append(Check(f"weights {name}", f"cached ({path})", OK))
         else:
-            rows.append(Check(
-                f"weights {name}" + (" (lessons)" if needed else ""),
-                f"not cached ({path.parent})",
-                MISSING if needed else INFO,
-                f"tlcourse prefetch-weights {name}  (or: tlcourse prefetch-weights {name} --from DIR)"
-                if needed else f"tlcourse prefetch-weights {name}",
-            ))
+            fix = f"tlcourse prefetch-weights {name}" + (f"  (or: tlcourse prefetch-weights {name} --from DIR)"
+                                                         if needed else "")
+            rows.append(Check(f"weights {name}" + (" (lessons)" if needed else ""), f"not cached ({path.parent})",
+                              MISSING if needed else INFO, fix))
     return rows
 
 

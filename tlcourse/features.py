@@ -81,12 +81,8 @@ class FeatureKey(Digested):
 
 def feature_key(model: nn.Module, settings: TransformSettings | None = None) -> FeatureKey:
     """The :class:`FeatureKey` of a model's backbone (``settings``: default the model's own)."""
-    return FeatureKey(
-        backbone=model.backbone_name,
-        weights=model.weights_name or "random",
-        fingerprint=backbone_fingerprint(model.backbone),
-        settings=settings or model.transform_settings,
-    )
+    return FeatureKey(backbone=model.backbone_name, weights=model.weights_name or "random",
+                      fingerprint=backbone_fingerprint(model.backbone), settings=settings or model.transform_settings)
 
 
 # In-memory stores by store key: {photo sha256 (augcache adds ":<view>"): vector}, shared by every call

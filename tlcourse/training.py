@@ -217,11 +217,9 @@ def fit(model: nn.Module, train_loader: Sequence | Iterable, optimizer: torch.op
         if not catch_interrupt:
             raise
         history.interrupted = True
-        print(
-            f"Training interrupted in epoch {state.epoch + 1}, batch {state.batch + 1}; "
-            f"{len(history.epochs)} epoch(s) finished"
-            + (f", keeping the best weights (epoch {history.best_epoch + 1})." if best_state is not None else ".")
-        )
+        print(f"Training interrupted in epoch {state.epoch + 1}, batch {state.batch + 1}; "
+              f"{len(history.epochs)} epoch(s) finished"
+              + (f", keeping the best weights (epoch {history.best_epoch + 1})." if best_state is not None else "."))
     finally:
         if keep_best and best_state is not None:
             model.load_state_dict(best_state)
