@@ -89,11 +89,8 @@ def find_classes(root: str | Path) -> list[str]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
     if not classes:
         loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        hint = (
-            f" It holds {len(loose)} image(s) directly: did you point at one class folder? "
-            f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead."
-            if loose else ""
-        )
+        hint = (f" It holds {len(loose)} image(s) directly: did you point at one class folder? "
+                f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead." if loose else "")
         raise DataError(f"No class subfolders in {root}. Put each class's images in its own subfolder, "
                         f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}")
     return classes
@@ -147,10 +144,8 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
         classes = find_classes(root)
     except (DataError, DataNotFoundError) as error:
         return FolderScan(root, [], pd.DataFrame(columns=columns), [], [error], check)
-    skipped: list[SkippedFile] = [
-        SkippedFile(p, "hidden folder: not a class", None, quiet=True)
-        for p in sorted(root.iterdir()) if p.is_dir() and _is_hidden(p)
-    ]
+    skipped: list[SkippedFile] = [SkippedFile(p, "hidden folder: not a class", None, quiet=True)
+                                  for p in sorted(root.iterdir()) if p.is_dir() and _is_hidden(p)]
     for path in sorted(p for p in root.iterdir() if p.is_file()):
         if path.suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(path):
             skipped.append(SkippedFile(path, "outside any class folder: move it into its class's folder"))
@@ -169,11 +164,9 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
     table = pd.DataFrame(rows, columns=columns)
     errors: list[Exception] = []
     if len(classes) == 1:
-        errors.append(DataError(
-            f"Only one class folder ({classes[0]}) in {root}: a classifier needs at least two classes. "
-            f"Add a folder for each other class next to {root / classes[0]}, or point TLCOURSE_DATA at "
-            "the folder that holds all the class folders."
-        ))
+        errors.append(DataError(f"Only one class folder ({classes[0]}) in {root}: a classifier needs at least two "
+                                f"classes. Add a folder for each other class next to {root / classes[0]}, or point "
+                                "TLCOURSE_DATA at the folder that holds all the class folders."))
     used = set(table["class_name"])
     for name in classes:
         if name not in used:
@@ -220,12 +213,8 @@ def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFi
     if loud:
         shown = "; ".join(f"{s.path.relative_to(scan.root)} ({s.reason})" for s in loud[:10])
         more = f"; and {len(loud) - 10} more" if len(loud) > 10 else ""
-        warnings.warn(
-            f"Skipped {len(loud)} file(s) in {scan.root}: {shown}{more}. "
-            f"See them all with tlcourse.verify.verify_folder({str(scan.root)!r}).",
-            SkippedFilesWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"Skipped {len(loud)} file(s) in {scan.root}: {shown}{more}. See them all with "
+                      f"tlcourse.verify.verify_folder({str(scan.root)!r}).", SkippedFilesWarning, stacklevel=2)
     return scan.table[LABEL_COLUMNS].reset_index(drop=True)
 
 
