@@ -1,14 +1,10 @@
 """Augmentation that keeps the speed of the feature cache: K augmented views per training photo.
 
-A random crop needs a new backbone pass, so the cached recipe could not augment. Instead, each
-photo gets K fixed augmented views (random resized crop, flip, colour jitter, sometimes a downscale
-and upscale, as a web thumbnail), each drawn from a seed made of the photo's content, the view index
-and the augmentation settings: the same view every time, so its features are computed once and reused
-by every epoch and every rerun. Each epoch the head sees one view per photo, drawn at random.
-
-Stores use :mod:`tlcourse.features`' key (backbone, weights fingerprint, transform settings, library
-versions) plus the augmentation settings; a vector is found by ``<photo sha256>:<view index>``.
-"""
+A random crop needs a new backbone pass, so the cached recipe could not augment. Instead, each photo
+gets K fixed augmented views, each drawn from a seed made of the photo's content, the view index and the
+augmentation settings (:func:`view_seed`): the same view every time, so its features are computed once and
+reused by every epoch and rerun. Each epoch the head sees one view per photo, drawn at random. A store
+(:class:`AugmentKey`) holds a vector per ``<photo sha256>:<view index>``."""
 
 from __future__ import annotations
 
@@ -47,9 +43,8 @@ def augmented_view(image: Image.Image, photo_sha256: str, view: int, augment: Au
 
     Every random number comes from a ``torch.Generator`` seeded by :func:`view_seed`, drawn in the order
     and from the distributions of torchvision's ``RandomResizedCrop``, ``RandomHorizontalFlip`` and
-    ``ColorJitter`` (the lesson writes the view out with those transforms and checks it against this
-    one, bit for bit). No global random state is touched, so views can be made in several threads.
-    """
+    ``ColorJitter`` (the lesson checks this against those transforms, bit for bit). No global random state
+    is touched, so views can be made in several threads."""
     g = torch.Generator().manual_seed(view_seed(photo_sha256, view, augment))
 
     def uniform(low: float, high: float) -> float:
@@ -119,11 +114,8 @@ class AugmentedFeatures(CacheCounts):
 
     def loader(self, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
                clean: torch.Tensor | None = None) -> DataLoader:
-        """``(features, y, index)`` batches with one view per photo, drawn anew every epoch (from ``seed``).
-
-        ``clean`` (``N x n_features``, the photos' evaluation-transform features) joins as one more view:
-        the head then also sees the photos as they will be judged.
-        """
+        """``(features, y, index)`` batches with one view per photo, drawn anew every epoch (from ``seed``);
+        ``clean`` (``N x n_features``, the evaluation-transform features) joins as one more view."""
         views = self.features if clean is None else torch.cat([clean.unsqueeze(1), self.features], 1)
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(RandomViewDataset(views, self.labels, seed), batch_size=batch_size,

@@ -4,8 +4,7 @@ A network trained with cross-entropy tends to be over-confident: among the photo
 fewer than 95 % are right. The reliability diagram shows it, the expected calibration error (ECE)
 measures it, and temperature scaling (Guo et al., 2017) fixes much of it with one number fitted on
 the validation photos: softmax(logits / T). T does not change which class wins, only how sure it
-sounds. Below a probability threshold, also chosen on validation, ``predict`` answers "unsure".
-"""
+sounds. Below a probability threshold, also chosen on validation, ``predict`` answers "unsure"."""
 
 from __future__ import annotations
 
@@ -57,17 +56,11 @@ TEMPERATURE_RANGE = (0.1, 10.0)
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = TEMPERATURE_RANGE
                     ) -> float:
-    """The temperature T in ``bounds`` that minimises the cross-entropy of ``softmax(logits / T)``;
-    1 (unchanged) when every answer is right, as the loss then has no minimum.
-
-    The loss is convex in ``1 / T`` (a log-sum-exp of linear functions minus a linear one), so a
-    golden-section search over ``1 / T`` finds the minimum without step sizes or tolerances to tune.
-    Taught in lesson 7.
-    """
+    """The temperature T in ``bounds`` that minimises the cross-entropy of ``softmax(logits / T)``; 1
+    (unchanged) when every answer is right, as the loss then has no minimum. The loss is convex in ``1 / T``,
+    so a golden-section search over ``1 / T`` finds it without step sizes to tune. Taught in lesson 7."""
     logits, labels = logits.detach().double(), labels.long()
-    if bool((logits.argmax(1) == labels).all()):
-        # No mistake to learn from: the loss keeps falling as T -> 0 (every answer "certain"), it has no
-        # minimum, and these photos give no evidence to change the model's confidence.
+    if bool((logits.argmax(1) == labels).all()):  # no mistake: the loss falls as T -> 0, without a minimum
         return 1.0
 
     def loss(beta: float) -> float:
@@ -92,8 +85,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
 def choose_threshold(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                      target_accuracy: float = 0.99) -> float:
     """The lowest top-probability threshold at which the answers kept (top probability >= threshold)
-    are at least ``target_accuracy`` right on these photos; ``1 / k`` (never unsure) when all are.
-    """
+    are at least ``target_accuracy`` right on these photos; ``1 / k`` (never unsure) when all are."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     confidence, correct = probs.max(1), probs.argmax(1) == labels
     floor = 1.0 / probs.shape[1]
@@ -207,15 +199,11 @@ def plot_reliability(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torc
     diagonal of a perfectly calibrated model; the ECE in the legend."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax = ax or plt.subplots(figsize=(4.5, 4.5))[1]
     table = reliability_table(probs, labels, n_bins)
     ece = expected_calibration_error(probs, labels, n_bins)
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     ax.plot(table["confidence"], table["accuracy"], marker="o", label=f"{label or 'model'} (ECE {ece:.3f})")
-    ax.set_xlabel("confidence (top probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1.01)
-    ax.set_ylim(0, 1.01)
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.01), ylim=(0, 1.01))
     ax.legend(loc="upper left")
     return ax

@@ -1,6 +1,5 @@
 """Checkpoints: a trained model with everything needed to use it again (weights, the model's
-constructor arguments, class names, history), written atomically.
-"""
+constructor arguments, class names, history), written atomically."""
 
 from __future__ import annotations
 
@@ -18,18 +17,11 @@ from .training import History
 FORMAT_VERSION = 2  # 2: the model's constructor arguments are stored as they are
 
 
-def save_checkpoint(
-    path: str | Path,
-    model: TransferClassifier,
-    class_names: Sequence[str],
-    history: History | None = None,
-    extra: dict[str, Any] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> Path:
+def save_checkpoint(path: str | Path, model: TransferClassifier, class_names: Sequence[str],
+                    history: History | None = None, extra: dict[str, Any] | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Save ``model``, its arguments, ``class_names``, ``history``, ``extra`` (plain values) and the
-    ``optimizer``'s state to ``path``. An interruption leaves the previous file intact.
-    Taught in lesson 5.
-    """
+    ``optimizer``'s state to ``path``. An interruption leaves the previous file intact. Taught in lesson 5."""
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:  # a typo must not overwrite a learner's photo
         raise DataError(f"Refusing to save a checkpoint as {path}: that is an image file name. "
@@ -69,8 +61,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     """Rebuild the model saved at ``path`` (in eval mode). Returns ``(model, info)``.
 
     ``info``: ``class_names``, ``history``, ``transform``, ``backbone``, ``extra`` and ``optimizer``.
-    To resume, load ``info["optimizer"]`` into the same optimizer and pass ``history=info["history"]`` to fit.
-    """
+    To resume, load ``info["optimizer"]`` into the same optimizer and pass ``history=info["history"]`` to fit."""
     payload = read_checkpoint(path)
     model = rebuild(payload["model"])  # the checkpoint carries every weight; no download needed
     load_weights_into(model, payload, source=path)
@@ -86,36 +77,29 @@ def load_weights_into(model: TransferClassifier, checkpoint: dict[str, Any] | st
                       source: str | Path | None = None,
                       class_names: Sequence[str] | None = None) -> TransferClassifier:
     """Put a checkpoint's weights into an existing model; :class:`CheckpointError` (naming both setups
-    and the fix) when the backbone, the classes or the head's layers differ.
-    """
+    and the fix) when the backbone, the classes or the head's layers differ."""
     if not isinstance(checkpoint, dict):
         source, checkpoint = checkpoint, read_checkpoint(checkpoint)
     where = source or "checkpoint"
     theirs = checkpoint["model"]["backbone_name"]
     if theirs != model.backbone_name:
-        raise CheckpointError(
-            f"{where} was trained with backbone {theirs!r}, but this model uses {model.backbone_name!r}. "
-            f"Build the model with backbone={theirs!r} or use load_checkpoint()."
-        )
+        raise CheckpointError(f"{where} was trained with backbone {theirs!r}, but this model uses "
+                              f"{model.backbone_name!r}. Build the model with backbone={theirs!r} or use "
+                              "load_checkpoint().")
     n = len(checkpoint["class_names"])
     if n != model.n_classes:
-        raise CheckpointError(
-            f"{where} has {n} classes ({', '.join(checkpoint['class_names'])}), but this model has "
-            f"{model.n_classes} outputs. Build the model with n_classes={n} or use load_checkpoint()."
-        )
+        raise CheckpointError(f"{where} has {n} classes ({', '.join(checkpoint['class_names'])}), but this model "
+                              f"has {model.n_classes} outputs. Build the model with n_classes={n} or use "
+                              "load_checkpoint().")
     if class_names is not None and list(class_names) != list(checkpoint["class_names"]):
-        raise CheckpointError(
-            f"{where} was trained on classes {checkpoint['class_names']}, but this model is for "
-            f"{list(class_names)}: its outputs would mean other classes. Use the checkpoint's class names "
-            "(load_checkpoint() returns them) or train a model for these classes."
-        )
+        raise CheckpointError(f"{where} was trained on classes {checkpoint['class_names']}, but this model is for "
+                              f"{list(class_names)}: its outputs would mean other classes. Use the checkpoint's "
+                              "class names (load_checkpoint() returns them) or train a model for these classes.")
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         head = {k: checkpoint["model"][k] for k in ("hidden", "dropout")}
-        raise CheckpointError(
-            f"{where} does not fit this model's layers (checkpoint head: {head}, this model: "
-            f"{ {'hidden': model.hidden, 'dropout': model.dropout} }). Build the model with the checkpoint's settings or use load_checkpoint(). "
-            f"Details: {error}"
-        ) from error
+        raise CheckpointError(f"{where} does not fit this model's layers (checkpoint head: {head}, this model: "
+                              f"{ {'hidden': model.hidden, 'dropout': model.dropout} }). Build the model with the "
+                              f"checkpoint's settings or use load_checkpoint(). Details: {error}") from error
     return model

@@ -1,13 +1,8 @@
 """Course settings: every ``TLCOURSE_*`` environment variable, read in one place.
 
-Lessons and the ``tlcourse`` command start from :func:`get_config` and pass the
-values on; library functions never read the environment themselves. One
-variable changes the whole course (``TLCOURSE_BACKBONE=vgg11`` follows the
-original notebook's VGG11). Relative paths are resolved against the *course
-root*: the nearest folder, from the current one upwards, that holds a
-``notebooks/`` folder (so a lesson in ``notebooks/`` and a terminal in the
-repository root see the same ``data/``), or the current folder when there is none.
-"""
+Lessons and the ``tlcourse`` command start from :func:`get_config` and pass the values on; library
+functions never read the environment themselves. Relative paths are resolved against the *course root*
+(:func:`course_root`), so a lesson in ``notebooks/`` and a terminal in the repository root see the same ``data/``."""
 
 from __future__ import annotations
 
@@ -45,7 +40,7 @@ DEFAULT_METHOD = "freeze"
 
 
 def course_root(start: Path | None = None) -> Path:
-    """Return the nearest folder at or above ``start`` that has a ``notebooks/`` folder."""
+    """Return the nearest folder at or above ``start`` that has a ``notebooks/`` folder (else ``start``)."""
     start = Path.cwd() if start is None else Path(start)
     for folder in (start, *start.parents):
         if (folder / "notebooks").is_dir():
@@ -83,15 +78,12 @@ class Config:
         return self.output_dir / "excluded.csv"
 
     @property
-    def smoke_images_per_class(self) -> int | None:
-        """How many photos per class a smoke run uses (``None``: all of them)."""
-        return 80 if self.smoke else None
-
-    @property
     def photos_per_class(self) -> int | None:
         """Photos per class the lessons load: all of them (``None``), or 80 in a quick run
         (the test split then has 8 per class: enough for a verdict that a guess passes under 1 % of the time)."""
-        return self.smoke_images_per_class
+        return 80 if self.smoke else None
+
+    smoke_images_per_class = photos_per_class  # the same number under its older name
 
     def photos(self, full: int | None = None) -> int | None:
         """Photos per class for a lesson's own sample: ``full`` (``None``: all) normally, at most 16 in a
@@ -133,15 +125,9 @@ def get_config(env: Mapping[str, str] | None = None, root: Path | None = None) -
         seed = int(get("TLCOURSE_SEED"))
     except ValueError:
         raise ConfigError(f"TLCOURSE_SEED must be an integer, got {get('TLCOURSE_SEED')!r}") from None
-    return Config(
-        data_dir=_resolve(get("TLCOURSE_DATA"), root),
-        field_test_dir=_resolve(get("TLCOURSE_FIELD_TEST"), root),
-        backbone=get("TLCOURSE_BACKBONE"),
-        output_dir=_resolve(get("TLCOURSE_OUTPUT"), root),
-        smoke=flag("TLCOURSE_SMOKE"),
-        seed=seed,
-        device=_choice("TLCOURSE_DEVICE", get("TLCOURSE_DEVICE").lower(), DEVICES, "auto, cpu, cuda or mps"),
-        offline=flag("TLCOURSE_OFFLINE"),
-        dashboard=_choice("TLCOURSE_DASHBOARD", get("TLCOURSE_DASHBOARD").lower(), DASHBOARD_MODES,
-                          "auto, widgets or text (auto: widgets in Jupyter, text elsewhere)"),
-    )
+    return Config(data_dir=_resolve(get("TLCOURSE_DATA"), root), output_dir=_resolve(get("TLCOURSE_OUTPUT"), root),
+                  field_test_dir=_resolve(get("TLCOURSE_FIELD_TEST"), root), backbone=get("TLCOURSE_BACKBONE"),
+                  smoke=flag("TLCOURSE_SMOKE"), seed=seed, offline=flag("TLCOURSE_OFFLINE"),
+                  device=_choice("TLCOURSE_DEVICE", get("TLCOURSE_DEVICE").lower(), DEVICES, "auto, cpu, cuda or mps"),
+                  dashboard=_choice("TLCOURSE_DASHBOARD", get("TLCOURSE_DASHBOARD").lower(), DASHBOARD_MODES,
+                                    "auto, widgets or text (auto: widgets in Jupyter, text elsewhere)"))

@@ -1,10 +1,5 @@
-"""Watching training: text progress, or a live dashboard in JupyterLab.
-
-``TrainingDashboard(data.classes, model.transform_settings, dataset=data.dataset("train"),
-mode=get_config().dashboard)`` as a training callback shows, in JupyterLab, tqdm's progress bars,
-matplotlib's loss and accuracy curves, the batch's first photo with its true and predicted label,
-how to stop early and a summary; elsewhere (a terminal, nbval, CI) a line per epoch and the summary.
-"""
+"""Watching training: text progress, or a live dashboard in JupyterLab (tqdm's progress bars, matplotlib's
+loss and accuracy curves, the batch's first photo with its true and predicted label, how to stop early)."""
 
 from __future__ import annotations
 
@@ -17,24 +12,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import DASHBOARD_MODES
 from .data import TransformSettings, denormalize
 from .errors import ConfigError
 from .training import Callback, TrainState
 
-#: How to stop early. There is no Stop button: a click is a message the kernel reads only after the
-#: busy cell ends, and jupyter-ui-poll 1.1, which reads it earlier, calls Kernel.do_one_iteration,
-#: which ipykernel 7 no longer has (it fails silently). Interrupt raises KeyboardInterrupt, which fit handles.
+#: How to stop early: Interrupt raises KeyboardInterrupt, which fit handles. (A Stop button's click is a
+#: message the kernel would read only after the busy cell ends.)
 STOP_HINT = ("To stop early, press ■ (Interrupt the kernel) in the toolbar: training stops at once (the "
              "batch under way is dropped), the model keeps its best finished epoch's weights and the notebook "
              "carries on.")
-
-
-def in_kernel() -> bool:
-    """True inside a Jupyter (IPython) kernel, as opposed to plain python or a terminal IPython."""
-    ipython = sys.modules.get("IPython")  # a kernel has imported it; no need to import it here
-    return getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None
 
 
 def dashboard_mode(requested: str = "auto") -> str:
@@ -50,7 +39,24 @@ def dashboard_mode(requested: str = "auto") -> str:
         import ipywidgets  # noqa: F401
     except ImportError:
         return "text"
-    return "widgets" if in_kernel() else "text"
+    ipython = sys.modules.get("IPython")  # a kernel has imported it (a terminal IPython has no .kernel)
+    return "widgets" if getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None else "text"
+
+
+def jpeg_bytes(image: Image.Image, max_side: int | None = None, quality: int = 85) -> bytes:
+    """A photo as JPEG bytes (first shrunk to ``max_side``), for the dashboard and the widgets to show."""
+    if max_side and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def to_pil(x: torch.Tensor, settings: TransformSettings) -> Image.Image:
+    """A normalised ``3 x H x W`` input as the photo the network sees."""
+    array = (denormalize(x, settings).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
 
 
 def format_duration(seconds: float) -> str:
@@ -124,12 +130,9 @@ class TextProgress(Callback):
 
 
 class TrainingDashboard(Callback):
-    """A training callback that shows training live (``mode="widgets"``) or as text.
-
-    ``settings`` (the model's ``transform_settings``) undo the sample photo's normalisation;
-    ``dataset``: when training on cached features, where the rows ``state.index`` names are read from.
-    ``stop()`` ends training after the current batch; :meth:`curve_data` gives the plotted numbers.
-    """
+    """A training callback that shows training live (``mode="widgets"``) or as text. ``settings`` (the
+    model's) undo the sample photo's normalisation; ``dataset``: when training on cached features, where
+    the rows ``state.index`` names are read from. :meth:`curve_data` gives the plotted numbers."""
 
     #: Fraction of the training time that drawing the curves and the photo may take.
     draw_budget: float = 0.02
@@ -152,12 +155,7 @@ class TrainingDashboard(Callback):
         self.draws, self.draw_seconds = 0, 0.0
         self._state = None
 
-    def stop(self) -> None:
-        """Ask training to end after the current batch (the model keeps its best weights)."""
-        if self.text is not None:
-            self.text.stop()
-        elif self._state is not None:
-            self._state.stop_requested = True  # the flag fit reads after each batch
+    stop = TextProgress.stop  # the same flag on the state this callback keeps
 
     def curve_data(self) -> dict[str, list[float]]:
         """The numbers behind the curves: per batch (x in epochs; loss, running accuracy) and per epoch."""
@@ -172,7 +170,6 @@ class TrainingDashboard(Callback):
         return {"status": self.status, "Epochs": (self._epochs_bar.n, self._epochs_bar.total),
                 "Batches": (self._batches_bar.n, self._batches_bar.total)}
 
-    # ----------------------------------------------------------------- callbacks
     def on_train_begin(self, state: TrainState) -> None:
         self._state, self._history, self._first = state, state.history, len(state.history.epochs)
         self._batch_x, self._batch_loss, self._batch_acc = [], [], []
@@ -213,7 +210,6 @@ class TrainingDashboard(Callback):
         self._draw(state)
         self._footer.value = f"<b>{html.escape(self.summary)}</b>"
 
-    # ----------------------------------------------------------------- the widgets
     def _build(self, state: TrainState) -> None:
         import ipywidgets as w
         from IPython.display import display
@@ -248,9 +244,8 @@ class TrainingDashboard(Callback):
                               f"<span class='tlcourse-status' style='color:{color}'>{status}</span>")
 
     def _maybe_draw(self, state: TrainState) -> None:
-        # Drawing takes at most draw_budget of the time so far: after a draw that took c seconds,
-        # wait c / draw_budget, and draw only if the total stays within the budget (a short run
-        # pays for no drawing but the final one).
+        # Drawing takes at most draw_budget of the time so far: after a draw that took c seconds, wait
+        # c / draw_budget, and draw only within the budget (a short run pays for the final drawing only).
         now = time.perf_counter()
         if now - self._last_draw < max(self.draw_interval, self._draw_cost / self.draw_budget):
             return
@@ -314,12 +309,7 @@ class TrainingDashboard(Callback):
             image = self.dataset[int(state.index[0])][0]
         else:
             return b"", caption + "<div style='color:#888'>No photo: cached features. Pass <code>dataset=</code>.</div>"
-        from PIL import Image
-
-        pixels = denormalize(image.detach().float().cpu(), self.settings).permute(1, 2, 0).numpy()
-        buffer = io.BytesIO()
-        Image.fromarray((pixels * 255 + 0.5).astype(np.uint8)).save(buffer, format="JPEG", quality=88)
-        return buffer.getvalue(), caption
+        return jpeg_bytes(to_pil(image.detach().float().cpu(), self.settings), quality=88), caption
 
     def _name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)

@@ -2,8 +2,7 @@
 
 Each :class:`Check` is ``ok``, ``info`` (worth knowing, not needed), ``warn`` (lessons work, something
 should be fixed) or ``missing`` (a lesson will fail; the check names the fix). The command exits
-non-zero when any check is ``missing``.
-"""
+non-zero when any check is ``missing``."""
 
 from __future__ import annotations
 
@@ -108,8 +107,7 @@ def _listing(items: list[tuple[str, str]], limit: int = 5) -> str:
 
 def check_data(data_dir: Path, verify_images: bool = True) -> list[Check]:
     """The photo folder through :func:`tlcourse.verify.verify_folder` (so doctor and lessons agree):
-    skipped files are a warning, folder-level problems are missing.
-    """
+    skipped files are a warning, folder-level problems are missing."""
     fix = f"tlcourse download-data --dest {data_dir}  (or point TLCOURSE_DATA at your photo folder)"
     if not data_dir.is_dir() or not any(p for p in data_dir.iterdir() if not p.name.startswith(".")):
         return [Check("data folder", f"{data_dir}: missing or empty", MISSING, fix)]
@@ -156,13 +154,10 @@ def check_weights(config: Config) -> list[Check]:
         if path.is_file():
             rows.append(Check(f"weights {name}", f"cached ({path})", OK))
         else:
-            rows.append(Check(
-                f"weights {name}" + (" (lessons)" if needed else ""),
-                f"not cached ({path.parent})",
-                MISSING if needed else INFO,
-                f"tlcourse prefetch-weights {name}  (or: tlcourse prefetch-weights {name} --from DIR)"
-                if needed else f"tlcourse prefetch-weights {name}",
-            ))
+            fix = f"tlcourse prefetch-weights {name}" + (f"  (or: tlcourse prefetch-weights {name} --from DIR)"
+                                                         if needed else "")
+            rows.append(Check(f"weights {name}" + (" (lessons)" if needed else ""), f"not cached ({path.parent})",
+                              MISSING if needed else INFO, fix))
     return rows
 
 
@@ -195,12 +190,7 @@ def format_table(checks: list[Check]) -> str:
         lines += [f"  - {c.name}: {c.fix}" for c in problems]
     else:
         lines.append("Ready: everything the lessons need is here.")
-    worth = [c for c in checks if c.status == WARN]
-    if worth:
-        lines.append("Worth fixing:")
-        lines += [f"  - {c.name}: {c.fix}" for c in worth]
-    optional = [c for c in checks if c.status == INFO and c.fix]
-    if optional:
-        lines.append("Optional:")
-        lines += [f"  - {c.name}: {c.fix}" for c in optional]
+    for status, title in ((WARN, "Worth fixing:"), (INFO, "Optional:")):  # a warn row always has a fix
+        rows = [f"  - {c.name}: {c.fix}" for c in checks if c.status == status and c.fix]
+        lines += [title, *rows] if rows else []
     return "\n".join(lines)

@@ -1,14 +1,10 @@
 """Getting the course's photos onto a machine, verified, from where they are published or a mirror.
 
-The course has two sets (:data:`SETS`): the example photos it trains on (``dogs_vs_hotdogs.tsv``)
-and a field test of photos from other sources, for evaluation only (``field_test.tsv``). Only their
-manifests ship with the package: class, file, sha256 and a GitHub repository pinned to a commit per
-photo. :func:`download_data` gives one manifest to `pooch <https://www.fatiando.org/pooch>`_, which
-fetches each file, checks its sha256 and only then gives it its name, in a thread pool;
-:func:`download_sets` fetches the sets into their own folders. A classroom mirror is an HTTP address
-or a local folder laid out as ``<mirror>/<class>/<file>`` for the photos and
-``<mirror>/field-test/<class>/<file>`` for the field test. Pretrained weights: :mod:`tlcourse.weights`.
-"""
+The course has two sets (:data:`SETS`): the example photos it trains on and a field test of photos
+from other sources, for evaluation only. Only their manifests ship with the package (class, file,
+sha256 and a GitHub repository pinned to a commit per photo); :func:`download_data` gives one to
+`pooch <https://www.fatiando.org/pooch>`_, which fetches each file and checks its sha256 before it
+gets its name. Pretrained weights: :mod:`tlcourse.weights`."""
 
 from __future__ import annotations
 
@@ -160,12 +156,11 @@ def download_data(dest: str | Path = "data", manifest: pd.DataFrame | str | Path
                   backoff: float = 0.5, progress: bool = True) -> DownloadReport:
     """Download the example set (or any ``manifest``) into ``dest/<class>/<file>``, verified by sha256.
 
-    A file already there with the right sha256 is kept (resume); one with other content is never
-    overwritten but reported in ``conflicts``. Transient failures (timeouts, cut connections, HTTP
-    5xx/429, a wrong hash) are retried ``retries`` times, waiting ``backoff`` seconds and doubling;
-    ``timeout`` bounds each connection and read; an unreachable server raises :class:`DownloadError`
-    after the first file's tries. ``mirror``: an ``http(s)://`` base URL or a local folder.
-    """
+    A file already there with the right sha256 is kept (resume); one with other content is never overwritten
+    but reported in ``conflicts``. Transient failures (timeouts, cut connections, HTTP 5xx/429, a wrong hash)
+    are retried ``retries`` times, waiting ``backoff`` seconds and doubling; ``timeout`` bounds each connection
+    and read; an unreachable server raises :class:`DownloadError` after the first file's tries. ``mirror``:
+    an ``http(s)://`` base URL or a local folder."""
     started, dest = time.perf_counter(), Path(dest)
     table = check_manifest(manifest) if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
     _check_mirror(mirror)
@@ -245,11 +240,8 @@ def download_data(dest: str | Path = "data", manifest: pd.DataFrame | str | Path
 
 
 def check_destinations(photos: str | Path, field_test: str | Path) -> None:
-    """Refuse a field-test folder that is the photo folder, or inside it, or holds it.
-
-    The lessons read every subfolder of the photo folder as a class: a field test inside it would be
-    trained on, and its files (named like the photos) would clash with theirs.
-    """
+    """Refuse a field-test folder that is the photo folder, or inside it, or holds it: the lessons read
+    every subfolder of the photo folder as a class, so it would be trained on."""
     a, b = Path(photos).expanduser().resolve(), Path(field_test).expanduser().resolve()
     if a == b or a in b.parents or b in a.parents:
         raise DownloadError(f"The field test's folder {field_test} and the photo folder {photos} overlap. The field "
@@ -279,13 +271,10 @@ def check_sets(dest: str | Path, field_test_dest: str | Path, sets: Iterable[str
 def download_sets(dest: str | Path, field_test_dest: str | Path, sets: Iterable[str] = tuple(SETS),
                   mirror: str | Path | None = None, manifests: dict[str, object] | None = None,
                   **options) -> dict[str, DownloadReport]:
-    """Download the course's ``sets`` (default: both, see :data:`SETS`): the photos into ``dest``, the
-    field test into ``field_test_dest``, a folder of its own (:func:`check_destinations`).
-
-    ``mirror`` serves both: the photos at ``<mirror>/<class>/<file>``, the field test at
-    ``<mirror>/field-test/<class>/<file>``. ``manifests`` replaces a set's manifest (a table or a TSV);
-    ``options`` go to :func:`download_data`. Returns one :class:`DownloadReport` per set, in order.
-    """
+    """Download the course's ``sets`` (default: both): the photos into ``dest``, the field test into
+    ``field_test_dest``, a folder of its own (:func:`check_destinations`). ``mirror`` serves both: the photos
+    at ``<mirror>/<class>/<file>``, the field test at ``<mirror>/field-test/<class>/<file>``. ``manifests``
+    replaces a set's manifest (a table or a TSV); ``options`` go to :func:`download_data`."""
     sets, manifests = list(sets), manifests or {}
     check_sets(dest, field_test_dest, sets, mirror)
     folders = {"photos": dest, "field-test": field_test_dest}

@@ -33,9 +33,7 @@ def collect_logits(model: nn.Module, loader: Iterable, device: torch.device | No
 
 def predict(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> pd.DataFrame:
     """Run ``model`` over ``loader`` (:func:`collect_logits`): one row per example, in loader order,
-    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``.
-    Taught in lesson 3.
-    """
+    with ``label``, ``pred``, ``prob_<k>`` per class (softmax of the logits) and ``confidence``. Taught in lesson 3."""
     logits, labels = collect_logits(model, loader, device)
     prob = torch.softmax(logits, dim=1).numpy()
     frame = pd.DataFrame(prob, columns=[f"prob_{k}" for k in range(prob.shape[1])])
@@ -64,10 +62,7 @@ def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] |
 def per_class_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                        class_names: Sequence[str]) -> dict[str, float]:
     """Accuracy within each class (recall), keyed by class name; NaN for a class with no examples."""
-    matrix = confusion_matrix(y_true, y_pred, len(class_names))
-    totals = matrix.sum(1)
-    return {name: (float(matrix[k, k] / totals[k]) if totals[k] else float("nan"))
-            for k, name in enumerate(class_names)}
+    return recall_table(y_true, y_pred, class_names)["recall"].to_dict()
 
 
 def confusion_frame(y_true, y_pred, class_names: Sequence[str]) -> pd.DataFrame:
@@ -81,8 +76,7 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     """Wilson score interval for a proportion ``correct / n`` (``z=1.96``: 95 %).
 
     Taught in lesson 3. Unlike the normal approximation ``p +- z*sqrt(p(1-p)/n)``, it stays inside [0, 1] and is
-    not empty at 0 or ``n`` correct: 144 of 144 gives about (0.974, 1.0), not (1.0, 1.0).
-    """
+    not empty at 0 or ``n`` correct: 144 of 144 gives about (0.974, 1.0), not (1.0, 1.0)."""
     if n <= 0 or not 0 <= correct <= n:
         raise ValueError(f"need 0 <= correct <= n and n > 0, got correct={correct}, n={n}")
     p = correct / n
@@ -99,19 +93,16 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 def balanced_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                       n_classes: int) -> float:
     """Mean recall over the classes that have examples (each class counts the same, whatever its size)."""
-    matrix = confusion_matrix(y_true, y_pred, n_classes)
-    totals = matrix.sum(1)
-    present = totals > 0
-    if not present.any():
+    recall = recall_table(y_true, y_pred, [str(k) for k in range(n_classes)])["recall"]
+    if recall.isna().all():
         raise ValueError("need at least one example")
-    return float(np.mean(np.diag(matrix)[present] / totals[present]))
+    return float(recall.mean())  # NaN (a class without examples) is skipped
 
 
 def recall_table(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                  class_names: Sequence[str]) -> pd.DataFrame:
     """One row per class: ``n`` photos, ``correct``, ``recall`` and its 95 % Wilson interval
-    (``low``, ``high``); NaN for a class without photos. Taught in lesson 7.
-    """
+    (``low``, ``high``); NaN for a class without photos. Taught in lesson 7."""
     matrix = confusion_matrix(y_true, y_pred, len(class_names))
     rows = []
     for k, name in enumerate(class_names):
@@ -151,8 +142,7 @@ def is_course_example(table: pd.DataFrame) -> bool:
     """True when every photo of a labels table is one of the course's example photos (dog/hotdog).
 
     Compares ``class/file name`` with the course's manifest (names only: cheap). The lessons
-    assert their accuracy only on these photos; on any other folder they print a verdict.
-    """
+    assert their accuracy only on these photos; on any other folder they print a verdict."""
     from .download import read_manifest  # the manifest lists the example set
 
     manifest = read_manifest()
@@ -183,28 +173,19 @@ def recall_needed(n_c: int, k: int, chance_pass: float = CHANCE_PASS) -> int:
 def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                  class_names: Sequence[str], required_accuracy: float | None = None,
                  strict: bool = False, what: str = "test") -> bool:
-    """Print whether a model learnt the task; raise ``AssertionError`` only when ``strict``.
+    """Print whether a model learnt the task; raise ``AssertionError`` only when ``strict`` (the lessons
+    pass it on the course's own photos, where the results are known). Two conditions, both printed:
 
-    Two conditions, both printed with their figures:
+    * every class is recalled more often than chance explains: at least :func:`recall_needed` of its
+      ``n_c`` photos, so that a model guessing at random among the ``k`` classes passes in every class
+      at once with probability at most ``CHANCE_PASS``. A model that always answers one class fails it;
+    * the accuracy is at least ``required_accuracy`` (``None``: not checked, as in a quick run on a
+      handful of photos, where an accuracy threshold cannot tell a model from a coin).
 
-    * every class is recalled more often than chance explains: at least
-      :func:`recall_needed` of its ``n_c`` photos, so few that a model guessing at random among
-      the ``k`` classes passes in every class at once with probability at most ``CHANCE_PASS``
-      (1 %; in a quick run, 4 of 4 photos per class). A model that always answers one class fails
-      it, however the accuracy looks on a few photos;
-    * the accuracy is at least ``required_accuracy`` (``None``: not checked, as in a quick run
-      on a handful of photos, where an accuracy threshold cannot tell a model from a coin).
-
-    ``strict``: the lessons pass it on the course's own photos, where these results are known;
-    on a learner's own folder the verdict is printed and the notebook goes on.
-    Taught in lesson 3.
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    k = len(class_names)
-    matrix = confusion_matrix(y_true, y_pred, k)
+    Taught in lesson 3."""
+    y_true, y_pred, k = np.asarray(y_true), np.asarray(y_pred), len(class_names)
     problems = []
-    for c, name in enumerate(class_names):
-        n_c, right = int(matrix[c].sum()), int(matrix[c, c])
+    for name, n_c, right in recall_table(y_true, y_pred, class_names)[["n", "correct"]].itertuples():
         needed = recall_needed(n_c, k)
         if n_c and needed > n_c:
             problems.append(f"class {name!r}: {n_c} photos are too few to tell a model from a guess")
@@ -226,23 +207,15 @@ def check_learnt(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
     return True
 
 
-def expects_known_results(data, cfg) -> bool:
-    """True where a lesson knows what its results must be: a full run on the course's own photos.
-
-    ``data``: the lesson's :class:`~tlcourse.data.CourseData`; ``cfg``: its :class:`~tlcourse.config.Config`.
-    """
-    return not cfg.smoke and is_course_example(data.table)
-
-
 def lesson_check(ok: bool, finding: str, advice: str, data, cfg) -> bool:
-    """Print a lesson's check; stop the lesson only where the result is known (:func:`expects_known_results`).
+    """Print a lesson's check; stop the lesson only where the result is known: a full run (``cfg``, the
+    lesson's :class:`~tlcourse.config.Config`) on the course's own photos (``data``, its CourseData).
 
     ``finding`` says what was found, ``advice`` what to try when it is wrong. On a learner's own photos,
-    or in a quick run, a failed check is printed and the lesson goes on: there it is news, not a fault.
-    """
+    or in a quick run, a failed check is printed and the lesson goes on: there it is news, not a fault."""
     print(("Check passed: " if ok else "Check NOT passed: ") + finding)
     if not ok:
-        if expects_known_results(data, cfg):
+        if not cfg.smoke and is_course_example(data.table):
             raise AssertionError(f"{finding}. On the course's photos this should not happen. {advice}")
         print(f"  What to try: {advice}")
     return bool(ok)
@@ -256,12 +229,9 @@ RERUN_ADVICE = ("Restart the kernel and run the lesson again from the top (Kerne
 
 def lesson_verdict(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, data, cfg,
                    course_accuracy: float = 0.97, what: str = "test") -> bool:
-    """A lesson's verdict on its model: :func:`check_learnt`, with the strictness decided here.
-
-    In a full run on the course's own photos the recipe's accuracy is known, so the lesson stops (with
-    what to try) when it is not reached; in a quick run only every class's recall is checked; on a
-    learner's own photos the verdict is printed and the lesson goes on.
-    """
+    """A lesson's verdict on its model: :func:`check_learnt`, strict on the course's own photos. In a full
+    run there the lesson stops (with what to try) below the recipe's accuracy; in a quick run only every
+    class's recall is checked; on a learner's own photos the verdict is printed and the lesson goes on."""
     try:
         learnt = check_learnt(y_true, y_pred, data.classes,
                               required_accuracy=None if cfg.smoke else course_accuracy,

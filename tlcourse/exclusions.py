@@ -1,18 +1,11 @@
 """An exclusion list: photos a learner marked as mislabelled, left out of the data without touching them.
 
-A photo in the wrong class folder, or one that shows neither class, teaches the
-model the wrong thing. Deleting or moving it would change the learner's folder
-(and cannot be undone from a notebook), so instead its path goes into a small
-CSV in the output folder (``<TLCOURSE_OUTPUT>/excluded.csv``) and
-:func:`tlcourse.data.load_course_data` leaves every listed photo out. Unmarking
-removes the line again. The photo files themselves are never opened for writing,
-moved or deleted. The list's place comes from the course settings
-(``get_config().excluded_csv``); lessons and ``tlcourse train`` pass it on.
-
-Excluded photos are removed from the split *after* it is drawn, so every other
-photo stays in the same part (train, validation or test) as before: marking one
-photo does not reshuffle the test set.
-"""
+A photo in the wrong class folder, or one that shows neither class, teaches the model the wrong thing,
+but deleting or moving it would change the learner's folder (and cannot be undone from a notebook). So
+its path goes into a CSV in the output folder (``get_config().excluded_csv``, which lessons and
+``tlcourse train`` pass on) and :func:`tlcourse.data.load_course_data` leaves it out; the photo files are
+never written, moved or deleted. Excluded photos leave the split *after* it is drawn, so every other
+photo stays in its part: marking one photo does not reshuffle the test set."""
 
 from __future__ import annotations
 
@@ -47,10 +40,8 @@ def _key(file_path: str | Path) -> str:
 class ExclusionList:
     """The photos marked as "leave out of the data", stored as a CSV (the course's: ``cfg.excluded_csv``).
 
-    Every call reads the file again, so two notebooks (or a notebook and
-    ``tlcourse train``) always see the same list. Writes are atomic. A missing
-    file is an empty list.
-    """
+    Every call reads the file again, so two notebooks (or a notebook and ``tlcourse train``) always see
+    the same list. Writes are atomic. A missing file is an empty list."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -125,12 +116,9 @@ def as_exclusion_list(exclusions: str | Path | ExclusionList | None) -> Exclusio
 
 
 def drop_excluded(table: pd.DataFrame, split, exclusions: str | Path | ExclusionList | None):
-    """``split`` without the rows of ``table`` whose photo is on the exclusion list.
-
-    ``exclusions``: a CSV path or an :class:`ExclusionList` (``None``: leave ``split`` as it is).
-    The other rows keep their part. Warns with :class:`ExcludedPhotosWarning` when photos
-    were left out, so it never happens silently.
-    """
+    """``split`` without the rows of ``table`` whose photo is on the ``exclusions`` list (a CSV path or an
+    :class:`ExclusionList`; ``None``: ``split`` as it is). The other rows keep their part. Warns with
+    :class:`ExcludedPhotosWarning` when photos were left out, so it never happens silently."""
     listing = as_exclusion_list(exclusions)
     marked = listing.paths() if listing is not None else set()
     if not marked:

@@ -1,14 +1,10 @@
 """Feature caching for the frozen method (the fast forward it uses is :mod:`tlcourse.inference`).
 
-A frozen backbone gives a photo the same feature vector every epoch, so it is computed once,
-kept in memory and on disk, and the head gets a loader of cached vectors. Vectors come from the
-deterministic evaluation transform (a random crop or flip would change them every epoch, which a
-cache cannot hold). A vector is found by its store key (backbone, weights, a fingerprint of the
-backbone's tensors, transform settings, Pillow/torchvision versions) and the sha256 of the photo's
-bytes (an edited photo is recomputed, a renamed one is not). Each store key has one file,
-``<cache_dir>/<backbone>-<weights>-<key>.pt``, written atomically and merged with what another
-process added meanwhile.
-"""
+A frozen backbone gives a photo the same feature vector every epoch, so it is computed once (with the
+deterministic evaluation transform), kept in memory and on disk, and the head gets a loader of cached
+vectors. A vector is found by its store's :class:`FeatureKey` and the sha256 of the photo's bytes (an
+edited photo is recomputed, a renamed one is not). Each store is one file, written atomically and
+merged with what another process added meanwhile."""
 
 from __future__ import annotations
 
@@ -28,7 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from .data import CourseData, TransformSettings
 from .errors import ImageLoadError
 from .files import atomic_write, sha256_file
-from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone,  # noqa: F401 - lesson 7 imports it here
+from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone,  # noqa: F401 - re-exported
                         batches_of_inputs, extract_features, for_predictions, using_threads)
 
 #: Bump when the stored layout or the way features are computed changes: old stores are then ignored.
@@ -46,11 +42,9 @@ def photo_sha256(path: str | Path) -> str:
                              "the folder.", path) from None
 
 
-# --------------------------------------------------------------------------- keys
 def backbone_fingerprint(backbone: nn.Module) -> str:
     """sha256 over the names, shapes, dtypes and values of a module's tensors: a backbone changed in
-    any weight (say by ``train_discriminative``) gets a new one.
-    """
+    any weight (say by ``train_discriminative``) gets a new one."""
     digest = hashlib.sha256(type(backbone).__name__.encode())
     for name, tensor in backbone.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -87,18 +81,12 @@ class FeatureKey(Digested):
 
 def feature_key(model: nn.Module, settings: TransformSettings | None = None) -> FeatureKey:
     """The :class:`FeatureKey` of a model's backbone (``settings``: default the model's own)."""
-    return FeatureKey(
-        backbone=model.backbone_name,
-        weights=model.weights_name or "random",
-        fingerprint=backbone_fingerprint(model.backbone),
-        settings=settings or model.transform_settings,
-    )
+    return FeatureKey(backbone=model.backbone_name, weights=model.weights_name or "random",
+                      fingerprint=backbone_fingerprint(model.backbone), settings=settings or model.transform_settings)
 
 
-# --------------------------------------------------------------------------- the cache
-# In-memory stores, one per store key: {id: feature vector}, the id being the photo's content sha256
-# (augcache adds ":<view>"). Shared by every call in a process (a notebook kernel), so a second lesson
-# or a second run reuses them without touching disk.
+# In-memory stores by store key: {photo sha256 (augcache adds ":<view>"): vector}, shared by every call
+# in a process (a notebook kernel), so a second lesson or run reuses them without touching disk.
 MEMORY: dict[str, dict[str, torch.Tensor]] = {}
 
 
@@ -123,9 +111,7 @@ def read_store(path: Path, digest: str) -> dict[str, torch.Tensor]:
 def write_store(path: Path, digest: str, store: dict[str, torch.Tensor], meta: dict) -> None:
     """Write a store atomically, merged with whatever another process wrote since we read it.
 
-    ``meta`` says in words what the vectors are (backbone, weights, settings), for a person reading the file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ``meta`` says in words what the vectors are (backbone, weights, settings), for a person reading the file."""
     merged = {**read_store(path, digest), **store}
     ids = sorted(merged)
     blob = {"version": FORMAT_VERSION, "key": digest, "meta": meta, "ids": ids,
@@ -192,18 +178,14 @@ class FeatureSet(CacheCounts):
     labels: torch.Tensor  # N, int64
     sha256: list[str]
     file_paths: list[str]
+
     def __len__(self) -> int:
         return len(self.labels)
 
-    def dataset(self) -> "FeatureDataset":
-        """A ``Dataset`` of ``(features, label, index)`` triples."""
-        return FeatureDataset(self.features, self.labels)
-
     def loader(self, batch_size: int = 32, shuffle: bool = False, seed: int = 0) -> DataLoader:
         """A DataLoader of ``(features, y, index)`` batches in the same order as the image loader with the
-        same ``seed`` (same samplers and generator), each batch one indexing of the feature matrix.
-        """
-        dataset = self.dataset()
+        same ``seed`` (same samplers and generator), each batch one indexing of the feature matrix."""
+        dataset = FeatureDataset(self.features, self.labels)
         generator = torch.Generator().manual_seed(seed)
         rows = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         return DataLoader(dataset, sampler=BatchSampler(rows, batch_size, drop_last=False), batch_size=None,
@@ -229,19 +211,12 @@ class FeatureDataset(Dataset):
         return self.features[i], self.labels[i], i
 
 
-def features_for_files(
-    model: nn.Module,
-    file_paths: Sequence[str],
-    labels: Sequence[int] | torch.Tensor,
-    cache_dir: str | Path | None = None,
-    settings: TransformSettings | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-    verbose: bool = False,
-) -> FeatureSet:
+def features_for_files(model: nn.Module, file_paths: Sequence[str], labels: Sequence[int] | torch.Tensor,
+                       cache_dir: str | Path | None = None, settings: TransformSettings | None = None,
+                       batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
+                       verbose: bool = False) -> FeatureSet:
     """Features for photo files: from memory, else from ``cache_dir`` (``None``: memory only), else
-    computed once and stored. Rows follow ``file_paths``; the counts say where each came from.
-    """
+    computed once and stored. Rows follow ``file_paths``; the counts say where each came from."""
     started = time.perf_counter()
     settings = settings or model.transform_settings
     key = feature_key(model, settings)
@@ -270,19 +245,11 @@ def features_for_files(
     return result
 
 
-def compute_features(
-    model: nn.Module,
-    data: CourseData,
-    parts: str | Sequence[str] = ("train", "val", "test"),
-    cache_dir: str | Path | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-    verbose: bool = False,
-) -> dict[str, FeatureSet]:
+def compute_features(model: nn.Module, data: CourseData, parts: str | Sequence[str] = ("train", "val", "test"),
+                     cache_dir: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                     decode_threads: int = DEFAULT_DECODE_THREADS, verbose: bool = False) -> dict[str, FeatureSet]:
     """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
-    rows in the order of ``data.part(part)``.
-    Taught in lesson 3.
-    """
+    rows in the order of ``data.part(part)``. Taught in lesson 3."""
     data.use_settings(model.transform_settings)  # features at another input size than the model's: refused
     parts = [parts] if isinstance(parts, str) else list(parts)
     tables = {name: data.part(name) for name in parts}

@@ -1,11 +1,8 @@
 """A field test: how a trained model does on a folder of photos from elsewhere.
 
-A test split comes from the same source as the training photos, so it flatters: the first photos
-from another camera or website tell more. This module turns the predictions on such a folder into
-what a learner needs to judge them: recall per class with its 95 % interval (a handful of photos
-per class leaves a wide one), balanced accuracy (one class's recall cannot hide behind the other's
-count) and the list of mistakes to look at.
-"""
+A test split comes from the same source as the training photos, so it flatters: photos from another
+camera or website tell more. Their report has recall per class with its 95 % interval (a handful of
+photos per class leaves a wide one), balanced accuracy and the list of mistakes to look at."""
 
 from __future__ import annotations
 
@@ -26,8 +23,7 @@ def load_field_test(classes: Sequence[str], folder: str | Path,
     """The field-test photos in ``folder`` (the course's is ``get_config().field_test_dir``, set by
     ``TLCOURSE_FIELD_TEST``) as a labels table with the training classes' labels, or ``None`` with one
     printed line saying why, how to get one, and (``instead``) what the lesson does without it: the
-    folder is missing, or its classes are not the training classes.
-    """
+    folder is missing, or its classes are not the training classes."""
     path = Path(folder).expanduser()
     how = ("`tlcourse download-data` fetches the course's field test there; for your own photos, point "
            "TLCOURSE_FIELD_TEST at a folder of photos from elsewhere laid out like the training folder")
@@ -48,8 +44,7 @@ def load_field_test(classes: Sequence[str], folder: str | Path,
 def mistakes(frame: pd.DataFrame, file_paths: Sequence[str | Path], class_names: Sequence[str]) -> pd.DataFrame:
     """The wrongly predicted photos of a :func:`~tlcourse.evaluation.predict` frame (rows in
     ``file_paths`` order): ``file``, ``true``, ``predicted`` and the predicted class's ``probability``,
-    the most confident mistakes first (those are the surprising ones).
-    """
+    the most confident mistakes first (those are the surprising ones)."""
     if len(frame) != len(file_paths):
         raise ValueError(f"{len(frame)} predictions but {len(file_paths)} files")
     wrong = frame.index[frame["label"].to_numpy() != frame["pred"].to_numpy()]

@@ -14,8 +14,7 @@ from typing import BinaryIO, Iterator
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Open a unique hidden temporary file beside ``path``; on success it replaces ``path`` at once.
 
-    On any error (a full disk, Ctrl-C) the temporary file is removed and ``path`` stays as it was.
-    """
+    On any error (a full disk, Ctrl-C) the temporary file is removed and ``path`` stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # "xb" rather than tempfile.mkstemp: mkstemp's 0600 permissions would survive the rename.

@@ -3,8 +3,7 @@
 The last convolutional block still has a spatial map (7 x 7 for a 224 px input) of channels that each
 respond to some pattern. Grad-CAM weighs each channel by how much the class's logit grows with it
 (the gradient, averaged over the map), sums the weighted channels and keeps the positive part: the
-regions that speak *for* the class. A forward hook keeps the block's output, a backward hook its gradient.
-"""
+regions that speak *for* the class. A forward hook keeps the block's output, a backward hook its gradient."""
 
 from __future__ import annotations
 
@@ -34,14 +33,11 @@ def last_conv_block(model: nn.Module) -> nn.Module:
 
 
 class GradCAM:
-    """Grad-CAM maps of ``model`` at ``layer`` (default :func:`last_conv_block`).
+    """Grad-CAM maps of ``model`` at ``layer`` (default :func:`last_conv_block`). Taught in lesson 7.
 
-    ``cam = GradCAM(model); maps = cam(x)`` gives one map per photo for its predicted class (or
-    ``target``), at the layer's resolution; :func:`upsample` brings them to the photo's size.
-    The model's weights and modes are left as they were (a frozen backbone stays frozen: the
-    gradient is taken with respect to the block's output, not its weights).
-    Taught in lesson 7.
-    """
+    ``GradCAM(model)(x)`` gives one map per photo for its predicted class (or ``target``), at the layer's
+    resolution; :func:`upsample` brings them to the photo's size. The model's weights and modes are left
+    as they were (the gradient is taken with respect to the block's output, not its weights)."""
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None):
         self.model = model
@@ -69,9 +65,8 @@ class GradCAM:
                 if target is None:
                     target = logits.argmax(1)
                 target = torch.as_tensor(target, device=logits.device).expand(len(x))
-                # Sum of each photo's own class logit: photos do not mix (eval mode, no batch statistics).
-                # The gradient w.r.t. the input only: the hooks see the block's gradient on the way, and no
-                # parameter's .grad is written (a later training step would otherwise start from it).
+                # Each photo's own class logit (eval mode: photos do not mix), differentiated w.r.t. the input
+                # only: the hooks see the block's gradient on the way, and no parameter's .grad is written.
                 torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), x)
         finally:
             for handle in handles:
@@ -95,8 +90,7 @@ def show_gradcam(image: torch.Tensor | np.ndarray, heatmap: torch.Tensor | np.nd
     image, heatmap = np.asarray(image, dtype=np.float32), np.asarray(heatmap, dtype=np.float32)
     if image.ndim == 3 and image.shape[0] == 3:
         image = image.transpose(1, 2, 0)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3, 3))
+    ax = ax or plt.subplots(figsize=(3, 3))[1]
     ax.imshow(image)
     ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1)
     ax.axis("off")

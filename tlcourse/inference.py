@@ -1,12 +1,10 @@
 """Fast inference on the CPU: a backbone prepared for predictions only, fed by a thread that decodes
 the next photos while it runs. The feature cache (:mod:`tlcourse.features`), the augmented views
-(:mod:`tlcourse.augcache`), the robustness report and ``tlcourse evaluate`` use it.
-"""
+(:mod:`tlcourse.augcache`), the robustness report and ``tlcourse evaluate`` use it."""
 
 from __future__ import annotations
 
 import copy
-import functools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,7 +13,6 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from .data import TransformSettings, eval_transform, load_image
 from .models import model_device
@@ -31,12 +28,10 @@ T = TypeVar("T")
 
 
 class FastBackbone:
-    """A copy of a model's backbone prepared for fast inference; the model itself is not changed.
-
-    ``torch.inference_mode`` (no autograd bookkeeping), ``channels_last`` (oneDNN's depthwise and 1x1
-    convolutions are faster in NHWC) and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``;
-    the same affine map). Outputs match ``model.features`` to float rounding (the tests check it).
-    """
+    """A copy of a model's backbone prepared for fast inference (the model itself is not changed):
+    ``torch.inference_mode``, ``channels_last`` (oneDNN's depthwise and 1x1 convolutions are faster in NHWC)
+    and BatchNorm folded into the convolutions (``torch.fx`` ``fuse``). Outputs match ``model.features``
+    to float rounding."""
 
     def __init__(self, model: nn.Module, channels_last: bool = True, fuse: bool = True):
         backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
@@ -82,15 +77,9 @@ def for_predictions(model: nn.Module) -> nn.Module:
     return FastModel(model) if hasattr(model, "backbone") and hasattr(model, "head") else model
 
 
-def decode(path: str, transform: v2.Compose) -> torch.Tensor:
-    """One photo through ``transform``: the same loader as CSVDataset, so inputs are identical."""
-    return transform(load_image(path))
-
-
 def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> Iterator[T]:
     """The results of ``jobs`` in order, each started up to ``ahead`` jobs early in ``threads`` threads
-    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for.
-    """
+    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for."""
     if threads <= 0:
         for job in jobs:
             yield job()
@@ -110,20 +99,14 @@ def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> 
                 future.cancel()
 
 
-def batches_of_inputs(
-    paths: Sequence[str],
-    settings: TransformSettings,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-) -> Iterator[torch.Tensor]:
+def batches_of_inputs(paths: Sequence[str], settings: TransformSettings, batch_size: int = DEFAULT_BATCH_SIZE,
+                      decode_threads: int = DEFAULT_DECODE_THREADS) -> Iterator[torch.Tensor]:
     """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
 
     Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
-    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread.
-    """
+    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread."""
     transform = eval_transform(settings)
-    inputs = ahead_of_time((functools.partial(decode, p, transform) for p in paths), decode_threads,
-                           ahead=2 * batch_size)
+    inputs = ahead_of_time((lambda p=p: transform(load_image(p)) for p in paths), decode_threads, ahead=2 * batch_size)
     while batch := list(islice(inputs, batch_size)):
         yield torch.stack(batch)
 
@@ -141,20 +124,13 @@ def using_threads(n: int) -> Iterator[None]:
 
 def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
     """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder
-    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all).
-    """
+    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all)."""
     return max(1, torch.get_num_threads() - max(0, decode_threads))
 
 
-def extract_features(
-    model: nn.Module,
-    paths: Sequence[str],
-    settings: TransformSettings | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    decode_threads: int = DEFAULT_DECODE_THREADS,
-    fast: FastBackbone | None = None,
-    torch_threads: int | None = None,
-) -> torch.Tensor:
+def extract_features(model: nn.Module, paths: Sequence[str], settings: TransformSettings | None = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
+                     fast: FastBackbone | None = None, torch_threads: int | None = None) -> torch.Tensor:
     """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
     settings = settings or model.transform_settings
     fast = fast or FastBackbone(model)

@@ -1,18 +1,12 @@
 """The learning-rate range test (the "LR finder"): train briefly with a rate that grows every batch,
 watch the loss, and read a good rate off the curve.
 
-One pass over the training batches, the rate growing exponentially from ``start_lr`` to ``end_lr``.
 At first the rate is too small to change anything and the loss stays flat; then it falls; past a
 point the steps overshoot and the loss shoots up. A good rate lies on the falling part, well below
-the blow-up. The raw per-batch losses are noisy, so they are smoothed (an exponential moving
-average, corrected for its start at zero, as in Adam). Nothing the test trains survives: the
-model's weights and buffers, the optimizer's state and rates, the train/eval mode, torch's random
-number generator and the loader's shuffling generator are put back afterwards.
-
-With several parameter groups (discriminative rates: head and backbone) every group's rate is
-scaled by the same factor, so the ratio between them stays what the optimizer was built with; the
-curve and the suggestion are given as the first group's rate.
-"""
+the blow-up. The noisy per-batch losses are smoothed (an exponential moving average, corrected for
+its start at zero, as in Adam). Nothing the test trains survives: the model's weights and buffers,
+the optimizer's state and rates, the train/eval mode, torch's random number generator and the
+loader's shuffling generator are put back afterwards."""
 
 from __future__ import annotations
 
@@ -84,8 +78,7 @@ def suggestion_index(lrs: np.ndarray, losses: np.ndarray, rule: str = "valley") 
       from the blow-up.
     * ``"steepest"``: where the loss falls fastest per factor of rate (the most negative slope
       against log(rate), over a tenth of the curve), before the lowest loss. Noise moves it more.
-    * ``"minimum"``: a tenth of the rate at the lowest loss (the older rule of thumb).
-    """
+    * ``"minimum"``: a tenth of the rate at the lowest loss (the older rule of thumb)."""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) != len(losses) or len(lrs) < 3:
         raise ValueError(f"need at least 3 (rate, loss) points of equal number, got {len(lrs)} and {len(losses)}")
@@ -125,27 +118,16 @@ def _cycle(loader: Iterable) -> Iterator:
             return
 
 
-def lr_range_test(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    steps: int = 100,
-    beta: float = 0.98,
-    diverge: float = 4.0,
-    rule: str = "valley",
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-    device: torch.device | None = None,
-) -> RangeTest:
+def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, start_lr: float = 1e-7,
+                  end_lr: float = 10.0, steps: int = 100, beta: float = 0.98, diverge: float = 4.0,
+                  rule: str = "valley", loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                  device: torch.device | None = None) -> RangeTest:
     """Run the learning-rate range test and put everything back; returns a :class:`RangeTest`.
 
-    The first parameter group's rate grows from ``start_lr`` to ``end_lr`` over ``steps`` batches
+    The first parameter group's rate grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` batches
     (the loader is repeated if it is shorter); the other groups keep their ratio to it. The test
     stops early once the smoothed loss exceeds ``diverge`` times its lowest value (or is not finite).
-    ``loader`` yields ``(x, y)`` or ``(x, y, index)``.
-    Taught in lesson 6.
-    """
+    ``loader`` yields ``(x, y)`` or ``(x, y, index)``. Taught in lesson 6."""
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if steps < 3:
@@ -200,10 +182,7 @@ def lr_range_test(
         raise DataError(f"the range test ran only {len(lrs)} batch(es): give it a loader with training batches "
                         "and at least 3 steps before the loss blows up (a smaller start_lr helps)")
     lrs_, losses_ = np.asarray(lrs), np.asarray(smoothed)
-    if stopped_early:  # the last point is the blow-up itself: not a candidate
-        usable = slice(0, len(lrs_) - 1)
-    else:
-        usable = slice(0, len(lrs_))
+    usable = slice(0, len(lrs_) - 1 if stopped_early else len(lrs_))  # the blow-up itself is no candidate
     index = suggestion_index(lrs_[usable], losses_[usable], rule)
     return RangeTest(lrs=lrs_, losses=losses_, raw_losses=np.asarray(raw), ratios=ratios,
                      suggestion=float(lrs_[index]), rule=rule, stopped_early=stopped_early)

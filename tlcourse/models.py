@@ -1,8 +1,7 @@
 """Models: a pretrained torchvision backbone as a feature extractor with a new head that outputs logits.
 
 No Softmax inside the model: ``F.cross_entropy`` applies log-softmax itself, and a Softmax before
-it (as in the original notebook) squashes the gradients. :func:`predict_proba` gives probabilities.
-"""
+it (as in the original notebook) squashes the gradients. :func:`predict_proba` gives probabilities."""
 
 from __future__ import annotations
 
@@ -56,19 +55,16 @@ def _split_backbone(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def feature_size(backbone: nn.Module, crop: int = 224) -> int:
-    """Length of the feature vector the backbone outputs for one ``3 x crop x crop`` image (computed, not hard-coded)."""
+    """Length of the feature vector the backbone outputs for one ``3 x crop x crop`` image (measured)."""
     with eval_mode(backbone):  # a dummy forward must not touch BatchNorm running statistics
         return int(backbone(torch.zeros(1, 3, crop, crop)).flatten(1).shape[1])
 
 
 class TransferClassifier(nn.Module):
-    """A pretrained backbone (feature extractor) followed by a new head that outputs logits.
+    """A pretrained backbone (feature extractor) followed by a new head that outputs logits. Taught in lesson 2.
 
-    The model knows what it is: its constructor arguments (:meth:`arguments`) name the backbone,
-    its weights, the input transform and the head's shape; a checkpoint stores them. ``freeze()``
-    stops the backbone from learning, BatchNorm statistics included, even in train mode.
-    Taught in lesson 2.
-    """
+    Its constructor arguments (:meth:`arguments`: backbone, weights, input transform, head) are what a
+    checkpoint stores. ``freeze()`` stops the backbone from learning, BatchNorm statistics included."""
 
     def __init__(self, backbone: nn.Module, n_features: int, n_classes: int, hidden: int | None = None,
                  dropout: float = 0.2, backbone_name: str = "", weights_name: str | None = None,
@@ -107,12 +103,10 @@ class TransferClassifier(nn.Module):
         return self
 
     def unfreeze(self, update_batchnorm: bool = True) -> "TransferClassifier":
-        """Let the backbone learn again: all its parameters get gradients.
+        """Let the backbone learn again: all its parameters get gradients. Taught in lesson 4.
 
-        ``update_batchnorm=False`` keeps BatchNorm's running statistics the pretrained ones: those
-        of small batches of a small dataset are noisy, and the later layers were trained on the others.
-        Taught in lesson 4.
-        """
+        ``update_batchnorm=False`` keeps BatchNorm's pretrained running statistics: those of small batches of a
+        small dataset are noisy, and the later layers were trained on the others."""
         self.backbone.requires_grad_(True)
         self.frozen = False
         self.update_batchnorm = update_batchnorm
@@ -131,20 +125,12 @@ class TransferClassifier(nn.Module):
         return self
 
 
-def build_model(
-    n_classes: int,
-    backbone: str = "mobilenet_v2",
-    weights: str | None = "DEFAULT",
-    hidden: int | None = None,
-    dropout: float = 0.2,
-    offline: bool = False,
-) -> TransferClassifier:
-    """Build a :class:`TransferClassifier` from a torchvision backbone name.
+def build_model(n_classes: int, backbone: str = "mobilenet_v2", weights: str | None = "DEFAULT",
+                hidden: int | None = None, dropout: float = 0.2, offline: bool = False) -> TransferClassifier:
+    """Build a :class:`TransferClassifier` from a torchvision backbone name. Taught in lesson 2.
 
     ``weights="DEFAULT"``: the best ImageNet weights torchvision has (from the torch cache, downloaded
-    unless ``offline``); ``None``: random weights (quick, for tests).
-    Taught in lesson 2.
-    """
+    unless ``offline``); ``None``: random weights (quick, for tests)."""
     enum = weights_enum(backbone, weights)
     model = rebuild({"backbone_name": backbone, "weights_name": None if enum is None else str(enum),
                      "n_classes": n_classes, "hidden": hidden, "dropout": dropout,
@@ -168,17 +154,11 @@ def rebuild(arguments: dict[str, Any]) -> TransferClassifier:
 def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
                  weight_decay: float = 0.01) -> list[dict[str, Any]]:
     """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
-    pretrained backbone at the smaller ``backbone_lr``; frozen parameters are left out. Both groups get
-    ``weight_decay`` (AdamW's default, as both recipes use).
-    Taught in lesson 4.
-    """
-    groups = [
-        {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr, "name": "head"},
-        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": backbone_lr,
-         "name": "backbone"},
-    ]
-    for group in groups:
-        group["weight_decay"] = weight_decay
+    pretrained backbone at the smaller ``backbone_lr``, both with ``weight_decay`` (AdamW's default);
+    frozen parameters are left out. Taught in lesson 4."""
+    groups = [{"params": [p for p in part.parameters() if p.requires_grad], "lr": lr, "name": name,
+               "weight_decay": weight_decay}
+              for name, part, lr in (("head", model.head, head_lr), ("backbone", model.backbone, backbone_lr))]
     return [g for g in groups if g["params"]]
 
 

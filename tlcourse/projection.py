@@ -1,13 +1,9 @@
 """Principal component analysis with ``torch.linalg``: a picture of a feature space in two dimensions.
 
-The first principal components are the directions along which the feature vectors vary most.
-Centre the vectors (subtract their mean), take the singular value decomposition
-``X - mean = U S V^T``: the rows of ``V^T`` are the directions, ordered by how much variance
-each carries (``S**2 / (n - 1)``), and projecting onto the first two gives the best 2-D picture in
-the least-squares sense. A component's sign is arbitrary (``-v`` is as good as ``v``); here each
-is flipped so that its largest entry (in absolute value) is positive, so the same data always
-gives the same picture.
-"""
+Centre the vectors and take the singular value decomposition ``X - mean = U S V^T``: the rows of
+``V^T`` are the directions along which the vectors vary most, ordered by variance (``S**2 / (n - 1)``);
+projecting onto the first two gives the best 2-D picture in the least-squares sense. A component's sign
+is arbitrary: each is flipped so that its largest entry is positive, so the same data gives the same picture."""
 
 from __future__ import annotations
 

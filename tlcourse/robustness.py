@@ -1,10 +1,8 @@
 """Robustness report: a model's accuracy on a folder when its photos are changed in controlled ways.
 
 A field test says *that* a model misses photos from elsewhere; changing the photos one way at a time
-says *what* it is sensitive to: small web images, JPEG artefacts, blur, light, framing. Each change is
-made in memory on the decoded photo, before the model's usual evaluation transform; nothing is written
-next to the learner's photos.
-"""
+says *what* it is sensitive to: small web images, JPEG artefacts, blur, light, framing. The changes are
+made in memory; nothing is written next to the learner's photos."""
 
 from __future__ import annotations
 
@@ -26,7 +24,6 @@ from .evaluation import predict, prediction_scores
 from .inference import for_predictions
 
 
-# --------------------------------------------------------------------------- the changes
 def long_side(image: Image.Image, pixels: int) -> Image.Image:
     """Shrink so that the longer side is ``pixels`` (aspect kept, bicubic with antialiasing, as a website's
     thumbnail); a photo already that small is returned unchanged (never enlarged)."""
@@ -103,20 +100,16 @@ DEFAULT_CHANGES: tuple[Change, ...] = (
 )
 
 
-# --------------------------------------------------------------------------- the report
 def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
                       changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
                       device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Accuracy of ``model`` on the photos of a labels table (``file_path``, ``label``) under each change.
+    """Accuracy of ``model`` on the photos of a labels table under each change, each followed by the
+    model's evaluation transform. Taught in lesson 7.
 
-    One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``),
-    ``balanced_accuracy``, ``recall_<class>`` and ``drop`` (accuracy lost against the first change,
-    the unchanged photos). The model's own evaluation transform follows each change.
-    Taught in lesson 7.
-    """
+    One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``), ``balanced_accuracy``,
+    ``recall_<class>`` and ``drop`` (accuracy lost against the first change, the unchanged photos)."""
     transform = eval_transform(model.transform_settings)
-    # Every change is one more pass over the photos: the fast forward of the feature cache makes it cheaper.
-    net = for_predictions(model)
+    net = for_predictions(model)  # every change is one more pass over the photos: the fast forward
     rows = []
     for change in changes:
         if progress is not None:
@@ -137,16 +130,14 @@ def plot_robustness(report: pd.DataFrame, ax=None, title: str | None = None):
     """Horizontal bars of accuracy per change with their 95 % intervals; the unchanged accuracy as a line."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 0.35 * len(report) + 1))
+    ax = ax or plt.subplots(figsize=(6, 0.35 * len(report) + 1))[1]
     y = np.arange(len(report))[::-1]
     acc = report["accuracy"].to_numpy()
     errors = np.vstack([acc - report["low"].to_numpy(), report["high"].to_numpy() - acc])
     ax.barh(y, acc, xerr=errors, color="tab:blue", alpha=0.8, capsize=3)
     ax.axvline(acc[0], color="black", linestyle="--", linewidth=1, label=f"{report.index[0]}: {acc[0]:.0%}")
     ax.set_yticks(y, report.index)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy (bars: 95 % interval)")
+    ax.set(xlim=(0, 1), xlabel="accuracy (bars: 95 % interval)")
     ax.legend(loc="lower left")
     if title:
         ax.set_title(title)

@@ -1,11 +1,6 @@
 """What pretraining is worth: the material for training the same network from scratch beside the
-pretrained one, on the same photos (the photos from elsewhere are read by :mod:`tlcourse.fieldtest`).
-
-Training a whole network is the expensive part, so the photos are decoded once, at a smaller size,
-into tensors kept in memory; every epoch of both networks then reads the same tensors. The field
-test (photos from other sources than the training photos) is for evaluation only: it is never
-split, trained or tuned on.
-"""
+pretrained one, on the same photos, decoded once at a smaller size into tensors kept in memory that
+every epoch of both networks reads. (The field test, for evaluation only, is :mod:`tlcourse.fieldtest`'s.)"""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Training: a loop with correct loss handling, an evaluation pass, callbacks, device and seed helpers.
 
-The model outputs logits and the loss is ``F.cross_entropy`` (log-softmax inside, numerically
-stable); the epoch loss is the sum of per-example losses over the number of examples, so a short
-last batch counts as much as it should. The loop knows nothing about displays: callbacks follow it
-and may set ``state.stop_requested``.
-"""
+The loss is ``F.cross_entropy`` of the logits (log-softmax inside, numerically stable); the epoch loss
+is the sum of per-example losses over the number of examples, so a short last batch counts as it should."""
 
 from __future__ import annotations
 
@@ -28,15 +25,10 @@ from .evaluation import collect_logits
 from .models import model_device
 
 
-# --------------------------------------------------------------------------- helpers
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and PyTorch so a run can be repeated.
-
-    On a CPU with the same software and thread count, the same seed repeats the split, the
-    weights and every metric bit for bit. On a GPU cuDNN may add numbers in a varying order;
-    ``deterministic=True`` asks PyTorch for deterministic algorithms (slower; fine-tuning's
-    adaptive pooling still has none on CUDA, so small differences remain there).
-    """
+    """Seed Python, NumPy and PyTorch so a run can be repeated: on a CPU with the same software and
+    thread count, bit for bit. On a GPU cuDNN may add numbers in a varying order; ``deterministic=True``
+    asks PyTorch for deterministic algorithms (slower; fine-tuning's adaptive pooling has none on CUDA)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
@@ -52,8 +44,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def choose_device(preference: str = "auto") -> torch.device:
     """Pick CUDA if available, else Apple's MPS, else the CPU (or the one asked for: raises at once,
-    with the fix, if this machine lacks it).
-    """
+    with the fix, if this machine lacks it)."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if preference == "auto":
         return torch.device(next((kind for kind, ok in available.items() if ok), "cpu"))
@@ -64,7 +55,6 @@ def choose_device(preference: str = "auto") -> torch.device:
     return device
 
 
-# --------------------------------------------------------------------------- history and state
 @dataclass
 class History:
     """What a training run measured: one record per finished epoch and one per batch."""
@@ -126,7 +116,6 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None: ...
 
 
-# --------------------------------------------------------------------------- evaluation pass
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict[str, float]:
     """Mean cross-entropy loss and accuracy over a whole loader, in eval mode without gradients
     (:func:`~tlcourse.evaluation.collect_logits`). Taught in lesson 3."""
@@ -138,35 +127,21 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
             "n": len(labels)}
 
 
-# --------------------------------------------------------------------------- the loop
-def fit(
-    model: nn.Module,
-    train_loader: Sequence | Iterable,
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    val_loader: Iterable | None = None,
-    callbacks: Iterable[Callback] = (),
-    device: torch.device | None = None,
-    keep_best: bool = True,
-    history: History | None = None,
-    catch_interrupt: bool = True,
-    scheduler: Any | None = None,
-) -> History:
-    """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
+def fit(model: nn.Module, train_loader: Sequence | Iterable, optimizer: torch.optim.Optimizer, epochs: int,
+        val_loader: Iterable | None = None, callbacks: Iterable[Callback] = (), device: torch.device | None = None,
+        keep_best: bool = True, history: History | None = None, catch_interrupt: bool = True,
+        scheduler: Any | None = None) -> History:
+    """Train ``model`` for ``epochs`` epochs and return its :class:`History`. Taught in lesson 3.
 
-    Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` reaches callbacks as ``state.index``.
-    After each epoch the model is evaluated on ``val_loader``; with ``keep_best`` the best epoch's
-    weights (validation accuracy, then lower loss) are put back at the end, also after a stop or an
-    interrupt. A callback's stop request ends training after the current batch; the kernel's
-    Interrupt (KeyboardInterrupt, caught when ``catch_interrupt``) arrives mid-batch, so that batch is
-    dropped; either way the history holds the finished epochs.
-    An earlier ``history`` continues its epoch numbering (resuming; its best epoch must be beaten).
-    A NaN or infinite loss raises :class:`NonFiniteLossError` naming the likely cause.
-    A ``scheduler`` (any ``torch.optim.lr_scheduler``) is stepped once per batch, after the
-    optimizer; each batch record holds the rate it trained with (``lr``, the first parameter
-    group's, and ``lr_<name>`` per named group).
-    Taught in lesson 3.
-    """
+    Loaders yield ``(x, y)`` or ``(x, y, index)``; ``index`` reaches callbacks as ``state.index``. After each
+    epoch the model is evaluated on ``val_loader``; with ``keep_best`` the best epoch's weights (validation
+    accuracy, then lower loss) are put back at the end, also after a stop or an interrupt. A callback's stop
+    request ends training after the current batch; the kernel's Interrupt (KeyboardInterrupt, caught when
+    ``catch_interrupt``) drops the batch under way; either way the history holds the finished epochs. An
+    earlier ``history`` continues its epoch numbering (resuming; its best epoch must be beaten). A NaN or
+    infinite loss raises :class:`NonFiniteLossError` naming the likely cause. A ``scheduler`` (any
+    ``torch.optim.lr_scheduler``) is stepped once per batch, after the optimizer; each batch record holds
+    the rates it trained with (``lr``, the first group's, and ``lr_<name>`` per named group)."""
     device = device or model_device(model)
     history = history if history is not None else History()
     history.interrupted = history.stopped_early = False  # these describe the latest run
@@ -242,11 +217,9 @@ def fit(
         if not catch_interrupt:
             raise
         history.interrupted = True
-        print(
-            f"Training interrupted in epoch {state.epoch + 1}, batch {state.batch + 1}; "
-            f"{len(history.epochs)} epoch(s) finished"
-            + (f", keeping the best weights (epoch {history.best_epoch + 1})." if best_state is not None else ".")
-        )
+        print(f"Training interrupted in epoch {state.epoch + 1}, batch {state.batch + 1}; "
+              f"{len(history.epochs)} epoch(s) finished"
+              + (f", keeping the best weights (epoch {history.best_epoch + 1})." if best_state is not None else "."))
     finally:
         if keep_best and best_state is not None:
             model.load_state_dict(best_state)
@@ -280,8 +253,7 @@ def _rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 def _score(record: dict[str, float]) -> tuple[float, float]:
     """How good an epoch is: validation accuracy, then (on a tie, common with a small validation set)
-    lower validation loss.
-    """
+    lower validation loss."""
     if "val_acc" in record:
         return record["val_acc"], -record["val_loss"]
     return record["train_acc"], -record["train_loss"]

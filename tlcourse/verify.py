@@ -1,9 +1,5 @@
-"""Check a photo folder before training: every file decoded once, a summary table, a clear verdict.
-
-``print(verify_folder("data"))`` shows, per class, how many images are usable and why the others
-are skipped, plus the problems that stop training (missing folder, one class, an empty class, too
-few images to split). The folder is only read.
-"""
+"""Check a photo folder before training: every file decoded once, a summary table per class, the
+problems that stop training and a clear verdict (``print(verify_folder("data"))``). The folder is only read."""
 
 from __future__ import annotations
 
@@ -26,12 +22,9 @@ PROBLEM_COLUMNS = ["file_path", "class_name", "kind", "reason", "quiet"]
 
 @dataclass
 class FolderReport:
-    """The result of :func:`verify_folder`.
-
-    ``images``: usable images (``file_path, label, class_name, width, height, mode, format``);
-    ``problems``: skipped files (``file_path, class_name, kind, reason, quiet``; ``quiet``: hidden or
-    system files); ``errors``: what stops training, each with the fix; ``warnings``: what is worth fixing.
-    """
+    """The result of :func:`verify_folder`: usable ``images`` (the scan's table, with sizes), skipped files
+    as ``problems`` (``quiet``: hidden or system files), ``errors`` that stop training, each with the fix,
+    and ``warnings`` worth fixing."""
 
     root: Path
     classes: list[str]
@@ -126,17 +119,11 @@ def _relative(path: str | Path, root: Path) -> str:
     return path.relative_to(base).as_posix() if base is not None else str(path)
 
 
-def verify_folder(
-    root: str | Path,
-    check: str = "decode",
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-) -> FolderReport:
-    """Check a folder of class subfolders before training, without changing anything in it.
-
-    Every image is decoded as training will decode it (``check="decode"``; ``"header"`` is quicker but
-    misses truncated files). Never raises for the folder's content: problems are listed in
-    :attr:`FolderReport.errors` with their fixes.
-    """
+def verify_folder(root: str | Path, check: str = "decode",
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> FolderReport:
+    """Check a folder of class subfolders before training, without changing anything in it. Every image
+    is decoded as training will decode it (``check="decode"``; ``"header"`` is quicker but misses truncated
+    files). Never raises for the folder's content: :attr:`FolderReport.errors` lists problems and fixes."""
     started = time.perf_counter()
     scan = inspect_folder(root, check)
     exceptions = list(scan.errors)
@@ -156,15 +143,7 @@ def verify_folder(
         warnings.append(
             f"Classes are unbalanced ({', '.join(f'{k} {v}' for k, v in counts.sort_index().items())}): "
             "accuracy then mostly reflects the big class; add images to the small one(s).")
-    return FolderReport(
-        root=Path(root),
-        classes=scan.classes,
-        images=scan.table.reset_index(drop=True),
-        problems=_frame(sorted(scan.skipped, key=lambda s: s.path)),
-        errors=[str(e) for e in exceptions],
-        warnings=warnings,
-        check=check,
-        seconds=time.perf_counter() - started,
-        exceptions=exceptions,
-        skipped=list(scan.skipped),
-    )
+    return FolderReport(root=Path(root), classes=scan.classes, images=scan.table.reset_index(drop=True),
+                        problems=_frame(sorted(scan.skipped, key=lambda s: s.path)),
+                        errors=[str(e) for e in exceptions], warnings=warnings, check=check,
+                        seconds=time.perf_counter() - started, exceptions=exceptions, skipped=list(scan.skipped))

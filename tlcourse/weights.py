@@ -1,10 +1,6 @@
 """Pretrained weights in the torch cache (``$TORCH_HOME/hub/checkpoints``), for lessons that run offline.
 
-:func:`prefetch_weights` downloads each backbone's file from torchvision's address, or
-installs it from a folder (a USB stick, another machine's torch cache), and checks that
-it loads into the model. torchvision names its files after their sha256
-(``mobilenet_v2-7ebf99e0.pth``), and a download must match that prefix.
-"""
+torchvision names its files after their sha256 (``mobilenet_v2-7ebf99e0.pth``): a download must match."""
 
 from __future__ import annotations
 
@@ -23,12 +19,9 @@ import torchvision
 from .errors import DataError, DownloadError, WeightsUnavailableError
 from .files import atomic_write, sha256_file
 
-#: Backbones the course is tested with; any torchvision classification model name also works.
+#: The backbones the course supports and tests (lesson 2 compares them). build_model builds other torchvision
+#: classifiers too, untested: GoogLeNet and Inception v3 fail (auxiliary outputs in training mode).
 SUPPORTED_BACKBONES = ("mobilenet_v2", "resnet18", "vgg11")
-
-#: torchvision's file names end in ``-<first hex digits of the sha256>.<ending>`` (torch.hub's convention).
-HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
-
 
 @dataclass
 class WeightsResult:
@@ -42,8 +35,9 @@ class WeightsResult:
 
 
 def hash_prefix(file_name: str) -> str | None:
-    """The sha256 prefix torchvision puts in a weights file name (``mobilenet_v2-7ebf99e0.pth`` -> ``7ebf99e0``)."""
-    match = HASH_IN_NAME.search(file_name)
+    """The sha256 prefix torchvision puts in a weights file name (``mobilenet_v2-7ebf99e0.pth`` -> ``7ebf99e0``),
+    torch.hub's convention ``<name>-<first hex digits of the sha256>.<ending>``."""
+    match = re.search(r"-([a-f0-9]*)\.", file_name)
     return match.group(1) if match else None
 
 
@@ -51,20 +45,16 @@ def weights_enum(backbone: str, weights: str | None = "DEFAULT"):
     """Return the torchvision weights enum member for ``backbone`` (``None`` for no weights)."""
     # Checked also for weights=None, so a typo in TLCOURSE_BACKBONE gets the same clear message.
     if backbone not in torchvision.models.list_models(module=torchvision.models):
-        raise DataError(
-            f"Unknown backbone {backbone!r}. Use a torchvision classification model name, "
-            f"for example one of {', '.join(SUPPORTED_BACKBONES)}."
-        )
+        raise DataError(f"Unknown backbone {backbone!r}. Use one of the course's backbones, "
+                        f"{', '.join(SUPPORTED_BACKBONES)} (other torchvision classification models are untested).")
     if weights is None:
         return None
     enum = torchvision.models.get_model_weights(backbone)
     try:
         return enum[weights]
     except KeyError:
-        raise DataError(
-            f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
-            f"{', '.join(member.name for member in enum)}, or None for random weights."
-        ) from None
+        raise DataError(f"Unknown weights {weights!r} for {backbone}. Use one of: DEFAULT, "
+                        f"{', '.join(member.name for member in enum)}, or None for random weights.") from None
 
 
 def weights_path(weights) -> Path:
@@ -74,16 +64,13 @@ def weights_path(weights) -> Path:
 
 def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> dict[str, torch.Tensor]:
     """Load the state dict for ``weights`` from the torch cache, downloading it unless ``offline``
-    (giving up after ``timeout`` seconds); the error names the file and where it was looked for.
-    """
+    (giving up after ``timeout`` seconds); the error names the file and where it was looked for."""
     path = weights_path(weights)
     if not path.is_file():
-        hint = (
-            f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
-            f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
-            f"Fix: run `tlcourse prefetch-weights` on a machine with internet, or copy {path.name} "
-            f"into {path.parent}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it."
-        )
+        hint = (f"Pretrained weights {path.name} are not in the torch cache ({path.parent}, "
+                f"from TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, default ~/.cache/torch>')}). "
+                f"Fix: run `tlcourse prefetch-weights` on a machine with internet, or copy {path.name} "
+                f"into {path.parent}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it.")
         if offline:
             raise WeightsUnavailableError(hint + " (TLCOURSE_OFFLINE is set, so no download was tried.)")
         try:
@@ -95,8 +82,7 @@ def load_state_dict(weights, timeout: float = 15.0, offline: bool = False) -> di
 
 def verify_weights_file(path: str | Path, backbone: str) -> tuple[str, str | None]:
     """Check that ``path`` loads as a state dict that fits ``backbone``: ``(sha256, warning)``, the
-    warning when the sha256 does not start with the prefix in the file name (not torchvision's file).
-    """
+    warning when the sha256 does not start with the prefix in the file name (not torchvision's file)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -122,8 +108,7 @@ def verify_weights_file(path: str | Path, backbone: str) -> tuple[str, str | Non
 
 def download_weights_file(url: str, target: Path, timeout: float = 30.0, progress: bool = True) -> None:
     """Download ``url`` to ``target`` (pooch's HTTP downloader, ``timeout`` per connection and read);
-    the file gets its name only if its sha256 starts with the prefix in ``target``'s name.
-    """
+    the file gets its name only if its sha256 starts with the prefix in ``target``'s name."""
     target = Path(target)
     try:
         with atomic_write(target) as handle:
@@ -135,18 +120,9 @@ def download_weights_file(url: str, target: Path, timeout: float = 30.0, progres
                                     f"{expected}. Nothing was installed; try again, or install the file from a "
                                     "folder with --from DIR.")
     except requests.RequestException as error:
-        raise DownloadError(
-            f"Could not download {url}: {error}. Check the network connection, or copy the weights from a "
-            "machine that has them (its $TORCH_HOME/hub/checkpoints) with `tlcourse prefetch-weights --from DIR`."
-        ) from error
-
-
-def _find_in_folder(folder: Path, file_name: str) -> Path | None:
-    """``file_name`` directly in ``folder`` or in a copied torch cache inside it (``hub/checkpoints``)."""
-    for candidate in (folder / file_name, folder / "checkpoints" / file_name, folder / "hub" / "checkpoints" / file_name):
-        if candidate.is_file():
-            return candidate
-    return None
+        raise DownloadError(f"Could not download {url}: {error}. Check the network connection, or copy the weights "
+                            "from a machine that has them (its $TORCH_HOME/hub/checkpoints) with "
+                            "`tlcourse prefetch-weights --from DIR`.") from error
 
 
 def _install(found: Path, target: Path) -> str:
@@ -162,8 +138,7 @@ def prefetch_weights(backbones: Iterable[str], source_dir: str | Path | None = N
     """Put each backbone's default pretrained weights into the torch cache, verified (:func:`verify_weights_file`).
 
     Downloaded from torchvision's address unless cached (``offline``: a missing file is an error), or
-    copied from ``source_dir`` (a USB stick, another machine's torch cache).
-    """
+    copied from ``source_dir`` (a USB stick, another machine's torch cache)."""
     results = []
     for backbone in backbones:
         enum = weights_enum(backbone)
@@ -172,7 +147,8 @@ def prefetch_weights(backbones: Iterable[str], source_dir: str | Path | None = N
             folder = Path(source_dir)
             if not folder.is_dir():
                 raise DownloadError(f"Folder not found: {folder}")
-            found = _find_in_folder(folder, target.name)
+            found = next((f / target.name for f in (folder, folder / "checkpoints", folder / "hub" / "checkpoints")
+                          if (f / target.name).is_file()), None)  # the folder, or a torch cache copied into it
             if found is None:
                 raise DownloadError(
                     f"{target.name} (torchvision's file for {backbone}) is not in {folder} (also looked in its "

@@ -1,13 +1,11 @@
 """The ``tlcourse`` command (also ``python -m tlcourse``): set up a machine for the course and run the
 reference solution from a terminal. Each command lives in the module of its group (``photos``, ``machine``,
 ``model``); heavy imports (torch) happen inside the commands that need them, so ``--help`` and
-``download-data`` start quickly.
-"""
+``download-data`` start quickly."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from .. import __version__
@@ -20,7 +18,6 @@ from .model import cmd_evaluate, cmd_predict, cmd_robustness, cmd_train
 from .photos import MIRROR_HELP, cmd_download_data
 
 
-# --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all commands (also used to test every ``--help``)."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -175,7 +172,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected errors name the fix; a traceback would hide it. Anything else is a bug and keeps its traceback.
         err(" ".join(str(error).split()))
         return EXIT_FAIL
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

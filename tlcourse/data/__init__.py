@@ -1,7 +1,6 @@
 """Data: from a folder of class subfolders to a labels table (:mod:`.folders`), photos (:mod:`.images`),
 transforms (:mod:`.transforms`), a seeded split (:mod:`.split`) and the course's Datasets (:mod:`.course`).
-Every public name is importable from ``tlcourse.data``, as the lessons do.
-"""
+Every public name is importable from ``tlcourse.data``, as the lessons do."""
 
 from .course import CourseData, CSVDataset, load_course_data, make_loader
 from .folders import (IMAGE_EXTENSIONS, LABEL_COLUMNS, SYSTEM_FILES, FolderScan, SkippedFile, SkippedFilesWarning,

@@ -21,7 +21,8 @@ from .transforms import TransformSettings, eval_transform, train_transform
 
 
 class CSVDataset(Dataset):
-    """``(image, label)`` pairs from a labels table or CSV; ``transform`` applies to the image only. Taught in lesson 1."""
+    """``(image, label)`` pairs from a labels table or CSV; ``transform`` applies to the image only.
+    Taught in lesson 1."""
 
     def __init__(self, table: pd.DataFrame | str | Path, transform: Callable | None = None):
         self.table = read_labels_csv(table) if isinstance(table, (str, Path)) else table.reset_index(drop=True)
@@ -46,36 +47,20 @@ class CSVDataset(Dataset):
         return class_names(self.table)
 
 
-def make_loader(
-    dataset: Dataset,
-    batch_size: int = 32,
-    shuffle: bool = False,
-    seed: int = 0,
-    num_workers: int = 0,
-) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int = 32, shuffle: bool = False, seed: int = 0,
+                num_workers: int = 0) -> DataLoader:
     """A DataLoader with a seeded shuffle; ``num_workers=0`` by default, as worker processes re-import
-    the notebook on Windows and macOS.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
+    the notebook on Windows and macOS."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 @dataclass
 class CourseData:
-    """A labels table with its seeded split, and the input transform settings of the model that uses it.
-
-    ``settings`` come from the model's weights: pass ``model.transform_settings`` (or
-    ``TransformSettings.from_weights(...)``) to :func:`load_course_data`, or leave them out and the
-    first model that trains on the data sets them (:meth:`use_settings`). A model with other settings
-    is refused: its features and predictions would be computed at another input size.
-    """
+    """A labels table with its seeded split, and the input transform settings of the model that uses it:
+    pass ``model.transform_settings`` to :func:`load_course_data`, or leave them out and the first model that
+    trains on the data sets them (:meth:`use_settings`). A model with other settings is refused: its features
+    and predictions would be computed at another input size."""
 
     table: pd.DataFrame
     split: Split
@@ -113,24 +98,17 @@ class CourseData:
         return make_loader(self.dataset(name, augment), batch_size, shuffle, seed, num_workers)
 
 
-def load_course_data(
-    data_dir: str | Path,
-    settings: TransformSettings | None = None,
-    seed: int = 0,
-    per_class: int | None = None,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    check: str = "decode",
-    skipped: list[SkippedFile] | None = None,
-    exclusions: str | Path | None = None,
-) -> CourseData:
+def load_course_data(data_dir: str | Path, settings: TransformSettings | None = None, seed: int = 0,
+                     per_class: int | None = None, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                     check: str = "decode", skipped: list[SkippedFile] | None = None,
+                     exclusions: str | Path | None = None) -> CourseData:
     """Scan ``data_dir``, optionally keep ``per_class`` images per class, and split it from ``seed``.
+    Taught in lesson 1.
 
-    Every photo is decoded first (``check="decode"``): an empty, truncated or corrupt file is left
-    out and named (one :class:`SkippedFilesWarning`, or in ``skipped``) instead of stopping training
-    later. ``settings``: the model's transform settings (``None``: the first model's, see
-    :class:`CourseData`). Photos listed in the ``exclusions`` CSV (the course's: ``cfg.excluded_csv``)
-    are then left out of every part; see :mod:`tlcourse.exclusions`. Taught in lesson 1.
-    """
+    Every photo is decoded first (``check="decode"``): an empty, truncated or corrupt file is left out and
+    named (one :class:`SkippedFilesWarning`, or in ``skipped``) instead of stopping training later.
+    ``settings``: the model's transform settings (``None``: the first model's, see :class:`CourseData`).
+    Photos listed in the ``exclusions`` CSV (``cfg.excluded_csv``) are left out of every part."""
     with warnings.catch_warnings():
         if skipped is not None:  # the caller reports them
             warnings.simplefilter("ignore", SkippedFilesWarning)

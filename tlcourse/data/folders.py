@@ -1,8 +1,7 @@
 """Folders: from a folder of class subfolders (``data/dog/*.jpg``, ``data/hotdog/*.jpg``) to a labels table.
 
 A learner's photo folder is never clean: the README's "Preparing your own photos" lists what is
-used, skipped quietly (hidden and system files), skipped with a warning, or a clear error.
-"""
+used, skipped quietly (hidden and system files), skipped with a warning, or a clear error."""
 
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ class SkippedFilesWarning(UserWarning):
 @dataclass(frozen=True)
 class SkippedFile:
     """A file (or hidden folder) that scanning left out: ``reason`` reads ``"<kind>: <details and fix>"``;
-    ``quiet`` marks hidden and system files, skipped without a warning.
-    """
+    ``quiet`` marks hidden and system files, skipped without a warning."""
 
     path: Path
     reason: str
@@ -91,22 +89,16 @@ def find_classes(root: str | Path) -> list[str]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
     if not classes:
         loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        hint = (
-            f" It holds {len(loose)} image(s) directly: did you point at one class folder? "
-            f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead."
-            if loose else ""
-        )
-        raise DataError(
-            f"No class subfolders in {root}. Put each class's images in its own subfolder, "
-            f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}"
-        )
+        hint = (f" It holds {len(loose)} image(s) directly: did you point at one class folder? "
+                f"Point TLCOURSE_DATA at the folder above it ({root.resolve().parent}) instead." if loose else "")
+        raise DataError(f"No class subfolders in {root}. Put each class's images in its own subfolder, "
+                        f"e.g. {root / 'dog'} and {root / 'hotdog'}.{hint}")
     return classes
 
 
 def _walk(class_dir: Path, class_name: str | None) -> tuple[list[Path], list[SkippedFile]]:
     """Candidate image files under ``class_dir`` (nested folders too; hidden ones not entered, link loops
-    guarded) and what was left out.
-    """
+    guarded) and what was left out."""
     files: list[Path] = []
     skipped: list[SkippedFile] = []
     seen: set[str] = set()
@@ -152,10 +144,8 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
         classes = find_classes(root)
     except (DataError, DataNotFoundError) as error:
         return FolderScan(root, [], pd.DataFrame(columns=columns), [], [error], check)
-    skipped: list[SkippedFile] = [
-        SkippedFile(p, "hidden folder: not a class", None, quiet=True)
-        for p in sorted(root.iterdir()) if p.is_dir() and _is_hidden(p)
-    ]
+    skipped: list[SkippedFile] = [SkippedFile(p, "hidden folder: not a class", None, quiet=True)
+                                  for p in sorted(root.iterdir()) if p.is_dir() and _is_hidden(p)]
     for path in sorted(p for p in root.iterdir() if p.is_file()):
         if path.suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(path):
             skipped.append(SkippedFile(path, "outside any class folder: move it into its class's folder"))
@@ -174,31 +164,24 @@ def inspect_folder(root: str | Path, check: str = "header") -> FolderScan:
     table = pd.DataFrame(rows, columns=columns)
     errors: list[Exception] = []
     if len(classes) == 1:
-        errors.append(DataError(
-            f"Only one class folder ({classes[0]}) in {root}: a classifier needs at least two classes. "
-            f"Add a folder for each other class next to {root / classes[0]}, or point TLCOURSE_DATA at "
-            "the folder that holds all the class folders."
-        ))
+        errors.append(DataError(f"Only one class folder ({classes[0]}) in {root}: a classifier needs at least two "
+                                f"classes. Add a folder for each other class next to {root / classes[0]}, or point "
+                                "TLCOURSE_DATA at the folder that holds all the class folders."))
     used = set(table["class_name"])
     for name in classes:
         if name not in used:
             left_out = worth_warning([s for s in skipped if s.class_name == name])
             detail = (f" ({len(left_out)} file(s) skipped, e.g. {left_out[0].path.name}: {left_out[0].reason})"
                       if left_out else "")
-            errors.append(DataError(
-                f"Class folder without usable images in {root}: {name}{detail}. "
-                "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."
-            ))
+            errors.append(DataError(f"Class folder without usable images in {root}: {name}{detail}. "
+                                    "Add images (" + ", ".join(IMAGE_EXTENSIONS) + ") or remove the empty folder."))
     return FolderScan(root, classes, table, skipped, errors, check)
 
 
 def label_folder(root: str | Path, class_names: Sequence[str],
                  skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
-    """Scan a folder to evaluate a trained model on: rows labelled with the *model's* class indices.
-
-    Unlike :func:`scan_folder`, a folder with only some of the classes is fine (a field test of one
-    class); a class folder the model does not know raises. Unusable files go to ``skipped``.
-    """
+    """Scan a folder to evaluate a trained model on: rows labelled with the *model's* class indices. A
+    folder with only some of the classes is fine; a class folder the model does not know raises."""
     root = Path(root)
     find_classes(root)  # a missing folder or one without class subfolders: clear error, with the fix
     scan = inspect_folder(root, check="header")
@@ -208,10 +191,8 @@ def label_folder(root: str | Path, class_names: Sequence[str],
         raise scan.errors[0] if scan.errors else DataError(f"No images in the class folders of {root}.")
     unknown = sorted(set(scan.classes) - set(class_names))
     if unknown:
-        raise DataError(
-            f"{root} has class folder(s) {unknown} that the model does not know; it was trained on "
-            f"{list(class_names)}. Use a folder whose subfolders are named like those classes."
-        )
+        raise DataError(f"{root} has class folder(s) {unknown} that the model does not know; it was trained on "
+                        f"{list(class_names)}. Use a folder whose subfolders are named like those classes.")
     table = scan.table.copy()
     table["label"] = table["class_name"].map({name: k for k, name in enumerate(class_names)}).astype(int)
     return table.reset_index(drop=True)
@@ -220,11 +201,9 @@ def label_folder(root: str | Path, class_names: Sequence[str],
 def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFile] | None = None) -> pd.DataFrame:
     """Scan a folder of class subfolders into a table ``file_path, label, class_name``.
 
-    Labels follow the sorted class names; images in nested folders belong to their class. Files
-    that cannot be used (see :func:`inspect_image` for ``check``) are appended to ``skipped`` and,
-    except hidden and system files, named in one :class:`SkippedFilesWarning`. Folder-level
-    problems raise with the folder and the fix.
-    """
+    Labels follow the sorted class names; images in nested folders belong to their class. Unusable files
+    (see :func:`inspect_image` for ``check``) go to ``skipped`` and, except hidden and system files, into
+    one :class:`SkippedFilesWarning`. Folder-level problems raise with the folder and the fix."""
     scan = inspect_folder(root, check)
     if skipped is not None:
         skipped.extend(scan.skipped)
@@ -234,12 +213,8 @@ def scan_folder(root: str | Path, check: str = "header", skipped: list[SkippedFi
     if loud:
         shown = "; ".join(f"{s.path.relative_to(scan.root)} ({s.reason})" for s in loud[:10])
         more = f"; and {len(loud) - 10} more" if len(loud) > 10 else ""
-        warnings.warn(
-            f"Skipped {len(loud)} file(s) in {scan.root}: {shown}{more}. "
-            f"See them all with tlcourse.verify.verify_folder({str(scan.root)!r}).",
-            SkippedFilesWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"Skipped {len(loud)} file(s) in {scan.root}: {shown}{more}. See them all with "
+                      f"tlcourse.verify.verify_folder({str(scan.root)!r}).", SkippedFilesWarning, stacklevel=2)
     return scan.table[LABEL_COLUMNS].reset_index(drop=True)
 
 
@@ -252,15 +227,11 @@ def write_labels_csv(table: pd.DataFrame, out_csv: str | Path) -> Path:
 
 def create_csv(root: str | Path, out_csv: str | Path) -> pd.DataFrame:
     """The original notebook's ``create_csv``, fixed: scan ``root`` and write the table to ``out_csv``,
-    never into the photo folder.
-    Taught in lesson 1.
-    """
+    never into the photo folder. Taught in lesson 1."""
     root, out_csv = Path(root).resolve(), Path(out_csv).resolve()
     if root in out_csv.parents:
-        raise DataError(
-            f"Refusing to write {out_csv} inside the photo folder {root}: derived files "
-            "belong in the output folder (TLCOURSE_OUTPUT, default outputs/)."
-        )
+        raise DataError(f"Refusing to write {out_csv} inside the photo folder {root}: derived files "
+                        "belong in the output folder (TLCOURSE_OUTPUT, default outputs/).")
     table = scan_folder(root)
     write_labels_csv(table, out_csv)
     return table
@@ -274,9 +245,7 @@ def read_labels_csv(csv_path: str | Path) -> pd.DataFrame:
     table = pd.read_csv(csv_path)
     missing = [c for c in LABEL_COLUMNS if c not in table.columns]
     if missing:
-        raise DataError(
-            f"{csv_path} lacks column(s) {missing}; expected {LABEL_COLUMNS}. Recreate it with create_csv."
-        )
+        raise DataError(f"{csv_path} lacks column(s) {missing}; expected {LABEL_COLUMNS}. Recreate it with create_csv.")
     return table[LABEL_COLUMNS]
 
 

@@ -28,15 +28,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a damaged EXIF block must not cost the learner the photo itself
         pass
-    if img.mode in _SIXTEEN_BIT_MODES:
-        # Pillow's own convert() clips 16-bit values at 255, turning a 16-bit photo
-        # white; scale the 0..65535 range to 0..255 instead.
+    if img.mode in _SIXTEEN_BIT_MODES:  # Pillow's convert() would clip at 255 (a white photo): scale instead
         values = np.asarray(img, dtype=np.float64) / 257.0
         img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
-        # Composite on white rather than dropping alpha: the hidden colour of transparent
-        # pixels is arbitrary (often black), which would frame the object in a colour
-        # the model could learn instead of the object.
+        # On white, not dropping alpha: the hidden colour of transparent pixels is arbitrary (often black),
+        # a frame the model could learn instead of the object.
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
@@ -44,12 +41,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB, upright (EXIF), whatever its format and mode.
+    """Open an image as 8-bit RGB, upright (EXIF), whatever its format and mode. Taught in lesson 1.
 
-    16-bit images are scaled, not clipped; transparency is composited on white; animations give
-    their first frame. Raises :class:`ImageLoadError` naming the file, the reason and the fix.
-    Taught in lesson 1.
-    """
+    16-bit images are scaled, not clipped; transparency is composited on white; animations give their first
+    frame. Raises :class:`ImageLoadError` naming the file, the reason and the fix."""
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -73,21 +68,17 @@ def load_image(path: str | Path) -> Image.Image:
 def _too_large_reason(width: int, height: int) -> str | None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
-        return (
-            f"too large: {width}x{height} = {width * height:,} pixels is over Pillow's decompression-bomb "
-            f"limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); shrink it, e.g. to 2000 px on the long side"
-        )
+        return (f"too large: {width}x{height} = {width * height:,} pixels is over Pillow's decompression-bomb "
+                f"limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); shrink it, e.g. to 2000 px on the long side")
     return None
 
 
 def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, object] | None, str | None]:
     """Look at one image file: ``(info, None)`` when it is usable, ``(None, reason)`` when not.
 
-    ``check``: ``"none"`` (only that it is not empty), ``"header"`` (format and size: empty, not an
-    image, smaller than :data:`MIN_IMAGE_SIDE`, over Pillow's decompression-bomb limit) or ``"decode"``
-    (also the pixels, as :func:`load_image` converts them: corrupt and truncated files too).
-    Images over the bomb limit are skipped, not loaded: such a file is almost always a mistake.
-    """
+    ``check``: ``"none"`` (only that it is not empty), ``"header"`` (format and size: empty, not an image,
+    smaller than :data:`MIN_IMAGE_SIDE`, over Pillow's decompression-bomb limit: skipped, not loaded) or
+    ``"decode"`` (also the pixels, as :func:`load_image` converts them: corrupt and truncated files too)."""
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     path = Path(path)
@@ -111,13 +102,9 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
                 if too_large:
                     return None, too_large
                 if min(width, height) < MIN_IMAGE_SIDE:
-                    return None, (
-                        f"too small: {width}x{height} px, the course needs at least {MIN_IMAGE_SIDE} px "
-                        "on the short side; probably a placeholder or a broken thumbnail"
-                    )
-                if check == "decode":
-                    # draft() lets libjpeg scale down while decoding (1/8 size): cheaper, and it
-                    # still reads every byte, so truncation and broken data streams are found.
+                    return None, (f"too small: {width}x{height} px, the course needs at least {MIN_IMAGE_SIDE} px "
+                                  "on the short side; probably a placeholder or a broken thumbnail")
+                if check == "decode":  # draft(): libjpeg decodes at 1/8 size, still reading every byte
                     img.draft(None, (max(1, width // 8), max(1, height // 8)))
                     to_rgb(img)
     except Image.DecompressionBombError as error:  # over twice the limit: Pillow refuses to open it
@@ -125,8 +112,6 @@ def inspect_image(path: str | Path, check: str = "header") -> tuple[dict[str, ob
                       "e.g. to 2000 px on the long side")
     except UnidentifiedImageError:
         return None, "not an image: unreadable content (corrupt, or not really a photo despite its ending); replace it"
-    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:
-        # Pillow reports damaged data with several types: "image file is truncated",
-        # "broken data stream", SyntaxError from some plugins, struct.error on short headers.
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as error:  # Pillow's types for damaged data
         return None, f"corrupt or truncated: {error}; replace it with a good copy"
     return info, None

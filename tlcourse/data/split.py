@@ -23,18 +23,11 @@ class Split:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def stratified_split(
-    labels: Sequence[int] | np.ndarray,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    class_names: Sequence[str] | None = None,
-) -> Split:
-    """Split indices into disjoint train/val/test parts, keeping each class's share, from a seed.
-
-    Each class is shuffled with ``numpy.random.default_rng(seed)`` and cut at ``round(n * val)`` and
-    ``round(n * test)``: the same seed and labels give the same split on every machine.
-    Taught in lesson 1.
-    """
+def stratified_split(labels: Sequence[int] | np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                     seed: int = 0, class_names: Sequence[str] | None = None) -> Split:
+    """Split indices into disjoint train/val/test parts, keeping each class's share, from a seed: each
+    class is shuffled with ``numpy.random.default_rng(seed)`` and cut at ``round(n * val)`` and
+    ``round(n * test)``, the same on every machine. Taught in lesson 1."""
     labels = np.asarray(labels)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
@@ -46,11 +39,9 @@ def stratified_split(
         n_test = max(1, round(len(idx) * fractions[2])) if fractions[2] > 0 else 0
         if len(idx) - n_val - n_test < 1:
             name = class_names[label] if class_names is not None else label
-            raise DataError(
-                f"Class {name!r} has only {len(idx)} image(s): too few for a {fractions} "
-                f"train/val/test split (it needs at least {n_val + n_test + 1}; aim for 20 or more). "
-                "Add images to that class folder."
-            )
+            raise DataError(f"Class {name!r} has only {len(idx)} image(s): too few for a {fractions} "
+                            f"train/val/test split (it needs at least {n_val + n_test + 1}; aim for 20 or more). "
+                            "Add images to that class folder.")
         idx = rng.permutation(idx)
         parts["val"].append(idx[:n_val])
         parts["test"].append(idx[n_val : n_val + n_test])

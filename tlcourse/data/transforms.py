@@ -1,6 +1,5 @@
 """Transforms: the original notebook's two hand-written ones (fixed), and the model's input pipeline,
-whose sizes and normalisation come from the pretrained weights.
-"""
+whose sizes and normalisation come from the pretrained weights."""
 
 from __future__ import annotations
 
@@ -20,10 +19,8 @@ class SquareCrop:
     """The original's hand-written transform, fixed: resize the short side to ``size``, crop a square.
     Taught in lesson 1.
 
-    PIL's ``image.size`` is ``(width, height)``. The original named the two the other way round,
-    consistently, so its output was right (a naming slip); its defect was a random crop at test time.
-    ``random=False`` takes the centre crop (as torchvision's ``Resize`` + ``CenterCrop``).
-    """
+    PIL's ``image.size`` is ``(width, height)``; the original named the two the other way round, consistently
+    (a naming slip). Its defect was a random crop at test time: ``random=False`` takes the centre crop."""
 
     def __init__(self, size: int, random: bool = False):
         if not isinstance(size, int) or size < 1:
@@ -60,8 +57,7 @@ class TransformSettings:
     """What the model's input pipeline needs: sizes, resampling and normalisation statistics.
 
     A model built from pretrained weights carries its own (:meth:`from_weights`); the defaults are
-    the ImageNet standard, which a model without pretrained weights uses. Taught in lesson 1.
-    """
+    the ImageNet standard, which a model without pretrained weights uses. Taught in lesson 1."""
 
     resize: int = 256
     crop: int = 224
@@ -84,17 +80,11 @@ class TransformSettings:
 def eval_transform(settings: TransformSettings) -> v2.Compose:
     """Deterministic evaluation transform: resize, centre crop, tensor, normalise (random crops at test
     time, as in the original, make the test accuracy change from run to run). For pretrained weights
-    it equals their own ``weights.transforms()``. Taught in lesson 1.
-    """
-    return v2.Compose(
-        [
-            v2.Resize(settings.resize, interpolation=InterpolationMode(settings.interpolation), antialias=True),
-            v2.CenterCrop(settings.crop),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(settings.mean), std=list(settings.std)),
-        ]
-    )
+    it equals their own ``weights.transforms()``. Taught in lesson 1."""
+    return v2.Compose([
+        v2.Resize(settings.resize, interpolation=InterpolationMode(settings.interpolation), antialias=True),
+        v2.CenterCrop(settings.crop), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(settings.mean), std=list(settings.std))])
 
 
 def downscale(image: Image.Image, factor: float) -> Image.Image:

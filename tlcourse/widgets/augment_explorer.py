@@ -17,15 +17,12 @@ from ..errors import DataError
 from .common import interactive, jpeg_bytes, to_pil
 
 class AugmentationExplorer:
-    """Sliders for the training transform's random parts, and a grid of what they do to one photo.
+    """Sliders for the training transform's random parts, and a grid of what they do to one photo. Taught in lesson 1.
 
-    ``photos`` is one photo path or a list (then a menu picks one). The grid
-    shows ``n`` draws of the transform, de-normalised: what the network receives
-    during training. It starts from the course's own augmentation (``AugmentSettings()``,
-    what the recipes train on). The draws are seeded, so moving a slider changes only what
-    that setting does; "New draws" picks other random numbers.
-    Taught in lesson 1.
-    """
+    ``photos``: one photo path or a list (a menu picks one). The grid shows ``n`` seeded draws of the
+    transform, de-normalised: what the network receives in training, starting from the course's own
+    augmentation (``AugmentSettings()``). Moving a slider changes only what that setting does; "New
+    draws" picks other random numbers."""
 
     def __init__(self, photos: str | Path | Sequence[str | Path], settings: TransformSettings = TransformSettings(),
                  augmentation: AugmentSettings = AugmentSettings(), n: int = 8, columns: int = 4, seed: int = 0,
@@ -92,20 +89,16 @@ class AugmentationExplorer:
 
         a = self.augmentation
         style = {"description_width": "150px"}
-        wide = w.Layout(width="460px")
-        self.scale_slider = w.FloatRangeSlider(value=a.scale, min=0.05, max=1.0, step=0.05, readout_format=".2f",
-                                               description="crop keeps (area)", style=style, layout=wide,
-                                               continuous_update=False)
+
+        def slider(kind, value, low: float, high: float, description: str):
+            return kind(value=value, min=low, max=high, step=0.05, readout_format=".2f", description=description,
+                        style=style, layout=w.Layout(width="460px"), continuous_update=False)
+
+        self.scale_slider = slider(w.FloatRangeSlider, a.scale, 0.05, 1.0, "crop keeps (area)")
         self.flip_box = w.Checkbox(value=bool(a.flip), description="random left-right flip", indent=False)
-        self.jitter_slider = w.FloatSlider(value=a.brightness, min=0.0, max=0.8, step=0.05, readout_format=".2f",
-                                           description="colour jitter", style=style, layout=wide,
-                                           continuous_update=False)
-        self.downscale_slider = w.FloatSlider(value=a.downscale_p, min=0.0, max=1.0, step=0.05,
-                                              readout_format=".2f", description="downscale chance", style=style,
-                                              layout=wide, continuous_update=False)
-        self.factor_slider = w.FloatRangeSlider(value=a.downscale, min=0.05, max=1.0, step=0.05,
-                                                readout_format=".2f", description="downscale to (x side)",
-                                                style=style, layout=wide, continuous_update=False)
+        self.jitter_slider = slider(w.FloatSlider, a.brightness, 0.0, 0.8, "colour jitter")
+        self.downscale_slider = slider(w.FloatSlider, a.downscale_p, 0.0, 1.0, "downscale chance")
+        self.factor_slider = slider(w.FloatRangeSlider, a.downscale, 0.05, 1.0, "downscale to (x side)")
         self.redraw_button = w.Button(description="New draws", icon="refresh")
         hint = w.HTML('<div style="color:#555;font-size:0.9em">crop keeps: the share of the photo\'s area in each '
                       'random crop · colour jitter: up to this much brighter/darker, more/less contrast and '

@@ -21,11 +21,8 @@ SORTS = {"loss": ("loss", False), "confidence": ("confidence", True)}
 
 
 def with_loss(results: pd.DataFrame) -> pd.DataFrame:
-    """``results`` (from :func:`tlcourse.evaluation.predict`) plus each photo's cross-entropy ``loss``.
-
-    The loss of one photo is ``-log p(true class)``: large for confident mistakes,
-    near 0 for confident right answers.
-    """
+    """``results`` (from :func:`tlcourse.evaluation.predict`) plus each photo's cross-entropy ``loss``,
+    ``-log p(true class)``: large for confident mistakes, near 0 for confident right answers."""
     probs = results[[c for c in results.columns if c.startswith("prob_")]].to_numpy()
     p_true = probs[np.arange(len(results)), results["label"].to_numpy()]
     out = results.copy()
@@ -35,17 +32,12 @@ def with_loss(results: pd.DataFrame) -> pd.DataFrame:
 
 
 class MistakesBrowser:
-    """Step through predictions, worst first, and mark photos that do not belong in the data.
+    """Step through predictions, worst first, and mark photos that do not belong in the data. Taught in lesson 5.
 
-    ``results`` has one row per photo: ``file_path``, ``label``, ``pred`` and
-    ``prob_<k>`` (as :func:`tlcourse.evaluation.predict` returns, plus the file
-    paths). ``sort`` is ``"loss"`` (highest first: confident mistakes, then
-    close calls) or ``"confidence"`` (lowest first: the closest calls). With
-    ``exclusions`` (a CSV path, the course's is ``cfg.excluded_csv``, or an
-    :class:`ExclusionList`) it offers to mark the photo shown as "leave out of the
-    data"; the file itself is not touched.
-    Taught in lesson 5.
-    """
+    ``results``: one row per photo, as :func:`tlcourse.evaluation.predict` returns, plus ``file_path``.
+    ``sort``: ``"loss"`` (highest first: confident mistakes, then close calls) or ``"confidence"`` (lowest
+    first). With ``exclusions`` (a CSV path, the course's is ``cfg.excluded_csv``, or an
+    :class:`ExclusionList`) it offers to mark the photo shown as "leave out of the data"; the file is not touched."""
 
     def __init__(self, results: pd.DataFrame, class_names: Sequence[str], sort: str = "loss",
                  exclusions: ExclusionList | str | Path | None = None, mode: str = "auto"):
@@ -68,8 +60,7 @@ class MistakesBrowser:
                     **kwargs: Any) -> "MistakesBrowser":
         """Predict every photo in a folder of class subfolders (say, the field test) and browse the results.
 
-        The folder's subfolder names must be among ``class_names`` (the model's classes).
-        """
+        The folder's subfolder names must be among ``class_names`` (the model's classes)."""
         class_names = list(class_names)
         table = label_folder(folder, class_names)  # a folder of only some of the classes is fine
         settings = settings or getattr(model, "transform_settings", TransformSettings())
@@ -77,7 +68,6 @@ class MistakesBrowser:
         results["file_path"] = table["file_path"].to_numpy()
         return cls(results, class_names, **kwargs)
 
-    # ---- state
     def _apply(self) -> None:
         if self.sort not in SORTS:
             raise ConfigError(f"sort must be one of {list(SORTS)}, got {self.sort!r}")
@@ -143,7 +133,6 @@ class MistakesBrowser:
         return (f"true: {true} · predicted: {pred} ({row['confidence']:.1%}) · {verdict} · "
                 f"loss {row['loss']:.3f} · {Path(row['file_path']).name}")
 
-    # ---- widgets
     def build(self) -> Any:
         """Create the ipywidgets panel (done by :meth:`show`; tests call it directly)."""
         import ipywidgets as w
@@ -157,17 +146,15 @@ class MistakesBrowser:
                                     layout=w.Layout(width="200px"))
         self.previous_button = w.Button(description="Previous", icon="arrow-left", layout=w.Layout(width="110px"))
         self.next_button = w.Button(description="Next", icon="arrow-right", layout=w.Layout(width="110px"))
-        self.previous_button.add_class("tlcourse-previous")
-        self.next_button.add_class("tlcourse-next")
         self.position = w.HTML()
-        self.position.add_class("tlcourse-position")
         self.image = w.Image(format="jpeg", layout=w.Layout(align_self="flex-start"))  # its own size, not stretched
-        self.image.add_class("tlcourse-mistake-photo")
         self.info = w.HTML()
-        self.info.add_class("tlcourse-mistake-info")
         self.reason_menu = w.Dropdown(options=list(REASONS), value=REASONS[0], layout=w.Layout(width="200px"))
         self.mark_button = w.Button(layout=w.Layout(width="220px"))
-        self.mark_button.add_class("tlcourse-mark")
+        for widget, name in ((self.previous_button, "previous"), (self.next_button, "next"),
+                             (self.position, "position"), (self.image, "mistake-photo"), (self.info, "mistake-info"),
+                             (self.mark_button, "mark")):
+            widget.add_class(f"tlcourse-{name}")
         self.sort_menu.observe(lambda c: self.set_sort(c["new"]), names="value")
         self.true_menu.observe(lambda c: self.set_filter(c["new"] or None, self.pred_class), names="value")
         self.pred_menu.observe(lambda c: self.set_filter(self.true_class, c["new"] or None), names="value")

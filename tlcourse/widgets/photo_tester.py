@@ -21,11 +21,8 @@ from .common import COLORS, img_tag, interactive, to_pil
 
 @dataclass
 class PhotoPrediction:
-    """One photo and what the model says about it.
-
-    Further results become further fields here, each drawn by one more section
-    in :attr:`PhotoTester.sections` (as ``heatmap`` is by :func:`gradcam_section`).
-    """
+    """One photo and what the model says about it; a further result becomes a further field here, drawn
+    by one more section in :attr:`PhotoTester.sections` (as ``heatmap`` is by :func:`gradcam_section`)."""
 
     source: str  # a file path or an uploaded file's name
     image: Image.Image  # the photo as the model got it before the transform: upright RGB
@@ -41,10 +38,6 @@ class PhotoPrediction:
     @property
     def label(self) -> str:
         return self.verdict.best_guess
-
-    @property
-    def confidence(self) -> float:
-        return self.verdict.probability
 
 
 def photo_section(prediction: PhotoPrediction) -> str:
@@ -87,18 +80,13 @@ def gradcam_section(prediction: PhotoPrediction) -> str:
 
 
 class PhotoTester:
-    """Try the model on any photo: upload one, or type the path of one on disk.
+    """Try the model on any photo: upload one, or type the path of one on disk. Taught in lesson 5.
 
-    ``model`` is an in-memory model (then pass ``class_names``; ``settings``
-    default to the model's ``transform_settings``) or the path of a checkpoint
-    saved with :func:`tlcourse.checkpoint.save_checkpoint`. The photo goes
-    through the evaluation transform the model was trained with. Nothing is written anywhere.
-
-    With a ``calibration`` (a checkpoint's own, when ``tlcourse train`` stored one) the
-    probabilities are calibrated and the verdict is "unsure" below its threshold.
-    ``gradcam=True`` adds :func:`gradcam_section`: where the model looked.
-    Taught in lesson 5.
-    """
+    ``model``: an in-memory model (then pass ``class_names``; ``settings`` default to its
+    ``transform_settings``) or a checkpoint's path. The photo goes through the model's evaluation
+    transform; nothing is written anywhere. With a ``calibration`` (a checkpoint's own, when ``tlcourse
+    train`` stored one) the probabilities are calibrated and the verdict is "unsure" below its threshold.
+    ``gradcam=True`` adds :func:`gradcam_section`: where the model looked."""
 
     def __init__(self, model: nn.Module | str | Path, class_names: Sequence[str] | None = None,
                  settings: TransformSettings | None = None, mode: str = "auto",
