@@ -65,11 +65,11 @@ def child(recipe: dict, seed: int, per_class: int | None, out: Path, cache: Path
     from tlcourse.calibration import calibrate, collect_logits
     from tlcourse.checkpoint import save_checkpoint
     from tlcourse.config import get_config
-    from tlcourse.cut import cut_activations, split_at
+    from tlcourse.cut import cut_activations, split_at, train_cut
     from tlcourse.data import find_classes, load_course_data
     from tlcourse.features import compute_features
     from tlcourse.models import build_model
-    from tlcourse.recipes import train_cut, train_discriminative, train_frozen
+    from tlcourse.recipes import train_discriminative, train_frozen
     from tlcourse.training import seed_everything
 
     config = get_config()

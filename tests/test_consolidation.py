@@ -180,12 +180,13 @@ def test_no_module_over_400_lines():
 
 #: The package's lines when issue 20 was filed; it must stay smaller (acceptance 1).
 ISSUE_20_LINES = 5732
-#: Features added after issue 20, left out of that comparison.
-LATER_FEATURES = ("cut.py", "grading", "exercises.py", "checkers")
+#: Features added after issue 20, left out of that comparison (grading's command is its cli/grade.py).
+LATER_FEATURES = ("cut.py", "grading", "exercises.py", "checkers", "cli/grade.py")
 
 
 def test_the_package_is_smaller_than_when_issue_20_was_filed():
-    counted = [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in LATER_FEATURES]
+    counted = [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in LATER_FEATURES
+               and p.relative_to(PACKAGE).as_posix() not in LATER_FEATURES]
     lines = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in counted}
     print(f"{sum(lines.values())} lines in {len(lines)} modules (limit {ISSUE_20_LINES - 1})")
     assert "recipes.py" in lines and "cli/model.py" in lines  # the measure still covers the whole package

@@ -13,8 +13,7 @@ import torch
 
 from tlcourse.augcache import AugmentSettings, augmented_view
 from tlcourse.checkpoint import load_checkpoint, save_checkpoint
-from tlcourse.cut import CUT_POINTS, activation_shape, choose_recipe, cut_activations, split_at, stages
-from tlcourse.recipes import train_cut
+from tlcourse.cut import CUT_POINTS, activation_shape, choose_recipe, cut_activations, split_at, stages, train_cut
 from tlcourse.data import eval_transform, load_course_data, load_image
 from tlcourse.errors import DataError
 from tlcourse.features import clear_memory_cache, for_predictions, sha256_file

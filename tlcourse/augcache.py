@@ -28,6 +28,11 @@ from .features import CacheCounts, Digested, FeatureKey, feature_key, look_up, p
 from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
                         using_threads)
 
+
+#: Augmented views cached per training photo by default (besides the clean one); chosen on the
+#: validation photos by benchmarks/recipes.py (its output and the README give the figures).
+VIEWS = 2
+
 #: Bump when the stored layout or the way views are made changes: old stores are then ignored.
 FORMAT_VERSION = 1
 

@@ -10,32 +10,33 @@ A cut is named by the module path of the first block that learns: ``"features.17
 trains ``features[17]``, ``features[18]`` and the head, on the ``160 x 7 x 7`` output of
 ``features[16]``. BatchNorm keeps its pretrained statistics (eval mode) throughout. The trained model
 is an ordinary :class:`~tlcourse.models.TransferClassifier`: the same layers, checkpoint, predictions.
-The recipe that trains it is :func:`tlcourse.recipes.train_cut`.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
-from .augcache import AugmentSettings, RandomViewDataset, augmented_view
-from .data import eval_transform, load_image
+from .augcache import VIEWS, AugmentSettings, RandomViewDataset, augmented_view
+from .data import CourseData, eval_transform, load_image
 from .errors import DataError
 from .features import (MEMORY, Digested, FeatureKey, backbone_fingerprint, read_store, sha256_file,
                        write_store)
 from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
                         using_threads)
-from .models import TransferClassifier, model_device
+from .models import WEIGHT_DECAY, TransferClassifier, model_device
+from .training import Callback, History, TrainState, fit, seed_everything
 
 #: Bump when the stored layout or the way activations are computed changes: old stores are then ignored.
 FORMAT_VERSION = 1
@@ -47,6 +48,9 @@ CUT_POINTS: dict[str, tuple[str, ...]] = {
     "resnet18": ("layer3", "layer4", "layer4.1"),  # caches 128x28x28, 256x14x14, 512x7x7
     "vgg11": ("features.16", "features.18"),  # the last conv block, the last conv: both cache 512x14x14
 }
+
+#: Epochs on the cached activations: a pass costs the top blocks only, and the best epoch is kept.
+CUT_EPOCHS = 8
 
 #: The cut :func:`train_cut` uses when none is named.
 DEFAULT_CUTS: dict[str, str] = {"mobilenet_v2": "features.17", "resnet18": "layer4", "vgg11": "features.18"}
@@ -256,6 +260,79 @@ def _compute(model: TransferClassifier, todo: dict[str, list[tuple[CutKey, str]]
             values = fast(torch.stack([x for _, _, x in batch])).to(dtype)
             for (key, i, _), value in zip(batch, values):
                 MEMORY[key.digest][i] = value.clone()  # own storage: a row view would keep the batch alive
+
+
+# --------------------------------------------------------------------------- training
+class BestByLoss(Callback):
+    """Keep the weights of the epoch with the lowest validation loss and put them back at the end
+    (the lowest loss, not the highest accuracy: on a clean validation set accuracies tie at the top)."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.loss, self.epoch, self.weights = module, math.inf, None, None
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        record = state.history.epochs[-1]
+        if record.get("val_loss", math.inf) < self.loss:
+            self.loss, self.epoch = record["val_loss"], record["epoch"]
+            self.weights = copy.deepcopy(self.module.state_dict())
+        state.history.best_epoch = self.epoch
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.weights is not None:
+            self.module.load_state_dict(self.weights)
+            state.history.best_epoch = self.epoch
+
+
+def train_cut(
+    model: TransferClassifier,
+    data: CourseData,
+    cut: str | None = None,
+    epochs: int = CUT_EPOCHS,
+    head_lr: float = 1e-3,
+    block_lr: float = 1e-4,
+    batch_size: int = 32,
+    callbacks: Iterable[Callback] = (),
+    seed: int = 0,
+    *,
+    views: int = VIEWS,
+    augment_settings: AugmentSettings = AugmentSettings(),
+    cache_dir: str | Path | None = None,
+    dtype: torch.dtype = torch.float16,
+    weight_decay: float = WEIGHT_DECAY,
+    verbose: bool = True,
+) -> History:
+    """Where to cut: train the blocks from ``cut`` on (default :func:`default_cut`) and the head on
+    activations cached at the cut.
+
+    The layers below the cut are frozen (``model.freeze()``), so each training photo's activations there
+    (clean, plus ``views`` augmented views) and each validation photo's are computed once
+    (:func:`cut_activations`, kept in memory and in ``cache_dir``). Each epoch the top sees one of a photo's
+    ``views + 1``. AdamW with two groups: the head at ``head_lr``, the blocks at the smaller ``block_lr``;
+    BatchNorm keeps its pretrained statistics; the epoch with the lowest validation loss is kept. Afterwards
+    the backbone is frozen again (as after :func:`~tlcourse.recipes.train_frozen`); the model is ordinary. Taught in lesson 7.
+    """
+    seed_everything(seed)
+    cut = cut or default_cut(model)
+    _, top = split_at(model, cut)
+    model.freeze()  # everything below the cut: no gradients, BatchNorm statistics kept
+    top.blocks.requires_grad_(True)
+    optimizer = torch.optim.AdamW([
+        {"params": [p for p in top.head.parameters()], "lr": head_lr, "name": "head"},
+        {"params": [p for p in top.blocks.parameters()], "lr": block_lr, "name": "blocks"},
+    ], weight_decay=weight_decay)
+    # Computing activations draws no random numbers: the head's dropout and the shuffling see the same streams.
+    parts = {name: data.part(name) for name in ("train", "val")}
+    train = cut_activations(model, cut, list(parts["train"]["file_path"]), list(parts["train"]["label"]), views,
+                            augment_settings, cache_dir=cache_dir, dtype=dtype, verbose=verbose)
+    val = cut_activations(model, cut, list(parts["val"]["file_path"]), list(parts["val"]["label"]),
+                          cache_dir=cache_dir, dtype=dtype, verbose=verbose)
+    val_loader = DataLoader(TensorDataset(val.values[:, 0], val.labels), batch_size=batch_size)
+    try:
+        history = fit(top, train.loader(batch_size, seed=seed), optimizer, epochs, val_loader=val_loader,
+                      callbacks=[BestByLoss(top), *callbacks], keep_best=False)
+    finally:
+        model.freeze().train()  # as after train_frozen: train mode, the backbone frozen and in eval
+    return history
 
 
 # --------------------------------------------------------------------------- the decision rule

@@ -151,8 +151,14 @@ def rebuild(arguments: dict[str, Any]) -> TransferClassifier:
                               **arguments)
 
 
+#: Weight decay of both recipes' AdamW optimizer: AdamW's own default. AdamW is Adam (the
+#: original notebook's optimizer) with the decay applied to the weights directly instead of being
+#: added to the gradient, where Adam's per-parameter scaling would weaken it (Loshchilov & Hutter).
+WEIGHT_DECAY = 0.01
+
+
 def param_groups(model: TransferClassifier, head_lr: float, backbone_lr: float,
-                 weight_decay: float = 0.01) -> list[dict[str, Any]]:
+                 weight_decay: float = WEIGHT_DECAY) -> list[dict[str, Any]]:
     """Optimizer parameter groups for discriminative learning rates: the head at ``head_lr``, the
     pretrained backbone at the smaller ``backbone_lr``, both with ``weight_decay`` (AdamW's default);
     frozen parameters are left out. Taught in lesson 4."""

@@ -2,42 +2,27 @@
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .augcache import AugmentSettings, augmented_features
+from .augcache import VIEWS, AugmentSettings, augmented_features
 from .calibration import Calibration, calibrate
 from .checkpoint import save_checkpoint
 from .config import DEFAULT_METHOD, METHODS
-from .cut import cut_activations, default_cut, split_at
+from .cut import CUT_EPOCHS, cut_activations, default_cut, split_at, train_cut
 from .data import CourseData
 from .evaluation import collect_logits
 from .features import compute_features
 from .inference import using_threads
-from .models import TransferClassifier, param_groups
-from .training import Callback, History, TrainState, fit, seed_everything
-
-#: Weight decay of both recipes' AdamW optimizer: AdamW's own default. AdamW is Adam (the
-#: original notebook's optimizer) with the decay applied to the weights directly instead of being
-#: added to the gradient, where Adam's per-parameter scaling would weaken it (Loshchilov & Hutter).
-WEIGHT_DECAY = 0.01
-
-#: Augmented views cached per training photo by default (besides the clean one); chosen on the
-#: validation photos by benchmarks/recipes.py (its output and the README give the figures).
-VIEWS = 2
+from .models import WEIGHT_DECAY, TransferClassifier, param_groups
+from .training import Callback, History, fit, seed_everything
 
 #: Epochs of the head by default: a pass over cached features costs little (chosen on validation).
 EPOCHS = 20
-
-#: Epochs of the cut recipe on cached activations: a pass costs the top blocks only; the best epoch is kept.
-CUT_EPOCHS = 8
 
 
 def train_frozen(
@@ -126,78 +111,6 @@ def train_discriminative(
     optimizer = torch.optim.AdamW(param_groups(model, head_lr, backbone_lr, weight_decay))
     return fit(model, data.loader("train", batch_size, augment=True, seed=seed), optimizer, epochs,
                val_loader=data.loader("val", batch_size), callbacks=callbacks)
-
-
-class BestByLoss(Callback):
-    """Keep the weights of the epoch with the lowest validation loss and put them back at the end
-    (the lowest loss, not the highest accuracy: on a clean validation set accuracies tie at the top)."""
-
-    def __init__(self, module: nn.Module):
-        self.module, self.loss, self.epoch, self.weights = module, math.inf, None, None
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        record = state.history.epochs[-1]
-        if record.get("val_loss", math.inf) < self.loss:
-            self.loss, self.epoch = record["val_loss"], record["epoch"]
-            self.weights = copy.deepcopy(self.module.state_dict())
-        state.history.best_epoch = self.epoch
-
-    def on_train_end(self, state: TrainState) -> None:
-        if self.weights is not None:
-            self.module.load_state_dict(self.weights)
-            state.history.best_epoch = self.epoch
-
-
-def train_cut(
-    model: TransferClassifier,
-    data: CourseData,
-    cut: str | None = None,
-    epochs: int = CUT_EPOCHS,
-    head_lr: float = 1e-3,
-    block_lr: float = 1e-4,
-    batch_size: int = 32,
-    callbacks: Iterable[Callback] = (),
-    seed: int = 0,
-    *,
-    views: int = VIEWS,
-    augment_settings: AugmentSettings = AugmentSettings(),
-    cache_dir: str | Path | None = None,
-    dtype: torch.dtype = torch.float16,
-    weight_decay: float = WEIGHT_DECAY,
-    verbose: bool = True,
-) -> History:
-    """Where to cut: train the blocks from ``cut`` on (default :func:`~tlcourse.cut.default_cut`) and the head
-    on activations cached at the cut (:mod:`tlcourse.cut`).
-
-    The layers below the cut are frozen (``model.freeze()``), so each training photo's activations there
-    (clean, plus ``views`` augmented views) and each validation photo's are computed once
-    (:func:`cut_activations`, kept in memory and in ``cache_dir``). Each epoch the top sees one of a photo's
-    ``views + 1``. AdamW with two groups: the head at ``head_lr``, the blocks at the smaller ``block_lr``;
-    BatchNorm keeps its pretrained statistics; the epoch with the lowest validation loss is kept. Afterwards
-    the backbone is frozen again (as after :func:`train_frozen`); the model is ordinary. Taught in lesson 7.
-    """
-    seed_everything(seed)
-    cut = cut or default_cut(model)
-    _, top = split_at(model, cut)
-    model.freeze()  # everything below the cut: no gradients, BatchNorm statistics kept
-    top.blocks.requires_grad_(True)
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in top.head.parameters()], "lr": head_lr, "name": "head"},
-        {"params": [p for p in top.blocks.parameters()], "lr": block_lr, "name": "blocks"},
-    ], weight_decay=weight_decay)
-    # Computing activations draws no random numbers: the head's dropout and the shuffling see the same streams.
-    parts = {name: data.part(name) for name in ("train", "val")}
-    train = cut_activations(model, cut, list(parts["train"]["file_path"]), list(parts["train"]["label"]), views,
-                            augment_settings, cache_dir=cache_dir, dtype=dtype, verbose=verbose)
-    val = cut_activations(model, cut, list(parts["val"]["file_path"]), list(parts["val"]["label"]),
-                          cache_dir=cache_dir, dtype=dtype, verbose=verbose)
-    val_loader = DataLoader(TensorDataset(val.values[:, 0], val.labels), batch_size=batch_size)
-    try:
-        history = fit(top, train.loader(batch_size, seed=seed), optimizer, epochs, val_loader=val_loader,
-                      callbacks=[BestByLoss(top), *callbacks], keep_best=False)
-    finally:
-        model.freeze().train()  # as after train_frozen: train mode, the backbone frozen and in eval
-    return history
 
 
 @dataclass
