@@ -67,8 +67,6 @@ ANSWERS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "06_learning_rates.ipynb": {
         "suggested_rate": ("float(f'{finder.suggestion:.1g}')", "finder.suggestion * 10"),  # read to 1 figure
-        "lower_loss_schedule": ("min(histories, key=lambda n: histories[n].to_frame()['train_loss'].iloc[-1])",
-                                "max(histories, key=lambda n: histories[n].to_frame()['train_loss'].iloc[-1])"),
     },
     "07_real_world.ipynb": {
         "ece_by_hand": ("0.5 * abs(0.9 - 0.7) + 0.5 * abs(0.6 - 0.6)", "abs(0.9 - 0.7)"),  # two bins of 10 photos

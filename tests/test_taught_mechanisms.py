@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 from pathlib import Path
 
 import nbformat
@@ -220,18 +221,54 @@ def test_lesson6_pca_agrees_with_the_package(shape, k):
 
 
 @pytest.mark.parametrize("total,pct", [(10, 0.3), (37, 0.25), (200, 0.5)])
-def test_lesson6_one_cycle_agrees_with_torch(total, pct):
-    ns = lesson_code("06_learning_rates.ipynb", "one_cycle_rate")
+def test_lesson6_cosine_solution_matches_torch_and_one_cycle_is_built_from_it(total, pct):
+    """The lesson's solution to its coding exercise passes the checker; and, as the lesson says, PyTorch's
+    one-cycle rises from a 25th of the maximum to the maximum over the first pct of the batches, then
+    falls to almost zero, each along that half cosine wave."""
+    from tlcourse.checkers.schedules import check_cosine_rate
+
+    cosine_rate = solution("06_learning_rates.ipynb", "cosine_rate")
+    assert check_cosine_rate(cosine_rate).startswith("Correct")
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total, pct_start=pct,
                                                     cycle_momentum=False)
-    expected = []
+    rates = []
     for _ in range(total):
-        expected.append(optimizer.param_groups[0]["lr"])
+        rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    np.testing.assert_allclose([ns["one_cycle_rate"](s, total, 0.1, pct_start=pct) for s in range(total)], expected,
-                               rtol=1e-9)
+    peak = pct * total - 1  # PyTorch's last batch of the warm-up
+    start, end = 0.1 / 25, 0.1 / 25 / 1e4  # its defaults: div_factor=25, final_div_factor=1e4
+    expected = [cosine_rate(peak - s, peak, 0.1, start) if s <= peak else cosine_rate(s - peak, total - 1 - peak, 0.1, end)
+                for s in range(total)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-9)
+    assert rates[0] == pytest.approx(start) and max(rates) == pytest.approx(0.1, rel=0.01) and rates[-1] < 1e-4 * 0.1
+
+
+# --------------------------------------------------------------------------- lesson 5 and 6: coding exercises
+def solution(notebook: str, name: str):
+    """The function ``name`` as the lesson's collapsed solution (a ```python block in a markdown ``<details>``
+    cell) writes it, defined after the lesson's imports."""
+    nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
+    blocks = [block for cell in nb.cells if cell.cell_type == "markdown" and "<details>" in cell.source
+              for block in re.findall(r"```python\n(.*?)```", cell.source, flags=re.S) if f"def {name}(" in block]
+    assert len(blocks) == 1, f"{notebook} should show one solution defining {name}, found {len(blocks)}"
+    namespace = lesson_code(notebook)  # the lesson's imports only
+    exec(compile(blocks[0], f"<{notebook} solution>", "exec"), namespace)
+    return namespace[name]
+
+
+def test_lesson5_confusion_solution_passes_its_checker_and_agrees_with_scikit_learn():
+    from tlcourse.checkers.evaluation import check_confusion_counts
+
+    metrics = pytest.importorskip("sklearn.metrics")
+    confusion_counts = solution("05_evaluation.ipynb", "confusion_counts")
+    assert check_confusion_counts(confusion_counts).startswith("Correct")
+    g = np.random.default_rng(3)
+    for k, n in ((2, 9), (3, 40), (6, 25)):  # with 6 classes and 25 photos, some classes have none
+        labels, preds = g.integers(0, k, n), g.integers(0, k, n)
+        np.testing.assert_array_equal(confusion_counts(labels, preds, k),
+                                      metrics.confusion_matrix(labels, preds, labels=list(range(k))))
 
 
 # --------------------------------------------------------------------------- lesson 7
