@@ -100,27 +100,43 @@ DEFAULT_CHANGES: tuple[Change, ...] = (
 )
 
 
-def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
-                      changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
-                      device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Accuracy of ``model`` on the photos of a labels table under each change, each followed by the
-    model's evaluation transform. Taught in lesson 7.
-
-    One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``), ``balanced_accuracy``,
-    ``recall_<class>`` and ``drop`` (accuracy lost against the first change, the unchanged photos)."""
+def predictions_under(model: nn.Module, table: pd.DataFrame, changes: Iterable[Change] = DEFAULT_CHANGES,
+                      batch_size: int = 32, device: torch.device | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
+    """Per change, :func:`~tlcourse.evaluation.predict`'s frame of ``model`` on the photos of a labels table
+    under that change (each followed by the model's evaluation transform), with ``loss``: each photo's
+    cross-entropy, ``-log`` of the probability of its class. Taught in lesson 7."""
     transform = eval_transform(model.transform_settings)
     net = for_predictions(model)  # every change is one more pass over the photos: the fast forward
-    rows = []
+    frames = {}
     for change in changes:
         if progress is not None:
             progress(change.name)
         loader = make_loader(CSVDataset(table, v2.Compose([change.apply, transform])), batch_size=batch_size)
         frame = predict(net, loader, device)
+        probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
+        right = probs[np.arange(len(frame)), frame["label"].to_numpy()]
+        frames[change.name] = frame.assign(loss=-np.log(np.clip(right, 1e-12, None)))
+    return frames
+
+
+def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
+                      changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
+                      device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Accuracy of ``model`` on the photos of a labels table under each change (:func:`predictions_under`).
+    Taught in lesson 7.
+
+    One row per change: ``accuracy`` with its 95 % Wilson interval (``low``, ``high``), ``balanced_accuracy``,
+    ``recall_<class>``, ``loss`` (the mean cross-entropy) and ``drop`` (accuracy lost against the first
+    change, the unchanged photos)."""
+    changes, rows = list(changes), []
+    for name, frame in predictions_under(model, table, changes, batch_size, device, progress).items():
         result = prediction_scores(frame["label"], frame["pred"], class_names)
-        rows.append({"change": change.name, "kind": change.kind, "n": result.n, "correct": result.correct,
-                     "accuracy": result.accuracy, "low": result.interval[0], "high": result.interval[1],
-                     "balanced_accuracy": result.balanced_accuracy,
-                     **{f"recall_{name}": result.recall.at[name, "recall"] for name in class_names}})
+        rows.append({"change": name, "kind": next(c.kind for c in changes if c.name == name), "n": result.n,
+                     "correct": result.correct, "accuracy": result.accuracy, "low": result.interval[0],
+                     "high": result.interval[1], "balanced_accuracy": result.balanced_accuracy,
+                     **{f"recall_{c}": result.recall.at[c, "recall"] for c in class_names},
+                     "loss": float(frame["loss"].mean())})
     report = pd.DataFrame(rows).set_index("change")
     report["drop"] = report["accuracy"].iloc[0] - report["accuracy"]
     return report
