@@ -1,14 +1,14 @@
 """Variants of lesson 1's coding exercise (see the comment above CODE_RUN in tests/test_exercises.py)."""
 
 CODE = {
-    "stratified_split": {
+    "my_stratified_split": {
         "checker": "tlcourse.checkers.data:check_stratified_split",
-        "function": "stratified_split",
+        "function": "my_stratified_split",
         # Another correct way: shuffle the class's positions in place, then np.split at the two cut points.
         "correct": '''
 import numpy as np
 
-def stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0):
+def my_stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0):
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
@@ -24,14 +24,14 @@ def stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0):
         "wrong": '''
 import numpy as np
 
-def stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0):
+def my_stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0):
     rows = np.random.default_rng(seed).permutation(len(labels))
     n_val, n_test = round(len(rows) * fractions[1]), round(len(rows) * fractions[2])
     return rows[n_val + n_test:], rows[:n_val], rows[n_val:n_val + n_test]
 ''',
         "hint": "each class separately",
         "stub": '''
-def stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0):
+def my_stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0):
     """Row indices (train, val, test): each class split in these fractions, shuffled with the seed."""
     ...  # your code here
 ''',

@@ -19,8 +19,8 @@ def _parts(result: object) -> list[np.ndarray]:
     return parts
 
 
-def check_stratified_split(stratified_split: Callable) -> str:
-    """Call ``stratified_split(labels, fractions, seed)`` on fresh, unbalanced labels of 3-5 classes and
+def check_stratified_split(my_stratified_split: Callable) -> str:
+    """Call ``my_stratified_split(labels, fractions, seed)`` on fresh, unbalanced labels of 3-5 classes and
     compare it with :func:`tlcourse.data.stratified_split`: the same number of each class in each part
     (give or take one photo), disjoint parts that cover every row, the same split for the same seed and
     another for another seed. Used in lesson 1."""
@@ -31,7 +31,7 @@ def check_stratified_split(stratified_split: Callable) -> str:
         labels = rng.permutation(np.repeat(np.arange(k), sizes))  # classes mixed, not sorted
         fractions = ((0.7, 0.15, 0.15), (0.8, 0.1, 0.1), (0.6, 0.2, 0.2))[trial]
         seed = int(rng.integers(0, 1000))
-        train, val, test = _parts(attempt(stratified_split, labels, fractions, seed))
+        train, val, test = _parts(attempt(my_stratified_split, labels, fractions, seed))
         every = np.concatenate([train, val, test])
         assert len(np.unique(every)) == len(every), "a row is in two parts (or twice in one): the parts must be disjoint."
         assert set(every.tolist()) == set(range(len(labels))), \
@@ -43,10 +43,10 @@ def check_stratified_split(stratified_split: Callable) -> str:
                 assert abs(got - want) <= 1, (
                     f"class {c} has {n} rows, and {got} of them are in {name}; {fractions[('val', 'test').index(name) + 1]:.0%} "
                     f"of {n} is about {want}. Split each class separately (that is what stratified means).")
-        again = _parts(attempt(stratified_split, labels, fractions, seed))
+        again = _parts(attempt(my_stratified_split, labels, fractions, seed))
         assert all(np.array_equal(np.sort(a), np.sort(b)) for a, b in zip((train, val, test), again)), \
             "the same seed gave two different splits: make every random choice from np.random.default_rng(seed)."
-        other = _parts(attempt(stratified_split, labels, fractions, seed + 1))
+        other = _parts(attempt(my_stratified_split, labels, fractions, seed + 1))
         assert not np.array_equal(np.sort(val), np.sort(other[1])), \
             "seeds differ, yet the validation rows are the same: shuffle each class's rows with the seeded generator."
     return f"Correct: disjoint, stratified and seeded, on {len(labels)} labels of {k} classes (and two other label sets)."
