@@ -54,7 +54,6 @@ ANSWERS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "03_weight_freezing.ipynb": {
         "damaged_part": ('"head"', '"backbone"'),
-        "resnet18_trainable": ("512 * 2 + 2", "512 * 2"),
     },
     "04_discriminative_lr.ipynb": {
         "slow_parameters": ("2_223_872", "2_223_872 + 1280 * 2 + 2"),
