@@ -40,7 +40,7 @@ class GradCAM:
     ``target``), at the layer's resolution; :func:`upsample` brings them to the photo's size.
     The model's weights and modes are left as they were (a frozen backbone stays frozen: the
     gradient is taken with respect to the block's output, not its weights).
-    Taught in lesson 7.
+    Taught in lesson 8.
     """
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None):
