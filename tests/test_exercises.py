@@ -68,9 +68,11 @@ ANSWERS: dict[str, dict[str, tuple[str, str]]] = {
         "suggested_rate": ("float(f'{finder.suggestion:.1g}')", "finder.suggestion * 10"),  # read to 1 figure
     },
     "07_real_world.ipynb": {
+        "photos_needed": ("73", "60"),  # all right: the Wilson lower end n / (n + 1.96**2) > 0.95 from n = 73
+    },
+    "08_confidence.ipynb": {
         "ece_by_hand": ("0.5 * abs(0.9 - 0.7) + 0.5 * abs(0.6 - 0.6)", "abs(0.9 - 0.7)"),  # two bins of 10 photos
         "unsure_count": ("int(unsure.sum())", "int(unsure.sum()) + 1"),
-        "photos_needed": ("73", "60"),  # all right: the Wilson lower end n / (n + 1.96**2) > 0.95 from n = 73
     },
 }
 
