@@ -117,12 +117,14 @@ def load_checker(dotted: str):
 CODING = [(lesson, exercise_id) for lesson, code in coding_variants().items() for exercise_id in code]
 
 
-def test_each_coding_exercise_has_variants():
-    """Each coding checker cell has variants, and each variant set a cell."""
+def test_every_lesson_has_a_coding_exercise_and_each_has_variants():
+    """Every lesson has a coding exercise; each coding checker cell has variants, and each variant set a cell."""
     variants, problems = coding_variants(), []
     for path in NOTEBOOKS:
         cells = coding_cells(nbformat.read(path, as_version=4), path.stem)
         declared = set(variants.get(path.stem, {}))
+        if not cells:
+            problems.append(f"{path.name} has no coding exercise (a cell with exercise(...).run(checker, function))")
         if set(cells) - declared:
             problems.append(f"{path.name}: add variants for {sorted(set(cells) - declared)} in tests/exercise_code/{path.stem}.py")
         if declared - set(cells):
