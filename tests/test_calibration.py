@@ -54,7 +54,7 @@ def test_ece_against_a_hand_computation():
 #:   0.9 wrong, 1.0 right, 0.85 wrong -> (0.8, 1.0]: confidence 2.75/3, accuracy 1/3  (gap +0.5833)
 #: Two photos on the edge 0.8 belong to the lower bin; neighbouring bins have gaps of opposite signs.
 #: ECE (5 bins) = (1 * 0.4 + 3 * 0.7/3 + 3 * 1.75/3) / 7 = 2.85 / 7; with 1 bin the gaps cancel in part:
-#: |5.65/7 - 5/7| = 0.65 / 7. (Lesson 7's written-out ECE is checked on these numbers too.)
+#: |5.65/7 - 5/7| = 0.65 / 7. (Lesson 8's written-out ECE is checked on these numbers too.)
 EDGE_TOP = [0.6, 0.8, 0.8, 0.7, 0.9, 1.0, 0.85]
 EDGE_RIGHT = [True, True, True, True, False, True, False]
 

@@ -31,7 +31,8 @@ from tlcourse.grading.execute import INVALID, MISSING, NO_RECORD, NOT_REACHED, T
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON, OTHER = "01_data", "02_feature_extractor"
-EXERCISES = load_lessons(ROOT / "notebooks")[LESSON].exercises  # ("resized_size", "white_red")
+EXERCISES = load_lessons(ROOT / "notebooks")[LESSON].exercises  # ("resized_size", "white_red", "my_stratified_split")
+N = len(EXERCISES)  # the two answer checkers, then the coding exercise (its function is left as shipped here)
 
 
 # --------------------------------------------------------------------------- the checker's record
@@ -146,8 +147,9 @@ def saved_class() -> dict[str, dict[str, object]]:
     return learners
 
 
-SAVED = {"ada": [PASSED, PASSED], "ben": [NOT_ATTEMPTED, NOT_ATTEMPTED], "cleo": [FAILED, NO_RECORD],
-         "dora": [NO_RECORD, NO_RECORD], "eve": [INVALID] * 2, "finn": [MISSING] * 2, "gus": [WRONG_LESSON] * 2}
+SAVED = {"ada": [PASSED, PASSED, NO_RECORD], "ben": [NOT_ATTEMPTED, NOT_ATTEMPTED, NO_RECORD],
+         "cleo": [FAILED, NO_RECORD, NO_RECORD], "dora": [NO_RECORD] * N, "eve": [INVALID] * N,
+         "finn": [MISSING] * N, "gus": [WRONG_LESSON] * N}
 
 
 def test_saved_mode_reads_each_learners_verdicts_from_folders_flat_names_and_a_zip(tmp_path, capsys):
@@ -204,9 +206,9 @@ def test_grade_runs_a_class_again_and_reads_its_saved_verdicts(tmp_path, real_we
     assert statuses(grade(folder, tmp_path / "saved", "--saved")) == SAVED
 
     frame = grade(folder, tmp_path / "run", "--time-limit", "45")
-    assert statuses(frame) == {"ada": [PASSED, PASSED], "ben": [NOT_ATTEMPTED, NOT_ATTEMPTED],
-                               "cleo": [FAILED, NOT_REACHED], "dora": [TIMEOUT, TIMEOUT],
-                               "eve": [INVALID] * 2, "finn": [MISSING] * 2, "gus": [WRONG_LESSON] * 2}
+    assert statuses(frame) == {"ada": [PASSED, PASSED, NOT_ATTEMPTED], "ben": [NOT_ATTEMPTED] * N,
+                               "cleo": [FAILED, NOT_REACHED, NOT_REACHED], "dora": [TIMEOUT] * N,
+                               "eve": [INVALID] * N, "finn": [MISSING] * N, "gus": [WRONG_LESSON] * N}
     verdicts = pd.read_csv(tmp_path / "run" / "feedback" / "verdicts.csv").set_index(["learner", "exercise"])["message"]
     assert "Hint" in verdicts["cleo", EXERCISES[0]] and "my experiment broke" in verdicts["cleo", EXERCISES[1]]
     assert "45 s time limit" in verdicts["dora", EXERCISES[0]]
@@ -226,4 +228,7 @@ def test_a_run_uses_the_course_checkers_and_keeps_the_learners_answers():
     assert cells[EXERCISES[1]] == len(nb.cells) - 1 and nb.cells[-1].source == lesson.checkers[EXERCISES[1]]
     tagged = [i for i, c in enumerate(nb.cells) if TAG in c.metadata.get("tags", [])]
     code_before_last = max(i for i, c in enumerate(nb.cells[:-1]) if c.cell_type == "code")  # the second answer
-    assert tagged == [first - 1, first, code_before_last, len(nb.cells) - 1]  # each checker, and the code cell before it
+    coding = cells[EXERCISES[2]]  # the coding exercise's checker, after the function's cell
+    coding_function = max(i for i in range(coding) if nb.cells[i].cell_type == "code")
+    # each checker, and the code cell before it
+    assert tagged == [first - 1, first, coding_function, coding, code_before_last, len(nb.cells) - 1]

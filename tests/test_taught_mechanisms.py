@@ -292,10 +292,11 @@ def test_lesson7_augmented_view_agrees_with_the_package(size, augment):
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random numbers are left alone
 
 
-def test_lesson7_expected_calibration_error_agrees_with_the_package():
+# --------------------------------------------------------------------------- lesson 8
+def test_lesson8_expected_calibration_error_agrees_with_the_package():
     import tlcourse.calibration
 
-    ns = lesson_code("07_real_world.ipynb", "expected_calibration_error")
+    ns = lesson_code("08_confidence.ipynb", "expected_calibration_error")
     rng = np.random.default_rng(0)
     probs = rng.dirichlet([0.5, 0.5, 0.5], size=200)
     probs[:10] = [0.6, 0.3, 0.1]  # confidences on a bin edge (9/15) and at 1
@@ -306,10 +307,10 @@ def test_lesson7_expected_calibration_error_agrees_with_the_package():
                    - tlcourse.calibration.expected_calibration_error(probs, labels, n_bins)) < 1e-12
 
 
-def test_lesson7_grad_cam_agrees_with_the_package():
+def test_lesson8_grad_cam_agrees_with_the_package():
     import tlcourse.gradcam
 
-    ns = lesson_code("07_real_world.ipynb", "grad_cam")
+    ns = lesson_code("08_confidence.ipynb", "grad_cam")
     ns["device"] = torch.device("cpu")  # a lesson variable the function reads
     torch.manual_seed(0)
     model = build_model(3, "mobilenet_v2", weights=None).freeze()

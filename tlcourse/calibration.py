@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .data import TransformSettings, eval_transform
-from .evaluation import collect_logits  # noqa: F401 - lesson 7 imports it from here
+from .evaluation import collect_logits  # noqa: F401 - lesson 8 imports it from here
 from .models import logits_of
 
 #: Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. use 15).
@@ -44,7 +44,7 @@ def reliability_table(probs: np.ndarray | torch.Tensor, labels: np.ndarray | tor
 def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                                n_bins: int = N_BINS) -> float:
     """ECE: the gap between confidence and accuracy in each bin, weighted by the bin's share of photos.
-    Taught in lesson 7."""
+    Taught in lesson 8."""
     table = reliability_table(probs, labels, n_bins)
     return float((table["n"] * (table["confidence"] - table["accuracy"]).abs()).sum() / table["n"].sum())
 
@@ -58,7 +58,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
                     ) -> float:
     """The temperature T in ``bounds`` that minimises the cross-entropy of ``softmax(logits / T)``; 1
     (unchanged) when every answer is right, as the loss then has no minimum. The loss is convex in ``1 / T``,
-    so a golden-section search over ``1 / T`` finds it without step sizes to tune. Taught in lesson 7."""
+    so a golden-section search over ``1 / T`` finds it without step sizes to tune. Taught in lesson 8."""
     logits, labels = logits.detach().double(), labels.long()
     if bool((logits.argmax(1) == labels).all()):  # no mistake: the loss falls as T -> 0, without a minimum
         return 1.0
@@ -184,7 +184,7 @@ def predict_photo(model: nn.Module, image: Image.Image, class_names: Sequence[st
 
 def calibrate(logits: torch.Tensor, labels: torch.Tensor, target_accuracy: float = 0.99) -> Calibration:
     """Fit the temperature on validation logits, then choose the "unsure" threshold on the calibrated
-    probabilities of the same photos. Taught in lesson 7."""
+    probabilities of the same photos. Taught in lesson 8."""
     temperature = fit_temperature(logits, labels)
     before = torch.softmax(logits.double(), 1).numpy()
     after = torch.softmax(logits.double() / temperature, 1).numpy()

@@ -33,7 +33,7 @@ def last_conv_block(model: nn.Module) -> nn.Module:
 
 
 class GradCAM:
-    """Grad-CAM maps of ``model`` at ``layer`` (default :func:`last_conv_block`). Taught in lesson 7.
+    """Grad-CAM maps of ``model`` at ``layer`` (default :func:`last_conv_block`). Taught in lesson 8.
 
     ``GradCAM(model)(x)`` gives one map per photo for its predicted class (or ``target``), at the layer's
     resolution; :func:`upsample` brings them to the photo's size. The model's weights and modes are left
