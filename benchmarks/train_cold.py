@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cold ``tlcourse train``: the default recipe against the others, timed side by side in one run.
 
-    python benchmarks/train_cold.py            # all photos (~5 min on a quiet 2-core CPU)
+    python benchmarks/train_cold.py            # all photos (~8 min on a quiet 2-core CPU; --skip-discriminative: ~3)
     python benchmarks/train_cold.py --quick    # a check that it runs: 40 photos per class
 
 Each row is the real command, ``tlcourse train DATA_DIR [options]``, in its own process with an empty
@@ -28,8 +28,8 @@ from pathlib import Path
 #: (row, extra arguments of `tlcourse train`), the default first.
 ROWS = [
     ("the default (`tlcourse train`)", []),
-    ("frozen head, clean features only (`--views 0`)", ["--method", "freeze", "--views", "0"]),
-    ("frozen head, clean + 2 views (`--method freeze`)", ["--method", "freeze"]),
+    ("clean features only (`--views 0`)", ["--views", "0"]),
+    ("the top blocks from the default cut (`--method cut`)", ["--method", "cut"]),
     ("the whole network (`--method discriminative`)", ["--method", "discriminative"]),
 ]
 

@@ -6,6 +6,7 @@ statistics untouched, best epoch by validation loss; the checkpoint is an ordina
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import shutil
 
 import pytest
@@ -183,3 +184,25 @@ def test_the_rule_takes_the_cheaper_unless_validation_clearly_says_otherwise():
     with pytest.raises(ValueError):
         choose_recipe({})
 
+
+
+def test_the_default_recipe_is_what_the_rule_picks_from_the_stored_benchmark_figures():
+    """benchmarks/results/cut.json holds the figures of the last full `benchmarks/cut.py` run (validation loss
+    with the changes, per seed); the rule, run again on them, picks the recipe that `tlcourse train` and
+    `train_reference` use by default."""
+    import json
+    from pathlib import Path
+
+    from tlcourse.config import DEFAULT_METHOD
+    from tlcourse.cut import DEFAULT_CUTS
+    from tlcourse.recipes import VIEWS, train_reference
+
+    saved = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "cut.json").read_text())
+    candidates = [row for row in saved["rows"] if not row["reference"]]
+    assert len(candidates) >= 5 and all(len(row["seeds"]) >= 2 for row in candidates), "several seeds per candidate"
+    name, _ = choose_recipe({row["name"]: [sum(s["loss"]) / len(s["loss"]) for s in row["seeds"]] for row in candidates})
+    recipe = next(row["recipe"] for row in candidates if row["name"] == name)
+    assert recipe["method"] == DEFAULT_METHOD == inspect.signature(train_reference).parameters["method"].default
+    assert recipe.get("views", VIEWS) == VIEWS
+    if recipe["method"] == "cut":
+        assert recipe["cut"] == DEFAULT_CUTS["mobilenet_v2"]
