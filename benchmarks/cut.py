@@ -187,7 +187,7 @@ def decide(rows: list[dict]) -> tuple[str, str]:
 
 def report(saved: dict) -> str:
     rows, meta = saved["rows"], saved["meta"]
-    seeds = meta["seeds"]
+    seeds = [s["seed"] for s in rows[0]["seeds"]]  # the seeds run so far (the figures are rewritten after each)
     out = [f"Where to cut ({meta['mode']}): {meta['photos']} photos, seeds {', '.join(map(str, seeds))}; "
            f"{meta['machine']}; load average {meta['load_before']} before, {meta['load_after']} after.", "",
            RULE, "",
