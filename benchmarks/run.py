@@ -135,7 +135,7 @@ def _time_to_accuracy(res: dict, cfg: dict) -> list[str]:
 
 def _forward(res: dict) -> list[str]:
     plain, fast = res["forward_plain"], res["forward_course"]
-    return ["", f"### 2. Backbone forward, images/s ({fast['images']} real photos, batch 32)", "", table(
+    return ["", f"### 2. Backbone forward, images/s ({fast['images']} real photos, batch {fast['batch_size']})", "", table(
                 ["forward", "images/s", "peak memory (RSS, +work)"],
                 [[f"plain `model(x)`, default settings ({plain['torch_threads']} threads)",
                   f"{plain['images_per_s']:.1f}", mem(plain)],

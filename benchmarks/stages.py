@@ -27,7 +27,6 @@ from tlcourse.inference import (
     FastBackbone,
     batches_of_inputs,
     extract_features,
-    extraction_threads,
 )
 from tlcourse.models import build_model
 from tlcourse.recipes import train_frozen
@@ -189,8 +188,7 @@ def stage_forward(cfg: dict) -> dict:
         model.train()
         rate = _images_per_s(lambda b: model(b), x, DEFAULT_BATCH_SIZE, cfg["repeats"])
     else:
-        # The course's forward with the course's thread setting (what extract_features uses).
-        torch.set_num_threads(extraction_threads())
+        # The course's forward with the course's settings (what extract_features uses: every torch thread).
         fast = FastBackbone(model)
         rate = _images_per_s(fast, x, DEFAULT_BATCH_SIZE, cfg["repeats"])
     return _memory({"images_per_s": rate, "images": len(x), "batch_size": DEFAULT_BATCH_SIZE,
@@ -208,10 +206,8 @@ def stage_forward_options(cfg: dict) -> dict:
         f"torch.inference_mode, {t} threads": lambda: (_inference(model.features), 32, t),
         f"inference_mode + channels_last, {t} threads": lambda: (FastBackbone(model, fuse=False), 32, t),
         f"inference_mode + BatchNorm folded, {t} threads": lambda: (FastBackbone(model, channels_last=False), 32, t),
-        f"all three, {t} threads, batch 32": lambda: (FastBackbone(model), 32, t),
-        "all three, 1 thread, batch 32": lambda: (FastBackbone(model), 32, 1),
-        "all three, 1 thread, batch 16": lambda: (FastBackbone(model), 16, 1),
-        "all three, 1 thread, batch 64": lambda: (FastBackbone(model), 64, 1),
+        **{f"all three, {t} threads, batch {b}": (lambda b=b: (FastBackbone(model), b, t)) for b in (4, 8, 16, 32, 64)},
+        **{f"all three, 1 thread, batch {b}": (lambda b=b: (FastBackbone(model), b, 1)) for b in (8, 32)},
         "default model(x), 1 thread": lambda: (lambda b: model(b), 32, 1),
     }
     built = {name: make() for name, make in variants.items()}
@@ -289,7 +285,8 @@ def stage_decode(cfg: dict) -> dict:
 
 
 def stage_loading(cfg: dict) -> dict:
-    """Feature extraction from files, images/s, for torch threads x decoding threads (interleaved, best of 2)."""
+    """Feature extraction from files, images/s, for torch threads x decoding threads (interleaved, best of 2);
+    the decoding threads work between backbone batches (0: decoding in the calling thread)."""
     data = _data({**cfg, "per_class": None})
     paths = list(data.table["file_path"][:: max(1, len(data.table) // cfg["loading_images"])])
     model = _model(cfg).freeze()
@@ -306,7 +303,8 @@ def stage_loading(cfg: dict) -> dict:
             name = f"{torch_threads} torch thread(s), {decoders} decoding thread(s)"
             rates[name] = max(rates.get(name, 0.0), len(paths) / (time.perf_counter() - start))
     return {"images_per_s": rates, "photos": len(paths),
-            "course_setting": f"{extraction_threads()} torch thread(s), {DEFAULT_DECODE_THREADS} decoding thread(s)"}
+            "course_setting": f"{threads} torch thread(s), {DEFAULT_DECODE_THREADS or threads} decoding thread(s), "
+                              f"batch {DEFAULT_BATCH_SIZE}"}
 
 
 # --------------------------------------------------------------------------- 4. the original pipeline

@@ -25,8 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data import AugmentSettings, TransformSettings, downscale, load_image
 from .features import CacheCounts, Digested, FeatureKey, feature_key, look_up, photo_sha256
-from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
-                        using_threads)
+from .inference import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, in_chunks
 
 
 #: Augmented views cached per training photo by default (besides the clean one); chosen on the
@@ -145,10 +144,10 @@ class RandomViewDataset(Dataset):
 def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], labels: Sequence[int] | torch.Tensor,
                        views: int = 4, augment: AugmentSettings = AugmentSettings(),
                        cache_dir: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                       verbose: bool = False, decode_threads: int = DEFAULT_DECODE_THREADS) -> AugmentedFeatures:
+                       verbose: bool = False, decode_threads: int | None = DEFAULT_DECODE_THREADS) -> AugmentedFeatures:
     """Features of views ``0 .. views-1`` of each photo: from memory, else ``cache_dir`` (``None``: memory
     only), else computed once with the fast backbone and stored. ``decode_threads`` threads decode the
-    photos and make their views ahead of the backbone (0: in the calling thread). Taught in lesson 7."""
+    photos and make their views between backbone batches (0: in the calling thread). Taught in lesson 7."""
     started = time.perf_counter()
     key = AugmentKey(feature_key(model), augment)
     hashes = [photo_sha256(p) for p in file_paths]
@@ -169,13 +168,12 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
             image = load_image(paths[h])  # decoded once for all its views
             return [(f"{h}:{v}", augmented_view(image, h, v, augment, settings)) for v in todo[h]]
 
-        # A thread makes the next photos' views while the backbone works on a batch (both release the GIL).
-        views_made = (view for made in ahead_of_time((functools.partial(make_views, h) for h in todo),
-                                                     decode_threads, ahead=batch_size)
+        # Threads make the next photos' views between backbone batches (Pillow and torch release the GIL).
+        views_made = (view for made in in_chunks((functools.partial(make_views, h) for h in todo), decode_threads,
+                                                 chunk=batch_size)
                       for view in made)
-        with using_threads(extraction_threads(decode_threads)):
-            while batch := list(islice(views_made, batch_size)):
-                found.store(zip([i for i, _ in batch], fast(torch.stack([x for _, x in batch]))))
+        while batch := list(islice(views_made, batch_size)):
+            found.store(zip([i for i, _ in batch], fast(torch.stack([x for _, x in batch]))))
         found.save({"augment": repr(key.augment)})
     features = torch.stack([torch.stack([found.memory[f"{h}:{v}"] for v in range(views)]) for h in hashes])
     return AugmentedFeatures(

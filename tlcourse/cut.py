@@ -33,8 +33,7 @@ from .data import CourseData, eval_transform, load_image
 from .errors import DataError
 from .features import (MEMORY, Digested, FeatureKey, backbone_fingerprint, read_store, sha256_file,
                        write_store)
-from .inference import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, ahead_of_time, extraction_threads,
-                        using_threads)
+from .inference import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_THREADS, FastBackbone, in_chunks
 from .models import WEIGHT_DECAY, TransferClassifier, model_device
 from .training import Callback, History, TrainState, fit, seed_everything
 
@@ -189,7 +188,7 @@ def fast_bottom(model: TransferClassifier, cut: str) -> Callable[[torch.Tensor],
 def cut_activations(model: TransferClassifier, cut: str, file_paths: Sequence[str | Path],
                     labels: Sequence[int] | torch.Tensor, views: int = 0, augment: AugmentSettings = AugmentSettings(),
                     *, clean: bool = True, cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float16,
-                    batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
+                    batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int | None = DEFAULT_DECODE_THREADS,
                     verbose: bool = False) -> Activations:
     """Activations at ``cut`` of each photo (its clean view if ``clean``, and augmented views ``0 .. views-1``,
     the same images as :mod:`tlcourse.augcache`'s): from memory, else ``cache_dir`` (``None``: memory only),
@@ -243,7 +242,7 @@ def cut_activations(model: TransferClassifier, cut: str, file_paths: Sequence[st
 
 def _compute(model: TransferClassifier, todo: dict[str, list[tuple[CutKey, str]]],
              paths: dict[str, str], augment: AugmentSettings, dtype: torch.dtype, batch_size: int,
-             decode_threads: int) -> None:
+             decode_threads: int | None) -> None:
     """Run the missing views through the fast forward of the layers below the cut into the in-memory stores."""
     settings, clean = model.transform_settings, eval_transform(model.transform_settings)
     fast = fast_bottom(model, next(iter(todo.values()))[0][0].cut)
@@ -253,13 +252,12 @@ def _compute(model: TransferClassifier, todo: dict[str, list[tuple[CutKey, str]]
         return [(key, i, clean(image) if key.augment is None else
                  augmented_view(image, h, int(i.rsplit(":", 1)[1]), augment, settings)) for key, i in todo[h]]
 
-    made = (item for items in ahead_of_time((functools.partial(inputs, h) for h in todo), decode_threads,
-                                            ahead=batch_size) for item in items)
-    with using_threads(extraction_threads(decode_threads)):
-        while batch := list(islice(made, batch_size)):
-            values = fast(torch.stack([x for _, _, x in batch])).to(dtype)
-            for (key, i, _), value in zip(batch, values):
-                MEMORY[key.digest][i] = value.clone()  # own storage: a row view would keep the batch alive
+    made = (item for items in in_chunks((functools.partial(inputs, h) for h in todo), decode_threads, batch_size)
+            for item in items)
+    while batch := list(islice(made, batch_size)):
+        values = fast(torch.stack([x for _, _, x in batch])).to(dtype)
+        for (key, i, _), value in zip(batch, values):
+            MEMORY[key.digest][i] = value.clone()  # own storage: a row view would keep the batch alive
 
 
 # --------------------------------------------------------------------------- training

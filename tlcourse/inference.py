@@ -1,12 +1,11 @@
-"""Fast inference on the CPU: a backbone prepared for predictions only, fed by a thread that decodes
-the next photos while it runs. The feature cache (:mod:`tlcourse.features`), the augmented views
+"""Fast inference on the CPU: a backbone prepared for predictions only, fed by threads that decode the
+next photos between its batches. The feature cache (:mod:`tlcourse.features`), the augmented views
 (:mod:`tlcourse.augcache`), the robustness report and ``tlcourse evaluate`` use it."""
 
 from __future__ import annotations
 
 import copy
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -17,12 +16,14 @@ from torch import nn
 from .data import TransformSettings, eval_transform, load_image
 from .models import model_device
 
-#: Images per backbone batch (benchmarks/run.py compares batch sizes).
-DEFAULT_BATCH_SIZE = 32
+#: Images per backbone batch: a small batch keeps a layer's activations in the CPU's cache (benchmarks/run.py
+#: compares batch sizes).
+DEFAULT_BATCH_SIZE = 8
 
-#: Threads that decode and transform photos while the backbone runs (Pillow and torch release
-#: the GIL). Threads, not DataLoader worker processes: those re-import the notebook on Windows and macOS.
-DEFAULT_DECODE_THREADS = 1
+#: Threads that decode and transform the photos of the next batch (Pillow and torch release the GIL);
+#: ``None``: one per torch thread. Threads, not DataLoader worker processes: those re-import the notebook
+#: on Windows and macOS.
+DEFAULT_DECODE_THREADS: int | None = None
 
 T = TypeVar("T")
 
@@ -77,64 +78,51 @@ def for_predictions(model: nn.Module) -> nn.Module:
     return FastModel(model) if hasattr(model, "backbone") and hasattr(model, "head") else model
 
 
-def ahead_of_time(jobs: Iterable[Callable[[], T]], threads: int, ahead: int) -> Iterator[T]:
-    """The results of ``jobs`` in order, each started up to ``ahead`` jobs early in ``threads`` threads
-    (while the caller works on earlier results); ``threads=0``: each job runs when its result is asked for."""
-    if threads <= 0:
-        for job in jobs:
-            yield job()
-        return
+def in_chunks(jobs: Iterable[Callable[[], T]], threads: int | None, chunk: int) -> Iterator[T]:
+    """The results of ``jobs`` in order, computed ``chunk`` at a time in ``threads`` threads (``None``: one per
+    torch thread; 0 or 1: in the calling thread). Nothing runs while the caller works on a chunk's results,
+    so the backbone, run between chunks, has every core: an OpenMP thread that loses its core to a
+    decoder stalls the others at every layer."""
+    threads = torch.get_num_threads() if threads is None else threads
     todo = iter(jobs)
+    if threads <= 1:
+        yield from (job() for job in todo)
+        return
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlcourse-decode") as pool:
-        pending: deque[Future] = deque(pool.submit(job) for job in islice(todo, max(1, ahead)))
-        try:
-            while pending:
-                result = pending.popleft().result()
-                job = next(todo, None)
-                if job is not None:
-                    pending.append(pool.submit(job))
-                yield result
-        finally:
-            for future in pending:  # generator closed early: do not run the rest
-                future.cancel()
+        while part := list(islice(todo, chunk)):
+            yield from list(pool.map(lambda job: job(), part))  # the whole chunk done before the caller goes on
 
 
 def batches_of_inputs(paths: Sequence[str], settings: TransformSettings, batch_size: int = DEFAULT_BATCH_SIZE,
-                      decode_threads: int = DEFAULT_DECODE_THREADS) -> Iterator[torch.Tensor]:
-    """Yield normalised input batches for ``paths``, in order, decoded ahead in ``decode_threads`` threads.
+                      decode_threads: int | None = DEFAULT_DECODE_THREADS) -> Iterator[torch.Tensor]:
+    """Yield normalised input batches for ``paths``, in order, each decoded in ``decode_threads`` threads
+    (see :func:`in_chunks`) when it is asked for.
 
-    Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``; at most
-    two batches are decoded ahead. ``decode_threads=0``: everything in the calling thread."""
+    Each batch equals ``torch.stack([eval_transform(settings)(load_image(p)) for p in batch])``."""
     transform = eval_transform(settings)
-    inputs = ahead_of_time((lambda p=p: transform(load_image(p)) for p in paths), decode_threads, ahead=2 * batch_size)
+    inputs = in_chunks((lambda p=p: transform(load_image(p)) for p in paths), decode_threads, batch_size)
     while batch := list(islice(inputs, batch_size)):
         yield torch.stack(batch)
 
 
 @contextmanager
-def using_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads, then put the previous setting back."""
+def using_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (``None``: as they are), then put the previous setting back."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, n or before))
     try:
         yield
     finally:
         torch.set_num_threads(before)
 
 
-def extraction_threads(decode_threads: int = DEFAULT_DECODE_THREADS) -> int:
-    """Torch threads for the backbone while ``decode_threads`` threads decode: one core per decoder
-    stays free (OpenMP threads wait for each other, so one that loses its core stalls them all)."""
-    return max(1, torch.get_num_threads() - max(0, decode_threads))
-
-
 def extract_features(model: nn.Module, paths: Sequence[str], settings: TransformSettings | None = None,
-                     batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
+                     batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int | None = DEFAULT_DECODE_THREADS,
                      fast: FastBackbone | None = None, torch_threads: int | None = None) -> torch.Tensor:
     """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
     settings = settings or model.transform_settings
     fast = fast or FastBackbone(model)
-    with using_threads(torch_threads or extraction_threads(decode_threads)):
+    with using_threads(torch_threads):
         out = [fast(batch) for batch in batches_of_inputs(paths, settings, batch_size, decode_threads)]
     if not out:
         return torch.empty(0, model.n_features)
