@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,25 +47,12 @@ from tlcourse.inference import FastBackbone
 from tlcourse.models import build_model
 from tlcourse.recipes import EPOCHS, VIEWS, train_frozen
 from tlcourse.robustness import DEFAULT_CHANGES
+from train_cold import cold_train  # benchmarks/ is on sys.path when this script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- part 1: recipes
-def cold_train(data_dir: Path, out: Path, args: list[str], per_class: int | None) -> dict:
-    """`tlcourse train` in a fresh process with an empty output folder: wall time and its stdout."""
-    env = {**os.environ, "TLCOURSE_OUTPUT": str(out)}
-    command = [sys.executable, "-m", "tlcourse", "train", str(data_dir), "--out", str(out / "model.pt"), *args]
-    if per_class:
-        command += ["--per-class", str(per_class)]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return {"seconds": seconds, "checkpoint": str(out / "model.pt"), "stdout": done.stdout}
-
-
 def crops(settings, mode: str):
     """The views a photo is judged on: the evaluation transform's one, plus its mirror, or ten crops."""
     normalise = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
@@ -119,7 +105,7 @@ def part1(cfg, tables: dict, classes: list[str], work: Path, quick: bool) -> lis
     rows = []
     for number, (name, args, tta) in enumerate(recipes):
         print(f"  training: {name} ...", file=sys.stderr, flush=True)
-        trained = cold_train(cfg.data_dir, work / f"recipe{number}", args, per_class)
+        trained = cold_train(str(cfg.data_dir), args, per_class, work / f"recipe{number}")
         model, _ = load_checkpoint(trained["checkpoint"])
         for mode in ["none", *(tta or [])]:
             row = {"recipe": name if mode == "none" else f"  the same, with TTA: {'mirror' if mode == 'flip' else 'ten crops'}",

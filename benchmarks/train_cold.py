@@ -35,7 +35,8 @@ ROWS = [
 
 
 def cold_train(data_dir: str, extra: list[str], per_class: int | None, work: Path) -> dict:
-    """One cold `tlcourse train` in a fresh process: wall time, peak memory, the accuracies it printed."""
+    """One cold `tlcourse train` in a fresh process with an empty output folder (``work/outputs``): wall time,
+    peak memory, the accuracies it printed, its stdout and the checkpoint's path."""
     env = {**os.environ, "TLCOURSE_OUTPUT": str(work / "outputs")}
     command = [sys.executable, "-m", "tlcourse", "train", data_dir, "--out", str(work / "model.pt"), *extra]
     if per_class:
@@ -50,7 +51,7 @@ def cold_train(data_dir: str, extra: list[str], per_class: int | None, work: Pat
     figures = dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
     peak_mb = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
     return {"seconds": seconds, "peak_mb": peak_mb, "validation": figures.get("validation accuracy", ""),
-            "test": figures.get("test accuracy", "")}
+            "test": figures.get("test accuracy", ""), "stdout": output, "checkpoint": str(work / "model.pt")}
 
 
 def report(saved: dict) -> str:
@@ -83,8 +84,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tlcourse-train-cold-") as work:
         for number, (name, extra) in enumerate(rows):
             print(f"  {name} ...", file=sys.stderr, flush=True)
-            results.append({"name": name, "arguments": extra,
-                            **cold_train(str(cfg.data_dir), extra, per_class, Path(work) / str(number))})
+            run = cold_train(str(cfg.data_dir), extra, per_class, Path(work) / str(number))
+            results.append({"name": name, "arguments": extra, **{k: v for k, v in run.items() if k != "stdout"}})
             print(f"    {results[-1]['seconds']:.1f} s, peak {results[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     saved = {"meta": meta, "rows": results}
