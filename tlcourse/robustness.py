@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data import CSVDataset, eval_transform, make_loader
 from .evaluation import predict, prediction_scores
-from .inference import for_predictions
+from .inference import DEFAULT_BATCH_SIZE, for_predictions
 
 
 def long_side(image: Image.Image, pixels: int) -> Image.Image:
@@ -101,7 +101,7 @@ DEFAULT_CHANGES: tuple[Change, ...] = (
 
 
 def predictions_under(model: nn.Module, table: pd.DataFrame, changes: Iterable[Change] = DEFAULT_CHANGES,
-                      batch_size: int = 32, device: torch.device | None = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE, device: torch.device | None = None,
                       progress: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """Per change, :func:`~tlcourse.evaluation.predict`'s frame of ``model`` on the photos of a labels table
     under that change (each followed by the model's evaluation transform), with ``loss``: each photo's
@@ -121,7 +121,7 @@ def predictions_under(model: nn.Module, table: pd.DataFrame, changes: Iterable[C
 
 
 def robustness_report(model: nn.Module, table: pd.DataFrame, class_names: Sequence[str],
-                      changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = 32,
+                      changes: Iterable[Change] = DEFAULT_CHANGES, batch_size: int = DEFAULT_BATCH_SIZE,
                       device: torch.device | None = None, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Accuracy of ``model`` on the photos of a labels table under each change (:func:`predictions_under`).
     Taught in lesson 7.
