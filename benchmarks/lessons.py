@@ -68,13 +68,15 @@ def report(saved: dict) -> str:
     meta = saved["meta"]
     out = [f"Lessons, Run All in a fresh kernel ({meta['mode']}): {meta['machine']}; load average "
            f"{meta['load_before']} before, {meta['load_after']} after.", "",
-           "| lesson | empty cache | cache warm | the lesson's first cell says |", "|---|---|---|---|"]
+           "| lesson | empty cache | its last cell printed | cache warm | its last cell printed | its first cell says |",
+           "|---|---|---|---|---|---|"]
     for row in saved["rows"]:
         said = f"{row['stated'][0]} / {row['stated'][1]} min" if row["stated"] else "-"
         out.append(f"| {row['lesson']} | {row['cold']['seconds']:.0f} s ({minutes(row['cold']['seconds'])} min) | "
-                   f"{row['warm']['seconds']:.0f} s ({minutes(row['warm']['seconds'])} min) | {said} |")
+                   f"{row['cold']['own_minutes']} min | {row['warm']['seconds']:.0f} s "
+                   f"({minutes(row['warm']['seconds'])} min) | {row['warm']['own_minutes']} min | {said} |")
     total = [sum(r[k]["seconds"] for r in saved["rows"]) for k in ("cold", "warm")]
-    out.append(f"| all | {total[0]:.0f} s | {total[1]:.0f} s | |")
+    out.append(f"| all | {total[0]:.0f} s | | {total[1]:.0f} s | | |")
     return "\n".join(out)
 
 
