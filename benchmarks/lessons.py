@@ -4,6 +4,7 @@
     python benchmarks/lessons.py                 # every lesson, all photos (~15 min on a quiet 2-core CPU)
     python benchmarks/lessons.py 03 07           # some lessons (by number)
     python benchmarks/lessons.py --update        # also rewrite each lesson's "**Time:**" line with the figures
+    python benchmarks/lessons.py --report outputs/benchmarks/lessons-<time>.json [--update]   # a saved run again
 
 Each lesson runs alone, as a learner who opens it first: in a fresh kernel, with its own empty output
 folder (no cached features, views or activations: the "empty cache" figure), then once more in a fresh
@@ -51,8 +52,8 @@ def run_lesson(path: Path, output: Path) -> dict:
 
 
 def minutes(seconds: float) -> int:
-    """A "**Time:**" figure: whole minutes, at least 1."""
-    return max(1, round(seconds / 60))
+    """A "**Time:**" figure: whole minutes, rounded up from a quarter past (88 s is "about 2 min"), at least 1."""
+    return max(1, math.ceil(seconds / 60 - 0.25))
 
 
 def update_time_line(path: Path, cold: float, warm: float) -> bool:
@@ -84,7 +85,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("lessons", nargs="*", help="lesson numbers, e.g. 03 07 (default: all)")
     parser.add_argument("--update", action="store_true", help="rewrite each lesson's time line with the figures")
+    parser.add_argument("--report", metavar="JSON", help="print (and with --update, apply) a saved run's figures")
     options = parser.parse_args()
+    if options.report:
+        saved = json.loads(Path(options.report).read_text())
+        print(report(saved))
+        for row in saved["rows"] if options.update else []:
+            update_time_line(ROOT / "notebooks" / row["lesson"], row["cold"]["seconds"], row["warm"]["seconds"])
+        return
     sys.path.insert(0, str(ROOT))
     from tlcourse.config import get_config
 
