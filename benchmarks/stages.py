@@ -294,17 +294,19 @@ def stage_loading(cfg: dict) -> dict:
     settings = model.transform_settings
     threads = torch.get_num_threads()
     extract_features(model, paths[:8], settings, fast=fast)  # warm-up
-    grid = [(t, d) for t in sorted({1, threads}) for d in (0, 1, 2)]
+    grid = [(t, d) for t in sorted({1, threads}) for d in (0, 2)]
     rates: dict[str, float] = {}
     for _ in range(2):
         for torch_threads, decoders in grid:
             start = time.perf_counter()
             extract_features(model, paths, settings, decode_threads=decoders, fast=fast, torch_threads=torch_threads)
-            name = f"{torch_threads} torch thread(s), {decoders} decoding thread(s)"
+            name = f"{torch_threads} torch thread(s), " + (f"{decoders} decoding threads" if decoders > 1 else
+                                                            "decoding in the calling thread")
             rates[name] = max(rates.get(name, 0.0), len(paths) / (time.perf_counter() - start))
     return {"images_per_s": rates, "photos": len(paths),
-            "course_setting": f"{threads} torch thread(s), {DEFAULT_DECODE_THREADS or threads} decoding thread(s), "
-                              f"batch {DEFAULT_BATCH_SIZE}"}
+            "course_setting": f"{threads} torch thread(s), "
+                              + (f"{DEFAULT_DECODE_THREADS} decoding threads" if DEFAULT_DECODE_THREADS > 1
+                                 else "decoding in the calling thread") + f", batch {DEFAULT_BATCH_SIZE}"}
 
 
 # --------------------------------------------------------------------------- 4. the original pipeline

@@ -144,10 +144,10 @@ class RandomViewDataset(Dataset):
 def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], labels: Sequence[int] | torch.Tensor,
                        views: int = 4, augment: AugmentSettings = AugmentSettings(),
                        cache_dir: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                       verbose: bool = False, decode_threads: int | None = DEFAULT_DECODE_THREADS) -> AugmentedFeatures:
+                       verbose: bool = False, decode_threads: int = DEFAULT_DECODE_THREADS) -> AugmentedFeatures:
     """Features of views ``0 .. views-1`` of each photo: from memory, else ``cache_dir`` (``None``: memory
     only), else computed once with the fast backbone and stored. ``decode_threads`` threads decode the
-    photos and make their views between backbone batches (0: in the calling thread). Taught in lesson 7."""
+    photos and make their views between backbone batches (0: the calling thread). Taught in lesson 7."""
     started = time.perf_counter()
     key = AugmentKey(feature_key(model), augment)
     hashes = [photo_sha256(p) for p in file_paths]
@@ -168,7 +168,7 @@ def augmented_features(model: nn.Module, file_paths: Sequence[str | Path], label
             image = load_image(paths[h])  # decoded once for all its views
             return [(f"{h}:{v}", augmented_view(image, h, v, augment, settings)) for v in todo[h]]
 
-        # Threads make the next photos' views between backbone batches (Pillow and torch release the GIL).
+        # The next photos' views are made between backbone batches, never beside one (see in_chunks).
         views_made = (view for made in in_chunks((functools.partial(make_views, h) for h in todo), decode_threads,
                                                  chunk=batch_size)
                       for view in made)

@@ -188,7 +188,7 @@ def fast_bottom(model: TransferClassifier, cut: str) -> Callable[[torch.Tensor],
 def cut_activations(model: TransferClassifier, cut: str, file_paths: Sequence[str | Path],
                     labels: Sequence[int] | torch.Tensor, views: int = 0, augment: AugmentSettings = AugmentSettings(),
                     *, clean: bool = True, cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float16,
-                    batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int | None = DEFAULT_DECODE_THREADS,
+                    batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
                     verbose: bool = False) -> Activations:
     """Activations at ``cut`` of each photo (its clean view if ``clean``, and augmented views ``0 .. views-1``,
     the same images as :mod:`tlcourse.augcache`'s): from memory, else ``cache_dir`` (``None``: memory only),
@@ -242,7 +242,7 @@ def cut_activations(model: TransferClassifier, cut: str, file_paths: Sequence[st
 
 def _compute(model: TransferClassifier, todo: dict[str, list[tuple[CutKey, str]]],
              paths: dict[str, str], augment: AugmentSettings, dtype: torch.dtype, batch_size: int,
-             decode_threads: int | None) -> None:
+             decode_threads: int) -> None:
     """Run the missing views through the fast forward of the layers below the cut into the in-memory stores."""
     settings, clean = model.transform_settings, eval_transform(model.transform_settings)
     fast = fast_bottom(model, next(iter(todo.values()))[0][0].cut)

@@ -213,7 +213,7 @@ class FeatureDataset(Dataset):
 
 def features_for_files(model: nn.Module, file_paths: Sequence[str], labels: Sequence[int] | torch.Tensor,
                        cache_dir: str | Path | None = None, settings: TransformSettings | None = None,
-                       batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int | None = DEFAULT_DECODE_THREADS,
+                       batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
                        verbose: bool = False) -> FeatureSet:
     """Features for photo files: from memory, else from ``cache_dir`` (``None``: memory only), else
     computed once and stored. Rows follow ``file_paths``; the counts say where each came from."""
@@ -247,7 +247,7 @@ def features_for_files(model: nn.Module, file_paths: Sequence[str], labels: Sequ
 
 def compute_features(model: nn.Module, data: CourseData, parts: str | Sequence[str] = ("train", "val", "test"),
                      cache_dir: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                     decode_threads: int | None = DEFAULT_DECODE_THREADS, verbose: bool = False) -> dict[str, FeatureSet]:
+                     decode_threads: int = DEFAULT_DECODE_THREADS, verbose: bool = False) -> dict[str, FeatureSet]:
     """Features of parts of a :class:`~tlcourse.data.CourseData` in one pass: ``{part: FeatureSet}``,
     rows in the order of ``data.part(part)``. Taught in lesson 3."""
     data.use_settings(model.transform_settings)  # features at another input size than the model's: refused

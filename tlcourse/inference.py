@@ -1,5 +1,5 @@
-"""Fast inference on the CPU: a backbone prepared for predictions only, fed by threads that decode the
-next photos between its batches. The feature cache (:mod:`tlcourse.features`), the augmented views
+"""Fast inference on the CPU: a backbone prepared for predictions only, fed with the next photos
+between its batches. The feature cache (:mod:`tlcourse.features`), the augmented views
 (:mod:`tlcourse.augcache`), the robustness report and ``tlcourse evaluate`` use it."""
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from .models import model_device
 
 #: Images per backbone batch: a small batch keeps a layer's activations in the CPU's cache (benchmarks/run.py
 #: compares batch sizes).
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = 4
 
-#: Threads that decode and transform the photos of the next batch (Pillow and torch release the GIL);
-#: ``None``: one per torch thread. Threads, not DataLoader worker processes: those re-import the notebook
-#: on Windows and macOS.
-DEFAULT_DECODE_THREADS: int | None = None
+#: Threads that decode and transform the photos of the next batch, between backbone batches (0: the calling
+#: thread). More threads decode faster but are slower in all: torch's OpenMP threads keep spinning on
+#: their cores for a while after each batch (benchmarks/run.py compares them). Threads, not DataLoader
+#: worker processes: those re-import the notebook on Windows and macOS.
+DEFAULT_DECODE_THREADS = 0
 
 T = TypeVar("T")
 
@@ -78,12 +79,10 @@ def for_predictions(model: nn.Module) -> nn.Module:
     return FastModel(model) if hasattr(model, "backbone") and hasattr(model, "head") else model
 
 
-def in_chunks(jobs: Iterable[Callable[[], T]], threads: int | None, chunk: int) -> Iterator[T]:
-    """The results of ``jobs`` in order, computed ``chunk`` at a time in ``threads`` threads (``None``: one per
-    torch thread; 0 or 1: in the calling thread). Nothing runs while the caller works on a chunk's results,
-    so the backbone, run between chunks, has every core: an OpenMP thread that loses its core to a
-    decoder stalls the others at every layer."""
-    threads = torch.get_num_threads() if threads is None else threads
+def in_chunks(jobs: Iterable[Callable[[], T]], threads: int, chunk: int) -> Iterator[T]:
+    """The results of ``jobs`` in order, computed ``chunk`` at a time in ``threads`` threads (0 or 1: in the
+    calling thread). Nothing runs while the caller works on a chunk's results, so the backbone, run between
+    chunks, has every core: an OpenMP thread that loses its core to a decoder stalls the others."""
     todo = iter(jobs)
     if threads <= 1:
         yield from (job() for job in todo)
@@ -94,7 +93,7 @@ def in_chunks(jobs: Iterable[Callable[[], T]], threads: int | None, chunk: int) 
 
 
 def batches_of_inputs(paths: Sequence[str], settings: TransformSettings, batch_size: int = DEFAULT_BATCH_SIZE,
-                      decode_threads: int | None = DEFAULT_DECODE_THREADS) -> Iterator[torch.Tensor]:
+                      decode_threads: int = DEFAULT_DECODE_THREADS) -> Iterator[torch.Tensor]:
     """Yield normalised input batches for ``paths``, in order, each decoded in ``decode_threads`` threads
     (see :func:`in_chunks`) when it is asked for.
 
@@ -117,7 +116,7 @@ def using_threads(n: int | None) -> Iterator[None]:
 
 
 def extract_features(model: nn.Module, paths: Sequence[str], settings: TransformSettings | None = None,
-                     batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int | None = DEFAULT_DECODE_THREADS,
+                     batch_size: int = DEFAULT_BATCH_SIZE, decode_threads: int = DEFAULT_DECODE_THREADS,
                      fast: FastBackbone | None = None, torch_threads: int | None = None) -> torch.Tensor:
     """Backbone features ``len(paths) x n_features`` for photo files, with the fast forward; no caching."""
     settings = settings or model.transform_settings

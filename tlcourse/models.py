@@ -137,7 +137,8 @@ def build_model(n_classes: int, backbone: str = "mobilenet_v2", weights: str | N
                      "transform_settings": dataclasses.asdict(TransformSettings.from_weights(enum))})
     if enum is not None:
         state = load_state_dict(enum, offline=offline)
-        model.backbone.load_state_dict({k: v for k, v in state.items() if k in model.backbone.state_dict()})
+        own = model.backbone.state_dict().keys()  # once: building a state dict is not free
+        model.backbone.load_state_dict({k: v for k, v in state.items() if k in own})
     return model
 
 
