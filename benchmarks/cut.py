@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from figures import load_average  # benchmarks/ is on sys.path when this script runs
+
 import numpy as np
 import torch
 
@@ -267,7 +269,7 @@ def main() -> None:
     saved_path = work / "cut.json"
     meta = {"mode": ("quick" if quick else "full") + (f", {per_class} photos per class" if per_class else ""),
             "seeds": seeds, "photos": 0, "changes": [c.name for c in DEFAULT_CHANGES], "rule": RULE,
-            "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "load_before": load_average(),
             "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__} with "
                        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"}
     field = None
@@ -298,7 +300,7 @@ def main() -> None:
             row["seeds"].append({"seed": seed, "seconds": run["seconds"], "peak_mb": run["peak_mb"],
                                  "best_epoch": run["best_epoch"], "test_accuracy": run["test_accuracy"],
                                  **judged[row["name"]], "field_balanced": balanced[row["name"]]})
-        meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        meta["load_after"] = load_average()
         saved = {"meta": meta, "rows": rows, "decision": dict(zip(("name", "reason"), decide(rows)))}
         saved_path.write_text(json.dumps(saved, indent=1))
         print(f"  seed {seed} judged; figures so far: {saved_path}", file=sys.stderr, flush=True)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import nbformat
 
+from figures import load_average  # benchmarks/ is on sys.path when this script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from test_exercises import ANSWERS, checkers  # noqa: E402  (the declared right and wrong answers)
@@ -81,7 +83,7 @@ def main() -> None:
     parser.add_argument("--saved-learners", type=int, default=30, help="learners in the --saved measurement")
     parser.add_argument("--time-limit", default="300")
     args = parser.parse_args()
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_average()
     print(f"Grading {args.lesson} for {args.learners} learners; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
           f"load average {load} before", flush=True)
     with tempfile.TemporaryDirectory(prefix="tlcourse-bench-grade-") as scratch:
@@ -103,9 +105,8 @@ def main() -> None:
         size = (scratch / "executed.ipynb").stat().st_size
         saved_s, _, _ = timed_grade(saved, args.lesson, scratch / "saved-out", "--saved")
 
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    per = run_s / args.learners
-    print(f"\n| mode | learners | wall time | per learner | 30 learners at that rate |\n|---|---|---|---|---|")
+    load = load_average()
+    print("\n| mode | learners | wall time | per learner | 30 learners at that rate |\n|---|---|---|---|---|")
     thirty = run_s + (30 - args.learners) * others  # the measured run, plus the missing learners at the warm rate
     print(f"| default (re-run, quick mode, shared feature cache) | {args.learners} | {run_s:.0f} s | "
           f"first {first:.1f} s, then {others:.1f} s | {thirty / 60:.1f} min |")

@@ -18,7 +18,6 @@ doing: the load average is printed with them. Figures also go to
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from figures import load_average, save_figures  # benchmarks/ is on sys.path when this script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The first cell's time line, as tests/test_lesson_shape.py requires it.
@@ -101,7 +102,7 @@ def main() -> None:
     if options.lessons:
         paths = [p for p in paths if p.name[:2] in {n.zfill(2) for n in options.lessons}]
     meta = {"mode": "quick run (TLCOURSE_SMOKE=1)" if cfg.smoke else "all photos",
-            "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "load_before": load_average(),
             "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}"}
     rows = []
     for path in paths:
@@ -116,13 +117,10 @@ def main() -> None:
                      "stated": [int(stated[2]), int(stated[4])] if stated else None})
         if options.update and update_time_line(path, cold["seconds"], warm["seconds"]):
             print(f"    time line of {path.name} updated", file=sys.stderr, flush=True)
-    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    meta["load_after"] = load_average()
     saved = {"meta": meta, "rows": rows}
     print(report(saved))
-    out = cfg.output_dir / "benchmarks" / f"lessons-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(saved, indent=1))
-    print(f"\nFigures: {out}", file=sys.stderr)
+    save_figures(cfg.output_dir, "lessons", saved)
 
 
 if __name__ == "__main__":

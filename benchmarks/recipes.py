@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import load_average  # benchmarks/ is on sys.path when this script runs
+
 import numpy as np
 import torch
 from torchvision.transforms import v2
@@ -198,7 +200,7 @@ def main() -> None:
     quick = options.quick
     cfg = get_config()
     field_dir = cfg.field_test_dir
-    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    load_before = load_average()
     settings = build_model(2, weights="DEFAULT", offline=cfg.offline).transform_settings
     data = load_course_data(cfg.data_dir, settings, seed=0, per_class=60 if quick else None)
     field = load_field_test(data.classes, field_dir)
@@ -210,7 +212,7 @@ def main() -> None:
         k_rows, per_view = part2(cfg, data, field, Path(work) / "views", quick)
     meta = {"mode": "quick" if quick else "full", "photos": len(data.table), "sizes": data.split.sizes(),
             "field": len(field), "load_before": load_before,
-            "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "load_after": load_average(),
             "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__} with "
                        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"}
     text = report(rows, k_rows, per_view, data.classes, meta)

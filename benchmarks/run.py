@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from figures import load_average  # benchmarks/ is on sys.path when this script runs
+
 HERE = Path(__file__).resolve().parent
 RESULT_PREFIX = "BENCH_RESULT "
 
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": cfg["backbone"], "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch {torch.__version__}"
                    f" with {torch.get_num_threads()} threads, Python {platform.python_version()}",
-        "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a",
+        "load_before": load_average(),
     }
     print(f"Running the benchmark ({'quick' if args.quick else 'full'}); each line is one measurement:",
           file=sys.stderr)
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         res[key] = run_stage(stage, {**cfg, **extra})
         # Saved after every stage: an interrupted run keeps what it measured.
         out.write_text(json.dumps({"config": cfg, "meta": meta, "results": res}, indent=2))
-    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    meta["load_after"] = load_average()
     text = report(res, cfg, meta)
     print(text)
     out.write_text(json.dumps({"config": cfg, "meta": meta, "results": res, "report": text}, indent=2))

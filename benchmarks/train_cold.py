@@ -15,8 +15,6 @@ the results, since timings depend on what else the machine is doing. Figures als
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import platform
 import subprocess
@@ -24,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from figures import load_average, save_figures  # benchmarks/ is on sys.path when this script runs
 
 #: (row, extra arguments of `tlcourse train`), the default first.
 ROWS = [
@@ -78,7 +78,7 @@ def main() -> None:
     per_class = 40 if options.quick else None
     rows = [r for r in ROWS if not (options.skip_discriminative and "discriminative" in r[1])]
     meta = {"mode": "quick, 40 photos per class" if per_class else "all photos",
-            "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "load_before": load_average(),
             "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}"}
     results = []
     with tempfile.TemporaryDirectory(prefix="tlcourse-train-cold-") as work:
@@ -87,13 +87,10 @@ def main() -> None:
             run = cold_train(str(cfg.data_dir), extra, per_class, Path(work) / str(number))
             results.append({"name": name, "arguments": extra, **{k: v for k, v in run.items() if k != "stdout"}})
             print(f"    {results[-1]['seconds']:.1f} s, peak {results[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
-    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    meta["load_after"] = load_average()
     saved = {"meta": meta, "rows": results}
     print(report(saved))
-    out = cfg.output_dir / "benchmarks" / f"train-cold-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(saved, indent=1))
-    print(f"\nFigures: {out}", file=sys.stderr)
+    save_figures(cfg.output_dir, "train-cold", saved)
 
 
 if __name__ == "__main__":
