@@ -47,7 +47,7 @@ os._exit(0 if answered else 1)
 endef
 export TORCH_INDEX_PROBE
 
-.PHONY: setup lab test smoke data doctor bench bench-recipes bench-cut bench-train bench-dashboard figures clean-venv
+.PHONY: setup lab test smoke data doctor bench bench-recipes bench-cut bench-train bench-lessons bench-dashboard figures clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -113,6 +113,9 @@ bench-cut: data ## where to cut: the recipes on several seeds, chosen on validat
 
 bench-train: data ## cold `tlcourse train`: the default beside the other recipes, with ratios and peak memory (~8 min)
 	$(BIN)/python benchmarks/train_cold.py $(BENCH_ARGS)
+
+bench-lessons: data ## each lesson's Run All, empty cache and warm, against its Time line (~15 min; BENCH_ARGS=--update rewrites them)
+	$(BIN)/python benchmarks/lessons.py $(BENCH_ARGS)
 
 bench-dashboard: data ## print the live dashboard's cost, side by side with no dashboard (10+ min)
 	$(BIN)/python benchmarks/dashboard_overhead.py
