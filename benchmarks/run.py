@@ -161,7 +161,7 @@ def _pipeline(res: dict) -> list[str]:
         ["pipeline", "images/s", "peak memory (RSS, +work)"],
         [["original notebook: PIL -> numpy/255 -> torch.Tensor, batch 16, figure redrawn every batch",
           f"{orig['images_per_s']:.1f}", mem(orig)],
-         ["course: decoding thread + fast forward into the feature cache, then a head epoch",
+         ["course: fast forward into the feature cache (photos decoded between batches), then a head epoch",
           f"{ours['images_per_s']:.1f} ({ours['images_per_s'] / orig['images_per_s']:.1f}x)", mem(ours)]])]
 
 
